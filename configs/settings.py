@@ -1,0 +1,153 @@
+"""One settings model for the whole service.
+
+Precedence: environment (``BDI_*``, legacy ``BRAKEDISC_*``) > ``configs/app.yaml`` > defaults.
+An invalid value stops start-up with :class:`SettingsError`, naming the variable and the
+accepted values.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_YAML = Path(__file__).with_name("app.yaml")
+
+BackboneName = Literal["dinov2_vits14", "efficientnet_lite0"]
+KnnMode = Literal["exact", "ivf"]
+
+# Legacy names of the original backend that are still accepted.
+LEGACY_ALIASES = {
+    "backend_host": "BRAKEDISC_BACKEND_HOST",
+    "backend_port": "BRAKEDISC_BACKEND_PORT",
+    "models_dir": "BRAKEDISC_MODELS_DIR",
+    "cors_origins": "BRAKEDISC_CORS_ORIGINS",
+}
+
+
+def _env(name: str, **kwargs: Any) -> Any:
+    """A field read from ``BDI_<NAME>`` (and its legacy ``BRAKEDISC_`` name, if any)."""
+    names = [f"BDI_{name.upper()}"]
+    if name in LEGACY_ALIASES:
+        names.append(LEGACY_ALIASES[name])
+    return Field(validation_alias=AliasChoices(name, *names), **kwargs)
+
+
+class SettingsError(ValueError):
+    """A setting has an invalid value; the message names the variable and what is accepted."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        extra="ignore",
+        populate_by_name=True,
+        case_sensitive=False,
+        frozen=True,
+    )
+
+    # --- original backend -------------------------------------------------------------
+    backend_host: str = _env("backend_host", default="127.0.0.1")
+    backend_port: int = _env("backend_port", default=8000, ge=1, le=65535)
+    models_dir: Path = _env("models_dir", default=Path("models"))
+    coreset_rate: float = _env("coreset_rate", default=0.1, gt=0.0, le=1.0)
+    score_percentile: float = _env("score_percentile", default=99.5, gt=0.0, le=100.0)
+    area_mm2_thr: float = _env("area_mm2_thr", default=0.0, ge=0.0)
+    min_ok_samples: int = _env("min_ok_samples", default=10, ge=1)
+    train_dataset_only: bool = _env("train_dataset_only", default=False)
+    require_cuda: bool = _env("require_cuda", default=True)
+    cache_max_entries: int = _env("cache_max_entries", default=16, ge=1)
+    cors_origins: Annotated[list[str], NoDecode] = _env("cors_origins", default_factory=list)
+    gui_log_dir: Path | None = _env("gui_log_dir", default=None)
+
+    # --- engine ---------------------------------------------------------------------------
+    backbone: BackboneName = _env("backbone", default="dinov2_vits14")
+    # Path to a weights file, or the word "random" (speed benchmarks only; results say so).
+    backbone_weights: str | None = _env("backbone_weights", default=None)
+    image_size: int = _env("image_size", default=224, ge=28, le=1792)
+    coreset_projection_dim: int = _env("coreset_projection_dim", default=128, ge=8, le=4096)
+    knn_mode: KnnMode = _env("knn_mode", default="exact")
+    knn_ivf_nprobe: int = _env("knn_ivf_nprobe", default=8, ge=1)
+    anomaly_sigma: float = _env("anomaly_sigma", default=4.0, gt=0.0, le=64.0)
+    score_reweight: bool = _env("score_reweight", default=False)
+    engine_batch_size: int = _env("engine_batch_size", default=32, ge=1, le=4096)
+    torch_threads: int = _env("torch_threads", default=0, ge=0)
+    max_image_pixels: int = _env("max_image_pixels", default=40_000_000, ge=1)
+    seed: int = _env("seed", default=0, ge=0)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [o.strip() for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("backbone_weights", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _grid_fits(self) -> Settings:
+        stride = 14 if self.backbone == "dinov2_vits14" else 16
+        if self.image_size % stride:
+            raise ValueError(
+                f"image_size must be a multiple of {stride} for backbone {self.backbone}"
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        yaml_file = Path(os.environ.get("BDI_CONFIG", DEFAULT_YAML))
+        if yaml_file.is_file():
+            try:
+                from pydantic_settings import YamlConfigSettingsSource
+            except ImportError:  # PyYAML absent: the file is simply not read
+                pass
+            else:
+                sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+        return tuple(sources)
+
+
+def env_names(field: str) -> str:
+    """The environment variable name(s) of a settings field, for messages."""
+    names = [f"BDI_{field.upper()}"]
+    if field in LEGACY_ALIASES:
+        names.append(LEGACY_ALIASES[field])
+    return " / ".join(names)
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = ["invalid settings:"]
+    for err in exc.errors():
+        loc = str(err["loc"][0]) if err["loc"] else ""
+        field = loc.lower().removeprefix("bdi_").removeprefix("brakedisc_")
+        name = env_names(field) if field in Settings.model_fields else "settings"
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) else f"={value!r}"
+        lines.append(f"  {name}{shown}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings, turning validation errors into one readable :class:`SettingsError`."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_explain(exc)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,69 @@
+"""The ``bdi`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from configs.settings import SettingsError, load_settings
+from engine.errors import EngineError
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from engine import Engine
+
+    settings = load_settings()
+    engine = Engine.from_settings(settings)
+    cuda_note = "" if settings.require_cuda else "  (BDI_REQUIRE_CUDA=0: CPU allowed, dev mode)"
+    print("BDI Edge")
+    print(f"  device   : {engine.spec.describe()}{cuda_note}")
+    print(f"  backbone : {settings.backbone} @ {settings.image_size}px")
+    print(f"  models   : {settings.models_dir.resolve()}")
+    print("  The engine is ready. REST API and Kafka consumers are not part of this build yet.")
+    return 0
+
+
+def _cmd_bench_engine(args: argparse.Namespace) -> int:
+    from engine.benchmark import run_engine_benchmark
+
+    return run_engine_benchmark(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bdi", description="BDI Edge inspection service")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start the service on embedded defaults")
+    up.set_defaults(func=_cmd_up)
+
+    bench = sub.add_parser("bench", help="benchmarks that print JSON")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    eng = bench_sub.add_parser("engine", help="train on DIR/train/good, score DIR/test")
+    eng.add_argument("--data", required=True, help="MVTec-layout folder")
+    eng.add_argument("--backbone", default="efficientnet_lite0")
+    eng.add_argument("--weights", default=None, help="backbone weights file, or 'random'")
+    eng.add_argument("--size", type=int, default=224)
+    eng.add_argument("--coreset-rate", type=float, default=0.1)
+    eng.add_argument("--max-train", type=int, default=0, help="0 = all training images")
+    eng.add_argument("--knn", choices=["exact", "ivf"], default=None)
+    eng.add_argument("--batch", type=int, default=32)
+    eng.add_argument("--json", action="store_true", help="print only the JSON line on stdout")
+    eng.set_defaults(func=_cmd_bench_engine)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except (SettingsError, EngineError, FileNotFoundError, ValueError) as exc:
+        print(f"bdi: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

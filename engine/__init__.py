@@ -1,0 +1,15 @@
+"""PatchCore anomaly engine: backbones, coreset, kNN, anomaly maps, regions, thresholds."""
+
+from engine.engine import Engine, FitResult, InferItem, Inference
+from engine.errors import EngineError
+from engine.patchcore import ModelMeta, PatchCoreModel
+
+__all__ = [
+    "Engine",
+    "EngineError",
+    "FitResult",
+    "InferItem",
+    "Inference",
+    "ModelMeta",
+    "PatchCoreModel",
+]

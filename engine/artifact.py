@@ -1,0 +1,94 @@
+"""The model artifact: ``<base>.npz`` + ``<base>_index.faiss`` + ``<base>_calib.json``.
+
+This module only (de)serialises; where the files live and how they are written atomically
+is the store's business. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import faiss
+import numpy as np
+import orjson
+
+from engine.calibration import Calibration
+from engine.errors import EngineError
+from engine.knn import KnnIndex
+from engine.patchcore import ModelMeta, PatchCoreModel
+
+NPZ = ".npz"
+INDEX = "_index.faiss"
+CALIB = "_calib.json"
+
+
+class ArtifactError(EngineError):
+    """A model file is missing, unreadable or inconsistent."""
+
+
+def artifact_paths(directory: Path, base_name: str) -> dict[str, Path]:
+    return {s: directory / f"{base_name}{s}" for s in (NPZ, INDEX, CALIB)}
+
+
+def to_bytes(model: PatchCoreModel) -> dict[str, bytes]:
+    """Serialise a model to ``{suffix: bytes}``; the calibration file only when calibrated."""
+    buf = io.BytesIO()
+    np.savez(
+        buf,
+        memory_bank=model.index.bank(),
+        meta=np.array(json.dumps(model.meta.to_dict(), sort_keys=True)),
+        version=np.array(model.version),
+    )
+    index = model.index._require()
+    if model.index.use_gpu:
+        index = faiss.index_gpu_to_cpu(index)
+    out = {NPZ: buf.getvalue(), INDEX: faiss.serialize_index(index).tobytes()}
+    if model.calibration is not None:
+        out[CALIB] = calibration_bytes(model.calibration)
+    return out
+
+
+def calibration_bytes(calibration: Calibration) -> bytes:
+    return orjson.dumps(calibration.to_dict(), option=orjson.OPT_INDENT_2)
+
+
+def load(
+    directory: Path, base_name: str, nprobe: int = 8, use_gpu: bool = False
+) -> PatchCoreModel:
+    paths = artifact_paths(directory, base_name)
+    if not paths[NPZ].is_file():
+        raise ArtifactError(f"no memory bank at {paths[NPZ]}")
+    try:
+        with np.load(paths[NPZ], allow_pickle=False) as npz:
+            bank = npz["memory_bank"].astype(np.float32, copy=False)
+            meta = ModelMeta.from_dict(json.loads(str(npz["meta"])))
+            version = str(npz["version"]) if "version" in npz else ""
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise ArtifactError(f"unreadable memory bank {paths[NPZ]}: {exc}") from exc
+    if paths[INDEX].is_file():
+        try:
+            index = KnnIndex.load(paths[INDEX], nprobe=nprobe, use_gpu=use_gpu)
+        except RuntimeError as exc:
+            raise ArtifactError(f"unreadable index {paths[INDEX]}: {exc}") from exc
+        if index.size != len(bank):
+            raise ArtifactError(f"{paths[INDEX]} holds {index.size} rows, bank {len(bank)}")
+    else:  # older artifacts may carry the bank only; rebuild the exact index
+        index = KnnIndex("exact", use_gpu=use_gpu).fit(bank)
+    calibration = None
+    if paths[CALIB].is_file():
+        try:
+            calibration = Calibration.from_dict(orjson.loads(paths[CALIB].read_bytes()))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"unreadable calibration {paths[CALIB]}: {exc}") from exc
+    return PatchCoreModel(meta=meta, index=index, calibration=calibration, version=version)
+
+
+def save(model: PatchCoreModel, directory: Path, base_name: str) -> dict[str, Path]:
+    """Plain write of the triple (the store wraps this with atomic replace and locks)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = artifact_paths(directory, base_name)
+    for suffix, data in to_bytes(model).items():
+        paths[suffix].write_bytes(data)
+    return paths

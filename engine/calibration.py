@@ -1,0 +1,124 @@
+"""Decision thresholds from OK scores alone, or from OK and NG scores together.
+
+The calibration travels with the model (``<base>_calib.json``), with the statistics it
+came from, so an engineer can see why a threshold is where it is.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from engine.errors import EngineError
+
+# A missed defect (NG scored as OK) ships a defective disc; a false reject costs a re-check.
+NG_MISS_COST = 10.0
+
+
+class CalibrationError(EngineError):
+    """Scores unusable for calibration (empty, NaN/inf)."""
+
+
+@dataclass(frozen=True)
+class ScoreStats:
+    n: int
+    mean: float
+    std: float
+    min: float
+    max: float
+    p50: float
+    p95: float
+    p99: float
+
+    @classmethod
+    def of(cls, scores: np.ndarray) -> ScoreStats:
+        s = np.asarray(scores, dtype=np.float64)
+        q50, q95, q99 = np.percentile(s, [50, 95, 99])
+        return cls(len(s), float(s.mean()), float(s.std()), float(s.min()), float(s.max()),
+                   float(q50), float(q95), float(q99))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Calibration:
+    threshold: float  # score >= threshold -> NG
+    method: str  # "ok_percentile" or "ok_ng"
+    percentile: float
+    ok: ScoreStats
+    ng: ScoreStats | None
+    ok_reject_rate: float  # share of the OK scores at or above the threshold
+    ng_miss_rate: float | None  # share of the NG scores below it
+    created_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Calibration:
+        ng = data.get("ng")
+        return cls(
+            threshold=float(data["threshold"]),
+            method=str(data.get("method", "ok_percentile")),
+            percentile=float(data.get("percentile", 100.0)),
+            ok=ScoreStats(**data["ok"]),
+            ng=ScoreStats(**ng) if ng else None,
+            ok_reject_rate=float(data.get("ok_reject_rate", 0.0)),
+            ng_miss_rate=None if data.get("ng_miss_rate") is None else float(data["ng_miss_rate"]),
+            created_at=float(data.get("created_at", 0.0)),
+        )
+
+
+def _checked(scores: Any, name: str) -> np.ndarray:
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if s.size == 0:
+        raise CalibrationError(f"no {name} scores to calibrate from")
+    if not np.isfinite(s).all():
+        raise CalibrationError(f"{name} scores contain NaN or infinite values")
+    return s
+
+
+def from_ok(ok_scores: Any, percentile: float) -> Calibration:
+    """Threshold at the ``percentile``-th OK score."""
+    ok = _checked(ok_scores, "OK")
+    threshold = float(np.percentile(ok, percentile))
+    return Calibration(
+        threshold=threshold,
+        method="ok_percentile",
+        percentile=percentile,
+        ok=ScoreStats.of(ok),
+        ng=None,
+        ok_reject_rate=float((ok >= threshold).mean()),
+        ng_miss_rate=None,
+        created_at=time.time(),
+    )
+
+
+def from_ok_ng(ok_scores: Any, ng_scores: Any, percentile: float) -> Calibration:
+    """Threshold separating OK from NG scores.
+
+    Separable: halfway between the highest OK and the lowest NG score. Overlapping: the
+    threshold minimising ``NG_MISS_COST * misses + false rejects``, ties to the lowest
+    (safest) one.
+    """
+    ok = _checked(ok_scores, "OK")
+    ng = _checked(ng_scores, "NG")
+    if ok.max() < ng.min():
+        threshold = float((ok.max() + ng.min()) / 2.0)
+    else:
+        candidates = np.unique(np.concatenate([ok, ng]))
+        misses = np.searchsorted(np.sort(ng), candidates, side="left")  # NG below t
+        rejects = len(ok) - np.searchsorted(np.sort(ok), candidates, side="left")  # OK >= t
+        cost = NG_MISS_COST * misses + rejects
+        threshold = float(candidates[int(np.argmin(cost))])
+    return Calibration(
+        threshold=threshold,
+        method="ok_ng",
+        percentile=percentile,
+        ok=ScoreStats.of(ok),
+        ng=ScoreStats.of(ng),
+        ok_reject_rate=float((ok >= threshold).mean()),
+        ng_miss_rate=float((ng < threshold).mean()),
+        created_at=time.time(),
+    )

@@ -1,0 +1,293 @@
+"""The engine facade both front doors use: fit, calibrate and batched inference."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from configs.settings import Settings
+from engine import calibration as calib
+from engine.anomaly_map import anomaly_maps, resize_map
+from engine.backbone import RANDOM_WEIGHTS, Backbone, load_backbone
+from engine.device import DeviceSpec, select_device
+from engine.errors import EngineError
+from engine.heatmap import heatmap_png
+from engine.images import to_tensor
+from engine.patchcore import (
+    ModelMeta,
+    PatchCoreModel,
+    aggregate,
+    build_memory,
+    leave_one_out_scores,
+    score,
+)
+from engine.regions import Region, find_regions, significant
+
+Verdict = Literal["OK", "NG", "ERROR", "NO_MODEL"]
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+CALIBRATION_IMAGES = 32  # training images re-scored leave-one-out for the OK threshold
+
+
+@dataclass(frozen=True)
+class FitResult:
+    model: PatchCoreModel
+    n_images: int
+    n_patches: int
+    timings_s: dict[str, float]
+
+
+@dataclass(frozen=True)
+class InferItem:
+    model: PatchCoreModel | None  # None: no model for this frame -> NO_MODEL
+    image: np.ndarray  # (H, W, 3) uint8 RGB, original resolution
+    mm_per_px: float | None = None
+    want_map: bool = False
+    want_heatmap: bool = False
+
+
+@dataclass
+class Inference:
+    verdict: Verdict
+    score: float | None
+    threshold: float | None
+    regions: list[Region] = field(default_factory=list)
+    model_version: str | None = None
+    error: str | None = None
+    anomaly_map: np.ndarray | None = None  # (H, W) at the original resolution
+    heatmap_png: bytes | None = None
+    random_backbone: bool = False
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def _noop(stage: str, done: int, total: int) -> None:
+    return None
+
+
+class Engine:
+    """Backbones (loaded once, shared) + PatchCore maths on one device. Thread-safe."""
+
+    def __init__(self, settings: Settings, spec: DeviceSpec) -> None:
+        self.settings = settings
+        self.spec = spec
+        self._backbones: dict[tuple[str, int], Backbone] = {}
+        self._fingerprints: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Engine:
+        spec = select_device(settings.require_cuda, settings.torch_threads)
+        return cls(settings, spec)
+
+    # --- backbones -------------------------------------------------------------------
+    def backbone(self, name: str | None = None, size: int | None = None) -> Backbone:
+        name = name or self.settings.backbone
+        size = size or self.settings.image_size
+        key = (name, size if name == "dinov2_vits14" else 0)
+        with self._lock:
+            if key not in self._backbones:
+                # the configured weights belong to the configured backbone; any other
+                # backbone uses its packaged default (or fails with a clear message)
+                weights = self.settings.backbone_weights if name == self.settings.backbone else None
+                self._backbones[key] = load_backbone(name, self.spec, weights, size)
+            return self._backbones[key]
+
+    def weights_fingerprint(self, backbone: Backbone) -> str:
+        source = backbone.info.weights
+        if source == RANDOM_WEIGHTS:
+            return RANDOM_WEIGHTS
+        if source not in self._fingerprints:
+            digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()[:16]
+            self._fingerprints[source] = f"sha256:{digest}"
+        return self._fingerprints[source]
+
+    def embed(
+        self, images: Sequence[np.ndarray], backbone: Backbone, size: int, progress: Progress = _noop
+    ) -> np.ndarray:
+        """RGB images -> patch features ``(B, h, w, C)`` float32, in device-sized batches."""
+        step = self.settings.engine_batch_size
+        out: list[np.ndarray] = []
+        for start in range(0, len(images), step):
+            x = to_tensor(list(images[start : start + step]), size)
+            out.append(aggregate(backbone(x)).cpu().numpy())
+            progress("embed", min(start + step, len(images)), len(images))
+        return np.concatenate(out) if out else np.empty((0, 0, 0, 0), np.float32)
+
+    # --- training -------------------------------------------------------------------------
+    def fit(
+        self,
+        images: Sequence[np.ndarray],
+        mm_per_px: float | None = None,
+        coreset_rate: float | None = None,
+        progress: Progress = _noop,
+    ) -> FitResult:
+        """Build a PatchCore model from OK images (and an OK-only threshold when n >= 2)."""
+        if not images:
+            raise EngineError("no OK images to train from")
+        s = self.settings
+        size = s.image_size
+        rate = s.coreset_rate if coreset_rate is None else coreset_rate
+        bb = self.backbone(s.backbone, size)
+        t0 = time.perf_counter()
+        feats = self.embed(images, bb, size, progress)
+        n_img, h, w, c = feats.shape
+        t1 = time.perf_counter()
+        progress("coreset", 0, 1)
+        index, ids, timing = build_memory(
+            feats.reshape(-1, c), rate, s.knn_mode, s.knn_ivf_nprobe, s.coreset_projection_dim,
+            s.seed, self.spec.device, self.spec.is_cuda,
+        )  # fmt: skip
+        progress("coreset", 1, 1)
+        meta = ModelMeta(
+            backbone=bb.info.name,
+            backbone_weights=self.weights_fingerprint(bb),
+            image_size=size,
+            grid=(h, w),
+            feature_dim=c,
+            mm_per_px=mm_per_px,
+            coreset_rate=rate,
+            n_train_images=n_img,
+            n_patches=n_img * h * w,
+            memory_bank=len(ids),
+        )
+        model = PatchCoreModel(meta=meta, index=index)
+        t2 = time.perf_counter()
+        if n_img >= 2:
+            pick = np.linspace(0, n_img - 1, min(n_img, CALIBRATION_IMAGES)).round().astype(int)
+            source = ids // (h * w)
+            # re-number so that bank rows of picked image j carry label j
+            remap = np.full(n_img, -1)
+            remap[pick] = np.arange(len(pick))
+            ok = leave_one_out_scores(index, feats[pick].reshape(len(pick), h * w, c), remap[source])
+            model.calibration = calib.from_ok(ok, s.score_percentile)
+        t3 = time.perf_counter()
+        timings = {"embed_s": t1 - t0, "coreset_s": timing.coreset_s, "index_s": timing.index_s,
+                   "calibrate_s": t3 - t2, "fit_s": t3 - t0}  # fmt: skip
+        return FitResult(model, n_img, n_img * h * w, timings)
+
+    def image_scores(self, model: PatchCoreModel, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Image scores of many images against one model (calibration, datasets)."""
+        bb = self._backbone_for(model)
+        feats = self.embed(images, bb, model.meta.image_size)
+        return score(model, feats, self.settings.score_reweight).image
+
+    def calibrate(
+        self, model: PatchCoreModel, ok_scores: Sequence[float], ng_scores: Sequence[float] | None
+    ) -> calib.Calibration:
+        pct = self.settings.score_percentile
+        if ng_scores is None or len(ng_scores) == 0:
+            return calib.from_ok(ok_scores, pct)
+        return calib.from_ok_ng(ok_scores, ng_scores, pct)
+
+    def _backbone_for(self, model: PatchCoreModel) -> Backbone:
+        bb = self.backbone(model.meta.backbone, model.meta.image_size)
+        if self.weights_fingerprint(bb) != model.meta.backbone_weights:
+            raise EngineError(
+                f"model was trained with {model.meta.backbone} weights "
+                f"{model.meta.backbone_weights}; this engine has {self.weights_fingerprint(bb)}"
+            )
+        return bb
+
+    # --- inference ------------------------------------------------------------------------
+    def infer(self, items: Sequence[InferItem]) -> list[Inference]:
+        """Score a batch of frames that may belong to different models.
+
+        The backbone runs once per (backbone, input size) group; each model then searches
+        its own memory bank. A failure is confined to the frames it concerns, as ERROR.
+        """
+        t_start = time.perf_counter()
+        results: list[Inference | None] = [None] * len(items)
+        groups: dict[tuple[str, int, str], list[int]] = {}
+        for i, item in enumerate(items):
+            if item.model is None:
+                results[i] = Inference("NO_MODEL", None, None, error="no model for this frame")
+                continue
+            meta = item.model.meta
+            groups.setdefault((meta.backbone, meta.image_size, meta.backbone_weights), []).append(i)
+        for members in groups.values():
+            self._infer_group(items, members, results)
+        total_ms = (time.perf_counter() - t_start) * 1e3
+        out = []
+        for r in results:
+            assert r is not None
+            r.timings_ms.setdefault("total", total_ms)
+            out.append(r)
+        return out
+
+    def _infer_group(
+        self, items: Sequence[InferItem], members: list[int], results: list[Inference | None]
+    ) -> None:
+        first = items[members[0]].model
+        assert first is not None
+        try:
+            bb = self._backbone_for(first)
+            t0 = time.perf_counter()
+            feats = self.embed([items[i].image for i in members], bb, first.meta.image_size)
+            embed_ms = (time.perf_counter() - t0) * 1e3 / len(members)
+        except (EngineError, RuntimeError, ValueError) as exc:
+            for i in members:
+                results[i] = Inference("ERROR", None, None, error=f"{type(exc).__name__}: {exc}")
+            return
+        by_model: dict[int, list[int]] = {}
+        for pos, i in enumerate(members):
+            by_model.setdefault(id(items[i].model), []).append(pos)
+        for positions in by_model.values():
+            model = items[members[positions[0]]].model
+            assert model is not None
+            t1 = time.perf_counter()
+            try:
+                scores = score(model, feats[positions], self.settings.score_reweight)
+                maps = anomaly_maps(scores.patches, model.meta.image_size, self.settings.anomaly_sigma)
+            except (EngineError, RuntimeError, ValueError) as exc:
+                for pos in positions:
+                    results[members[pos]] = Inference(
+                        "ERROR", None, model.threshold, model_version=model.version,
+                        error=f"{type(exc).__name__}: {exc}",
+                    )  # fmt: skip
+                continue
+            knn_ms = (time.perf_counter() - t1) * 1e3 / len(positions)
+            for j, pos in enumerate(positions):
+                i = members[pos]
+                res = self._decide(items[i], model, float(scores.image[j]), maps[j])
+                res.timings_ms.update({"embed": embed_ms, "knn": knn_ms})
+                results[i] = res
+
+    def _decide(
+        self, item: InferItem, model: PatchCoreModel, value: float, amap: np.ndarray
+    ) -> Inference:
+        random_bb = model.meta.backbone_weights == RANDOM_WEIGHTS
+        base = dict(model_version=model.version, random_backbone=random_bb)
+        threshold = model.threshold
+        if not math.isfinite(value) or not np.isfinite(amap).all():
+            return Inference("ERROR", None, threshold, error="non-finite anomaly score", **base)
+        h, w = item.image.shape[:2]
+        full = resize_map(amap, h, w)
+        mm = item.mm_per_px if item.mm_per_px is not None else model.meta.mm_per_px
+        regions: list[Region] = []
+        if threshold is None:
+            verdict: Verdict = "NO_MODEL"
+            error: str | None = "model is not calibrated (no threshold)"
+        else:
+            regions = find_regions(full, threshold, mm)
+            error = None
+            verdict = "NG" if value >= threshold else "OK"
+            min_area = self.settings.area_mm2_thr
+            if verdict == "NG" and min_area > 0 and mm is not None and regions:
+                # defects smaller than the minimum area do not reject the part
+                verdict = "NG" if significant(regions, min_area) else "OK"
+        png = None
+        if item.want_heatmap:
+            vmax = 2.0 * threshold if threshold else None
+            png = heatmap_png(item.image, full, vmax)
+        return Inference(
+            verdict, value, threshold, regions, error=error,
+            anomaly_map=full if item.want_map else None, heatmap_png=png, **base,
+        )  # fmt: skip
+

@@ -1,0 +1,27 @@
+"""Engine error types. The front doors map them to HTTP statuses / verdicts."""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base class of every error the engine raises on purpose."""
+
+
+class BackboneWeightsError(EngineError):
+    """The backbone's weights file is missing, unreadable or of the wrong model."""
+
+
+class DeviceError(EngineError):
+    """CUDA is required but not available."""
+
+
+class GridMismatchError(EngineError):
+    """An image's token grid differs from the model's (HTTP 400)."""
+
+
+class NotFittedError(EngineError):
+    """A model has no memory bank (HTTP 400: missing memory)."""
+
+
+class ImageDecodeError(EngineError):
+    """Image bytes are not a readable PNG/JPEG, or of an unsupported kind."""

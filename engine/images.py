@@ -1,0 +1,100 @@
+"""Image decoding (PNG/JPEG only, bounded) and preprocessing to backbone tensors."""
+
+from __future__ import annotations
+
+import struct
+
+import cv2
+import numpy as np
+import torch
+
+from engine.backbone import IMAGENET_MEAN, IMAGENET_STD
+from engine.errors import ImageDecodeError
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def sniff_format(data: bytes) -> str:
+    if data.startswith(PNG_MAGIC):
+        return "png"
+    if data.startswith(JPEG_MAGIC):
+        return "jpeg"
+    raise ImageDecodeError("not a PNG or JPEG image")
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    if len(data) < 24 or data[12:16] != b"IHDR":
+        raise ImageDecodeError("truncated PNG header")
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    i = 2
+    while i + 9 < len(data):
+        if data[i] != 0xFF:
+            raise ImageDecodeError("corrupt JPEG marker stream")
+        marker = data[i + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        length = struct.unpack(">H", data[i + 2 : i + 4])[0]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+            return width, height
+        i += 2 + length
+    raise ImageDecodeError("JPEG without a frame header")
+
+
+def decode_image(data: bytes, max_pixels: int = 40_000_000) -> np.ndarray:
+    """PNG/JPEG bytes -> ``(H, W, 3)`` uint8 RGB.
+
+    The pixel count is read from the header and bounded *before* any pixel buffer is
+    allocated; grey images are expanded to RGB; 16-bit, alpha and CMYK are refused rather
+    than guessed at.
+    """
+    if not data:
+        raise ImageDecodeError("empty image")
+    fmt = sniff_format(data)
+    width, height = _png_size(data) if fmt == "png" else _jpeg_size(data)
+    if width <= 0 or height <= 0 or width * height > max_pixels:
+        raise ImageDecodeError(f"image of {width}x{height} px exceeds {max_pixels} pixels")
+    if fmt == "png":
+        bit_depth, colour_type = data[24], data[25]
+        if bit_depth != 8:
+            raise ImageDecodeError(f"PNG bit depth {bit_depth} is not supported (8 only)")
+        if colour_type in (4, 6):
+            raise ImageDecodeError("PNG with an alpha channel is not supported")
+    buf = np.frombuffer(data, dtype=np.uint8)
+    image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ImageDecodeError(f"cannot decode {fmt.upper()} data")
+    if image.dtype != np.uint8:
+        raise ImageDecodeError(f"pixel type {image.dtype} is not supported (8-bit only)")
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    elif image.shape[2] == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    else:
+        raise ImageDecodeError(f"{image.shape[2]}-channel images are not supported")
+    return image
+
+
+def read_image(path: str) -> np.ndarray:
+    with open(path, "rb") as fh:
+        return decode_image(fh.read())
+
+
+def to_tensor(images: list[np.ndarray], size: int) -> torch.Tensor:
+    """RGB uint8 images of any size -> normalised ``(B, 3, size, size)`` float32."""
+    batch = np.empty((len(images), size, size, 3), dtype=np.uint8)
+    for i, image in enumerate(images):
+        if image.shape[:2] == (size, size):
+            batch[i] = image
+        else:
+            batch[i] = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return x.sub_(mean).div_(std)

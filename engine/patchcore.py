@@ -1,0 +1,173 @@
+"""PatchCore maths: embed (aggregate backbone maps into patch features), fit, score.
+
+Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.calibration import Calibration
+from engine.coreset import greedy_coreset
+from engine.errors import GridMismatchError, NotFittedError
+from engine.knn import KnnIndex, KnnMode
+
+FORMAT_VERSION = 1
+REWEIGHT_NEIGHBOURS = 9  # b in the paper's eq. (7)
+
+
+def aggregate(feature_maps: list[torch.Tensor]) -> torch.Tensor:
+    """Locally aware patch features (paper §3.1): 3x3 average of each map, coarser maps
+    upsampled to the finest grid, channels concatenated.
+
+    ``[(B, C_i, h_i, w_i)] -> (B, h, w, sum C_i)`` float32.
+    """
+    pooled = [F.avg_pool2d(f, 3, stride=1, padding=1, count_include_pad=False) for f in feature_maps]
+    h, w = pooled[0].shape[-2:]
+    resized = [pooled[0]] + [
+        F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False) for f in pooled[1:]
+    ]
+    return torch.cat(resized, dim=1).permute(0, 2, 3, 1).contiguous()
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    backbone: str
+    backbone_weights: str  # "random", or "sha256:<16 hex>" of the pretrained weights file
+    image_size: int
+    grid: tuple[int, int]
+    feature_dim: int
+    mm_per_px: float | None
+    coreset_rate: float
+    n_train_images: int
+    n_patches: int
+    memory_bank: int
+    created_at: float = field(default_factory=time.time)
+    format: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["grid"] = list(self.grid)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> ModelMeta:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known["grid"] = tuple(known["grid"])  # type: ignore[arg-type]
+        return cls(**known)  # type: ignore[arg-type]
+
+
+class Scores(NamedTuple):
+    image: np.ndarray  # (B,) image scores, s* in the paper
+    patches: np.ndarray  # (B, h, w) patch scores
+
+
+@dataclass
+class PatchCoreModel:
+    meta: ModelMeta
+    index: KnnIndex
+    calibration: Calibration | None = None
+    version: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.version:
+            self.version = content_version(self.meta, self.index.bank())
+
+    @property
+    def threshold(self) -> float | None:
+        return None if self.calibration is None else self.calibration.threshold
+
+
+def content_version(meta: ModelMeta, bank: np.ndarray) -> str:
+    """A short content hash naming one trained model (memory bank + metadata)."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(bank, dtype=np.float32).tobytes())
+    h.update(json.dumps(meta.to_dict(), sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+class FitTimings(NamedTuple):
+    coreset_s: float
+    index_s: float
+
+
+def build_memory(
+    features: np.ndarray,
+    coreset_rate: float,
+    knn_mode: KnnMode,
+    nprobe: int,
+    projection_dim: int,
+    seed: int,
+    device: torch.device,
+    use_gpu_index: bool,
+) -> tuple[KnnIndex, np.ndarray, FitTimings]:
+    """Coreset of ``features (N, C)`` and its kNN index. Returns index, bank row ids, timings."""
+    n = features.shape[0]
+    k = max(1, min(n, int(n * coreset_rate)))
+    t0 = time.perf_counter()
+    if k < n:
+        feats = torch.from_numpy(features).to(device)
+        ids = greedy_coreset(feats, k, projection_dim=projection_dim, seed=seed).indices.cpu().numpy()
+    else:
+        ids = np.arange(n)
+    t1 = time.perf_counter()
+    index = KnnIndex(knn_mode, nprobe=nprobe, use_gpu=use_gpu_index).fit(features[ids])
+    return index, ids, FitTimings(t1 - t0, time.perf_counter() - t1)
+
+
+def score(model: PatchCoreModel, features: np.ndarray, reweight: bool = False) -> Scores:
+    """Score patch features ``(B, h, w, C)`` against the model's memory bank."""
+    if model.index.size == 0:
+        raise NotFittedError("model has an empty memory bank")
+    b, h, w, c = features.shape
+    if (h, w) != tuple(model.meta.grid) or c != model.meta.feature_dim:
+        raise GridMismatchError(
+            f"token grid {h}x{w}x{c} differs from the model's "
+            f"{model.meta.grid[0]}x{model.meta.grid[1]}x{model.meta.feature_dim}"
+        )
+    flat = features.reshape(b, h * w, c)
+    patch = model.index.search_images(flat)  # (B, P)
+    image = patch.max(axis=1)
+    if reweight:
+        image = image * _reweight(model.index, flat[np.arange(b), patch.argmax(axis=1)])
+    return Scores(image.astype(np.float64), patch.reshape(b, h, w))
+
+
+def _reweight(index: KnnIndex, worst: np.ndarray) -> np.ndarray:
+    """Paper eq. (7): down-weight s* when the nearest memory feature m* sits in a dense
+    neighbourhood. ``worst (B, C)`` are the highest-scoring patch features."""
+    bank = index.bank()
+    _, nn = index.search(worst, 1, exact=True)
+    m_star = bank[nn[:, 0]]
+    k = min(REWEIGHT_NEIGHBOURS, len(bank))
+    _, support = index.search(m_star, k, exact=True)  # N_b(m*), m* itself first
+    dist = np.linalg.norm(bank[support] - worst[:, None, :], axis=2).astype(np.float64)
+    soft = np.exp(dist - dist.max(axis=1, keepdims=True))
+    return 1.0 - soft[:, 0] / soft.sum(axis=1)
+
+
+def leave_one_out_scores(
+    index: KnnIndex, features: np.ndarray, bank_source: np.ndarray, k: int = 8
+) -> np.ndarray:
+    """Image scores of the training images themselves, each scored without its own patches.
+
+    ``features (N_img, P, C)``, ``bank_source (M,)`` = training image of each bank row.
+    When all ``k`` neighbours come from the image itself, the k-th distance is used: a lower
+    bound, so the OK threshold can only come out lower (stricter), never laxer.
+    """
+    n_img, p, c = features.shape
+    scores = np.empty(n_img)
+    for i in range(n_img):
+        dist, ids = index.search(features[i], min(k, index.size), exact=True)
+        other = bank_source[ids] != i
+        first = np.where(other.any(axis=1), other.argmax(axis=1), dist.shape[1] - 1)
+        scores[i] = dist[np.arange(p), first].max()
+    return scores

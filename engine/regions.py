@@ -1,0 +1,49 @@
+"""Defect regions: connected components of a thresholded anomaly map, measured in px and mm²."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Region:
+    bbox: tuple[int, int, int, int]  # x, y, width, height in original image pixels
+    area_px: int
+    area_mm2: float | None  # None when the frame's mm_per_px is unknown
+    max_score: float
+    mean_score: float
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def find_regions(
+    amap: np.ndarray, threshold: float, mm_per_px: float | None = None
+) -> list[Region]:
+    """Regions where ``amap (H, W) >= threshold``, largest first (8-connectivity)."""
+    mask = (amap >= threshold).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    px_area_mm2 = None if mm_per_px is None else mm_per_px * mm_per_px
+    regions = []
+    for label in range(1, n):
+        x, y, w, h, area = (int(v) for v in stats[label])
+        values = amap[labels == label]
+        regions.append(
+            Region(
+                bbox=(x, y, w, h),
+                area_px=area,
+                area_mm2=None if px_area_mm2 is None else area * px_area_mm2,
+                max_score=float(values.max()),
+                mean_score=float(values.mean()),
+            )
+        )
+    regions.sort(key=lambda r: r.area_px, reverse=True)
+    return regions
+
+
+def significant(regions: list[Region], min_area_mm2: float) -> list[Region]:
+    """Regions that may make a frame NG. Without a known scale every region counts."""
+    return [r for r in regions if r.area_mm2 is None or r.area_mm2 >= min_area_mm2]
