@@ -54,9 +54,7 @@ def calibration_bytes(calibration: Calibration) -> bytes:
     return orjson.dumps(calibration.to_dict(), option=orjson.OPT_INDENT_2)
 
 
-def load(
-    directory: Path, base_name: str, nprobe: int = 8, use_gpu: bool = False
-) -> PatchCoreModel:
+def load(directory: Path, base_name: str, nprobe: int = 8, use_gpu: bool = False) -> PatchCoreModel:
     paths = artifact_paths(directory, base_name)
     if not paths[NPZ].is_file():
         raise ArtifactError(f"no memory bank at {paths[NPZ]}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -65,9 +66,10 @@ class _EfficientNetTaps(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.conv_stem = model.conv_stem
-        self.bn1 = model.bn1
-        self.blocks = nn.Sequential(*list(model.blocks)[: max(self.taps) + 1])
+        self.conv_stem: nn.Module = model.get_submodule("conv_stem")
+        self.bn1: nn.Module = model.get_submodule("bn1")
+        blocks = model.get_submodule("blocks")
+        self.blocks = nn.Sequential(*list(blocks.children())[: max(self.taps) + 1])
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.bn1(self.conv_stem(x))
@@ -84,7 +86,7 @@ class _DinoPatchTokens(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.model = model
+        self.model: Any = model
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         tokens = self.model.forward_features(x)  # (B, 1 + h*w, C), normed
@@ -135,7 +137,7 @@ def _build_dinov2_vits14(weights: str | None, image_size: int) -> tuple[nn.Modul
     path = Path(weights)
     from timm.models.vision_transformer import checkpoint_filter_fn
 
-    state = checkpoint_filter_fn(_read_state_dict(path), model)
+    state = checkpoint_filter_fn(_read_state_dict(path), model)  # type: ignore[arg-type]
     state = {k: v for k, v in state.items() if not k.startswith("head.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -109,7 +109,11 @@ class Engine:
         return self._fingerprints[source]
 
     def embed(
-        self, images: Sequence[np.ndarray], backbone: Backbone, size: int, progress: Progress = _noop
+        self,
+        images: Sequence[np.ndarray],
+        backbone: Backbone,
+        size: int,
+        progress: Progress = _noop,
     ) -> np.ndarray:
         """RGB images -> patch features ``(B, h, w, C)`` float32, in device-sized batches."""
         step = self.settings.engine_batch_size
@@ -165,7 +169,9 @@ class Engine:
             # re-number so that bank rows of picked image j carry label j
             remap = np.full(n_img, -1)
             remap[pick] = np.arange(len(pick))
-            ok = leave_one_out_scores(index, feats[pick].reshape(len(pick), h * w, c), remap[source])
+            ok = leave_one_out_scores(
+                index, feats[pick].reshape(len(pick), h * w, c), remap[source]
+            )
             model.calibration = calib.from_ok(ok, s.score_percentile)
         t3 = time.perf_counter()
         timings = {"embed_s": t1 - t0, "coreset_s": timing.coreset_s, "index_s": timing.index_s,
@@ -244,7 +250,9 @@ class Engine:
             t1 = time.perf_counter()
             try:
                 scores = score(model, feats[positions], self.settings.score_reweight)
-                maps = anomaly_maps(scores.patches, model.meta.image_size, self.settings.anomaly_sigma)
+                maps = anomaly_maps(
+                    scores.patches, model.meta.image_size, self.settings.anomaly_sigma
+                )
             except (EngineError, RuntimeError, ValueError) as exc:
                 for pos in positions:
                     results[members[pos]] = Inference(
@@ -263,31 +271,37 @@ class Engine:
         self, item: InferItem, model: PatchCoreModel, value: float, amap: np.ndarray
     ) -> Inference:
         random_bb = model.meta.backbone_weights == RANDOM_WEIGHTS
-        base = dict(model_version=model.version, random_backbone=random_bb)
         threshold = model.threshold
         if not math.isfinite(value) or not np.isfinite(amap).all():
-            return Inference("ERROR", None, threshold, error="non-finite anomaly score", **base)
+            return Inference(
+                "ERROR", None, threshold, model_version=model.version,
+                error="non-finite anomaly score", random_backbone=random_bb,
+            )  # fmt: skip
         h, w = item.image.shape[:2]
-        full = resize_map(amap, h, w)
         mm = item.mm_per_px if item.mm_per_px is not None else model.meta.mm_per_px
         regions: list[Region] = []
+        error: str | None = None
         if threshold is None:
             verdict: Verdict = "NO_MODEL"
-            error: str | None = "model is not calibrated (no threshold)"
+            error = "model is not calibrated (no threshold)"
         else:
-            regions = find_regions(full, threshold, mm)
-            error = None
             verdict = "NG" if value >= threshold else "OK"
+            # bilinear upsampling never exceeds the source maximum, so a map below the
+            # threshold at input size has no region at full size either
+            if float(amap.max()) >= threshold:
+                regions = find_regions(resize_map(amap, h, w), threshold, mm)
             min_area = self.settings.area_mm2_thr
             if verdict == "NG" and min_area > 0 and mm is not None and regions:
                 # defects smaller than the minimum area do not reject the part
                 verdict = "NG" if significant(regions, min_area) else "OK"
+        full = resize_map(amap, h, w) if (item.want_map or item.want_heatmap) else None
         png = None
         if item.want_heatmap:
+            assert full is not None
             vmax = 2.0 * threshold if threshold else None
             png = heatmap_png(item.image, full, vmax)
         return Inference(
             verdict, value, threshold, regions, error=error,
-            anomaly_map=full if item.want_map else None, heatmap_png=png, **base,
+            model_version=model.version, anomaly_map=full if item.want_map else None,
+            heatmap_png=png, random_backbone=random_bb,
         )  # fmt: skip
-

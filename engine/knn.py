@@ -59,9 +59,9 @@ class KnnIndex:
             index.add(bank)
             self._index = index
         else:
-            index = faiss.IndexFlatL2(dim)
-            index.add(bank)
-            self._index = index
+            flat = faiss.IndexFlatL2(dim)
+            flat.add(bank)
+            self._index = flat
         self._configure()
         return self
 
@@ -82,6 +82,7 @@ class KnnIndex:
         index = self._require()
         if isinstance(index, faiss.IndexIVF):
             inv = index.invlists
+            assert inv is not None
             rows = np.empty((index.ntotal, index.d), dtype=np.float32)
             for lst in range(index.nlist):
                 n = inv.list_size(lst)
@@ -99,7 +100,9 @@ class KnnIndex:
             raise RuntimeError("index is empty: call fit() or load() first")
         return self._index
 
-    def search(self, queries: np.ndarray, k: int = 1, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int = 1, exact: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Distances (L2, not squared) and ids ``(Q, k)`` of the nearest bank rows."""
         index = self._flat if exact else self._require()
         assert index is not None
@@ -158,5 +161,5 @@ class KnnIndex:
 def _to_device(index: faiss.Index) -> faiss.Index:
     resources = faiss.StandardGpuResources()
     gpu = faiss.index_cpu_to_gpu(resources, 0, index)
-    gpu.referenced_resources = resources  # keep the resources alive with the index
+    gpu.referenced_resources = resources  # type: ignore[attr-defined]  # keep the resources alive with the index
     return gpu

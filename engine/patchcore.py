@@ -117,7 +117,9 @@ def build_memory(
     t0 = time.perf_counter()
     if k < n:
         feats = torch.from_numpy(features).to(device)
-        ids = greedy_coreset(feats, k, projection_dim=projection_dim, seed=seed).indices.cpu().numpy()
+        ids = (
+            greedy_coreset(feats, k, projection_dim=projection_dim, seed=seed).indices.cpu().numpy()
+        )
     else:
         ids = np.arange(n)
     t1 = time.perf_counter()

@@ -30,7 +30,9 @@ def find_regions(
     regions = []
     for label in range(1, n):
         x, y, w, h, area = (int(v) for v in stats[label])
-        values = amap[labels == label]
+        # look inside the bounding box only: a full-image mask per region is O(regions * HW)
+        window = amap[y : y + h, x : x + w]
+        values = window[labels[y : y + h, x : x + w] == label]
         regions.append(
             Region(
                 bbox=(x, y, w, h),
