@@ -1,0 +1,60 @@
+"""Manifest and state: what exists per recipe / role / ROI, and readiness."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from store import InvalidIdError, ModelStore
+from tests.store.conftest import Trained
+
+ROLE = "Master1"
+
+
+def test_empty_store(store: ModelStore) -> None:
+    assert store.manifest() == {
+        "root": str(store.root),
+        "recipes": [],
+        "legacy": {"models": [], "datasets": []},
+    }
+    state = store.state("r", ROLE, "roi")
+    assert state.source is None and not state.ready and state.dataset == {"ok": 0, "ng": 0}
+
+
+def test_manifest_reports_models_datasets_and_readiness(
+    store: ModelStore, model_a: Trained
+) -> None:
+    store.save_model("Disc-A", ROLE, "calibrated", model_a.model)
+    bare = {s: b for s, b in model_a.files.items() if s != "_calib.json"}
+    store.save_artifacts("disc-a", ROLE, "bare", bare, version=model_a.version, mm_per_px=0.1)
+    store.add_image("disc-a", ROLE, "calibrated", "ok", np.zeros((4, 4, 3), np.uint8))
+    store.add_image("disc-a", ROLE, "data only", "ng", np.zeros((4, 4, 3), np.uint8))
+    store.add_image("disc-b", "other", "x", "ok", np.zeros((4, 4, 3), np.uint8))
+
+    manifest = store.manifest()
+    assert [r["recipe_id"] for r in manifest["recipes"]] == ["disc-a", "disc-b"]
+    disc_a = manifest["recipes"][0]
+    assert disc_a["mm_per_px"] == 0.1
+    entries = {e["roi_id"]: e for e in disc_a["models"]}
+    assert set(entries) == {"bare", "calibrated", "data only"}
+    ready = entries["calibrated"]
+    assert ready["ready"] and ready["version"] == model_a.version and ready["revision"]
+    assert ready["has_calibration"] and ready["threshold"] == pytest.approx(model_a.model.threshold)
+    assert ready["dataset"] == {"ok": 1, "ng": 0} and ready["source"] == "recipe"
+    assert not entries["bare"]["ready"] and entries["bare"]["threshold"] is None
+    assert entries["data only"]["source"] is None and entries["data only"]["dataset"]["ng"] == 1
+    assert entries["data only"]["model_key"] == "data_only"
+
+    only_b = store.manifest("DISC-B")
+    assert [r["recipe_id"] for r in only_b["recipes"]] == ["disc-b"]
+    with pytest.raises(InvalidIdError):
+        store.manifest("../etc")
+
+
+def test_state_of_a_damaged_model_is_not_ready(store: ModelStore, model_a: Trained) -> None:
+    saved = store.save_model("r", ROLE, "roi", model_a.model)
+    for path in saved.files.values():
+        path.unlink()
+    state = store.state("r", ROLE, "roi")
+    assert not state.ready and state.error
+    assert state.to_dict()["ready"] is False
