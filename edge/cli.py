@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     eng.add_argument("--coreset-rate", type=float, default=0.1)
     eng.add_argument("--max-train", type=int, default=0, help="0 = all training images")
     eng.add_argument("--knn", choices=["exact", "ivf"], default=None)
-    eng.add_argument("--batch", type=int, default=32)
+    eng.add_argument("--batch", type=int, default=16)
     eng.add_argument("--json", action="store_true", help="print only the JSON line on stdout")
     eng.set_defaults(func=_cmd_bench_engine)
 

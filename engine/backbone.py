@@ -81,6 +81,50 @@ class _EfficientNetTaps(nn.Module):
         return out
 
 
+# (conv, norm) attribute pairs of timm's EfficientNet modules, by class name
+_CONV_BN_PAIRS = {
+    "_EfficientNetTaps": (("conv_stem", "bn1"),),
+    "DepthwiseSeparableConv": (("conv_dw", "bn1"), ("conv_pw", "bn2")),
+    "InvertedResidual": (("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3")),
+}
+
+
+def fold_batch_norms(module: nn.Module) -> int:
+    """Fold every inference-mode BatchNorm into the convolution before it, in place.
+
+    ``y = γ (conv(x) - μ) / σ + β`` becomes one convolution with scaled weights and a bias;
+    the norm's activation (timm's ``BatchNormAct2d``) is kept. On the CPU the separate norm
+    passes cost about a third of EfficientNet's time. Returns the number of folds.
+    """
+    folded = 0
+    for sub in list(module.modules()):
+        for conv_name, bn_name in _CONV_BN_PAIRS.get(type(sub).__name__, ()):
+            conv, bn = getattr(sub, conv_name, None), getattr(sub, bn_name, None)
+            if not isinstance(conv, nn.Conv2d) or not isinstance(bn, nn.BatchNorm2d):
+                continue
+            if bn.running_mean is None or bn.running_var is None:
+                continue
+            with torch.no_grad():
+                scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+                bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+                fused = nn.Conv2d(
+                    conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                    conv.padding, conv.dilation, conv.groups, bias=True,
+                    padding_mode=conv.padding_mode,
+                )  # fmt: skip
+                fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+                fused.bias.copy_(bn.bias + (bias - bn.running_mean) * scale)
+            # timm's EfficientNet convs may pad "same" dynamically; keep their forward
+            if type(conv) is not nn.Conv2d:
+                conv.weight, conv.bias = fused.weight, fused.bias
+                fused = conv
+            setattr(sub, conv_name, fused)
+            tail = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None)) if m is not None]
+            setattr(sub, bn_name, nn.Sequential(*tail) if tail else nn.Identity())
+            folded += 1
+    return folded
+
+
 class _DinoPatchTokens(nn.Module):
     """ViT patch tokens of the last block, as a ``(B, 384, H/14, W/14)`` map."""
 
@@ -119,7 +163,9 @@ def _build_efficientnet_lite0(weights: str | None) -> tuple[nn.Module, str]:
     ):
         raise BackboneWeightsError(f"{path} is not an EfficientNet-Lite0 checkpoint")
     model.load_state_dict(dict(zip(target.keys(), source.values(), strict=True)))
-    return _EfficientNetTaps(model), str(path)
+    taps = _EfficientNetTaps(model).eval()
+    fold_batch_norms(taps)
+    return taps, str(path)
 
 
 def _build_dinov2_vits14(weights: str | None, image_size: int) -> tuple[nn.Module, str]:

@@ -32,7 +32,7 @@ def _gpu_available() -> bool:
 class KnnIndex:
     """L2 nearest neighbours of query rows ``(Q, C)`` in a memory bank ``(M, C)``."""
 
-    def __init__(self, mode: KnnMode = "exact", nprobe: int = 8, use_gpu: bool = False) -> None:
+    def __init__(self, mode: KnnMode = "exact", nprobe: int = 4, use_gpu: bool = False) -> None:
         self.mode: KnnMode = mode
         self.nprobe = nprobe
         self.use_gpu = use_gpu and _gpu_available()
@@ -52,7 +52,7 @@ class KnnIndex:
         m, dim = bank.shape
         if self.mode == "ivf" and not self.use_gpu and m >= MIN_IVF_BANK:
             # ~39+ training points per list keeps faiss k-means well posed
-            nlist = max(16, min(int(4 * math.sqrt(m)), m // 39))
+            nlist = max(16, min(int(4 * math.sqrt(m)), m // 32))
             index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist)
             index.cp.seed = 1234
             index.train(bank)

@@ -40,12 +40,15 @@ def test_efficientnet_loads_the_packaged_weights(spec: DeviceSpec) -> None:
     assert backbone.info.weights.endswith("efficientnet-lite0-57934424.pth")
     assert not backbone.info.random_weights
     assert (backbone.info.stride, backbone.info.dim) == (8, 152)
-    # the stem really holds the checkpoint's first tensor, not timm's random init
+    # the stem really holds the checkpoint's tensors (its BatchNorm folded in), not timm's
+    # random init
     checkpoint = torch.load(
         efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True
     )
-    stem = next(iter(checkpoint.values()))
-    torch.testing.assert_close(backbone.net.conv_stem.weight.detach().cpu(), stem, rtol=0, atol=0)
+    stem, gamma, _beta, _mean, var = list(checkpoint.values())[:5]
+    eps = timm.create_model("efficientnet_lite0").bn1.eps
+    expected = stem * (gamma / torch.sqrt(var + eps)).view(-1, 1, 1, 1)
+    torch.testing.assert_close(backbone.net.conv_stem.weight.detach().cpu(), expected)
     assert all(not p.requires_grad for p in backbone.parameters())
 
 
@@ -153,3 +156,26 @@ def test_dinov2_official_checkpoint_round_trip(
     (grid,) = backbone(torch.randn(2, 3, 56, 56))
     assert grid.shape == (2, 384, 4, 4)
     assert torch.isfinite(grid).all()
+
+
+def test_batch_norm_folding_keeps_outputs():
+    """Folding inference BatchNorms into convs changes speed, not features."""
+    import copy
+
+    from engine.backbone import _EfficientNetTaps, fold_batch_norms
+
+    model = timm.create_model("efficientnet_lite0", pretrained=False)
+    gen = torch.Generator().manual_seed(0)
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):  # non-trivial statistics
+            mod.running_mean.copy_(torch.rand(mod.num_features, generator=gen) - 0.5)
+            mod.running_var.copy_(torch.rand(mod.num_features, generator=gen) + 0.5)
+            mod.weight.data.copy_(torch.rand(mod.num_features, generator=gen) + 0.5)
+    plain = _EfficientNetTaps(model).eval()
+    folded = copy.deepcopy(plain)
+    assert fold_batch_norms(folded) == 33
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(2, 3, 64, 64, generator=gen)
+    with torch.no_grad():
+        for a, b in zip(plain(x), folded(x), strict=True):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(a.abs().max()))
