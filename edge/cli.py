@@ -15,10 +15,11 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     engine = Engine.from_settings(settings)
+    backbone = engine.backbone()  # fails here, clearly, when weights are missing
     cuda_note = "" if settings.require_cuda else "  (BDI_REQUIRE_CUDA=0: CPU allowed, dev mode)"
     print("BDI Edge")
     print(f"  device   : {engine.spec.describe()}{cuda_note}")
-    print(f"  backbone : {settings.backbone} @ {settings.image_size}px")
+    print(f"  backbone : {settings.backbone} @ {settings.image_size}px ({backbone.info.weights})")
     print(f"  models   : {settings.models_dir.resolve()}")
     print("  The engine is ready. REST API and Kafka consumers are not part of this build yet.")
     return 0

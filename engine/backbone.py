@@ -119,7 +119,9 @@ def fold_batch_norms(module: nn.Module) -> int:
                 conv.weight, conv.bias = fused.weight, fused.bias
                 fused = conv
             setattr(sub, conv_name, fused)
-            tail = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None)) if m is not None]
+            tail = [
+                m for m in (getattr(bn, "drop", None), getattr(bn, "act", None)) if m is not None
+            ]
             setattr(sub, bn_name, nn.Sequential(*tail) if tail else nn.Identity())
             folded += 1
     return folded
