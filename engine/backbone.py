@@ -107,18 +107,9 @@ def fold_batch_norms(module: nn.Module) -> int:
             with torch.no_grad():
                 scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
                 bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-                fused = nn.Conv2d(
-                    conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                    conv.padding, conv.dilation, conv.groups, bias=True,
-                    padding_mode=conv.padding_mode,
-                )  # fmt: skip
-                fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-                fused.bias.copy_(bn.bias + (bias - bn.running_mean) * scale)
-            # timm's EfficientNet convs may pad "same" dynamically; keep their forward
-            if type(conv) is not nn.Conv2d:
-                conv.weight, conv.bias = fused.weight, fused.bias
-                fused = conv
-            setattr(sub, conv_name, fused)
+                # in place, so timm's convs keep their own forward ("same" padding)
+                conv.weight = nn.Parameter(conv.weight * scale.view(-1, 1, 1, 1))
+                conv.bias = nn.Parameter(bn.bias + (bias - bn.running_mean) * scale)
             tail = [
                 m for m in (getattr(bn, "drop", None), getattr(bn, "act", None)) if m is not None
             ]
