@@ -99,10 +99,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         ok_images = _read_all(ok_paths, "read ok", bars)
         ng_images = _read_all(ng_paths, "read ng", bars)
         engine = Engine.from_settings(settings)
-        model = engine.fit(ok_images, mm_per_px=mm, progress=bars).model
+        fit = engine.fit(ok_images, mm_per_px=mm, progress=bars)
+        model = fit.model
         if ng_images:
             bars("calibrate", 0, 2)
-            ok_scores = engine.image_scores(model, ok_images)
+            # the training images scored without their own patches (leave-one-out)
+            ok_scores = (
+                fit.ok_scores if fit.ok_scores.size else engine.image_scores(model, ok_images)
+            )
             bars("calibrate", 1, 2)
             ng_scores = engine.image_scores(model, ng_images)
             model.calibration = engine.calibrate(model, ok_scores.tolist(), ng_scores.tolist())

@@ -42,6 +42,9 @@ class FitResult:
     n_images: int
     n_patches: int
     timings_s: dict[str, float]
+    # leave-one-image-out scores of (up to CALIBRATION_IMAGES) training images: unbiased OK
+    # scores for calibration, unlike re-scoring training images against their own bank
+    ok_scores: np.ndarray = field(default_factory=lambda: np.empty(0))
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,7 @@ class Engine:
         )
         model = PatchCoreModel(meta=meta, index=index)
         t2 = time.perf_counter()
+        ok = np.empty(0)
         if n_img >= 2:
             pick = np.linspace(0, n_img - 1, min(n_img, CALIBRATION_IMAGES)).round().astype(int)
             source = ids // (h * w)
@@ -176,7 +180,7 @@ class Engine:
         t3 = time.perf_counter()
         timings = {"embed_s": t1 - t0, "coreset_s": timing.coreset_s, "index_s": timing.index_s,
                    "calibrate_s": t3 - t2, "fit_s": t3 - t0}  # fmt: skip
-        return FitResult(model, n_img, n_img * h * w, timings)
+        return FitResult(model, n_img, n_img * h * w, timings, ok)
 
     def image_scores(self, model: PatchCoreModel, images: Sequence[np.ndarray]) -> np.ndarray:
         """Image scores of many images against one model (calibration, datasets)."""

@@ -55,6 +55,7 @@ class KnnIndex:
             nlist = max(16, min(int(4 * math.sqrt(m)), m // 32))
             index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist)
             index.cp.seed = 1234
+            index.cp.min_points_per_centroid = 16  # nlist is sized for >= 32 per list
             index.train(bank)
             index.add(bank)
             self._index = index

@@ -14,6 +14,7 @@ from engine.engine import Engine, InferItem
 from engine.errors import EngineError
 from engine.images import PNG_MAGIC
 from engine.patchcore import PatchCoreModel, Scores
+from tests.engine.conftest import texture
 
 DEFECT = dict(y=20, x=24, size=16)
 
@@ -244,3 +245,15 @@ def test_area_rule_needs_a_scale(make_engine, ng_setup) -> None:
     (result,) = make_engine(area_mm2_thr=1e6).infer([InferItem(model, image)])
     assert result.verdict == "NG"
     assert all(r.area_mm2 is None for r in result.regions)
+
+
+def test_fit_returns_leave_one_out_ok_scores(tiny_engine):
+    """OK scores for calibration come from each image scored without its own patches, so
+    they sit above the near-zero scores of re-scoring training images against the bank."""
+    images = [texture("stripes", seed) for seed in range(5)]
+    fit = tiny_engine.fit(images)
+    assert fit.ok_scores.shape == (5,)
+    assert np.isfinite(fit.ok_scores).all()
+    assert fit.model.calibration is not None and fit.model.calibration.ok.n == 5
+    rescored = tiny_engine.image_scores(fit.model, images)
+    assert fit.ok_scores.mean() > rescored.mean()
