@@ -15,6 +15,7 @@ from the current selection):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -41,17 +42,23 @@ def greedy_coreset(
     n_select: int,
     projection_dim: int = 128,
     seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Coreset:
-    """Select ``n_select`` rows of ``features (N, D)`` by greedy k-center on projected features."""
+    """Select ``n_select`` rows of ``features (N, D)`` by greedy k-center on projected features.
+
+    ``progress(done, total)`` is called every ~2 % of the steps on the CPU path (the device
+    path reports only its end, to keep its loop free of host work)."""
     n = features.shape[0]
     if not 0 < n_select <= n:
         raise ValueError(f"n_select must be in [1, {n}], got {n_select}")
     z = random_projection(features, projection_dim, seed)
     start = int(torch.randint(n, (1,), generator=torch.Generator().manual_seed(seed)))
     if z.device.type == "cpu":
-        idx, radius = _greedy_pruned(z.numpy(), n_select, start)
+        idx, radius = _greedy_pruned(z.numpy(), n_select, start, progress)
         return Coreset(torch.from_numpy(idx), radius)
     idx_t, radius_t = _greedy_dense(z, n_select, start)
+    if progress is not None:
+        progress(n_select, n_select)
     return Coreset(idx_t, float(radius_t))
 
 
@@ -70,7 +77,9 @@ def _greedy_dense(z: torch.Tensor, k: int, start: int) -> tuple[torch.Tensor, to
     return selected, min_d2.max().sqrt()
 
 
-def _greedy_pruned(z: np.ndarray, k: int, start: int) -> tuple[np.ndarray, float]:
+def _greedy_pruned(
+    z: np.ndarray, k: int, start: int, progress: Callable[[int, int], None] | None = None
+) -> tuple[np.ndarray, float]:
     """Exact greedy k-center on the CPU with triangle-inequality pruning. ``z (N, d)``."""
     z = np.ascontiguousarray(z, dtype=np.float32)
     n, d = z.shape
@@ -83,7 +92,10 @@ def _greedy_pruned(z: np.ndarray, k: int, start: int) -> tuple[np.ndarray, float
     twice_r = 2.0 * r
     selected[0], centres[0] = start, z[start]
     centre_sq[0] = float(z[start] @ z[start])
+    report_every = max(1, k // 50)
     for i in range(1, k):
+        if progress is not None and i % report_every == 0:
+            progress(i, k)
         new = int(np.argmax(r))
         c = z[new]
         c_sq = float(c @ c)
@@ -101,6 +113,8 @@ def _greedy_pruned(z: np.ndarray, k: int, start: int) -> tuple[np.ndarray, float
         r[hit] = dist[better]
         twice_r[hit] = 2.0 * dist[better]
         owner[hit] = i
+    if progress is not None:
+        progress(k, k)
     return selected, float(r.max())
 
 

@@ -146,12 +146,11 @@ class Engine:
         feats = self.embed(images, bb, size, progress)
         n_img, h, w, c = feats.shape
         t1 = time.perf_counter()
-        progress("coreset", 0, 1)
         index, ids, timing = build_memory(
             feats.reshape(-1, c), rate, s.knn_mode, s.knn_ivf_nprobe, s.coreset_projection_dim,
             s.seed, self.spec.device, self.spec.is_cuda,
+            lambda done, total: progress("coreset", done, total),
         )  # fmt: skip
-        progress("coreset", 1, 1)
         meta = ModelMeta(
             backbone=bb.info.name,
             backbone_weights=self.weights_fingerprint(bb),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
@@ -110,6 +111,7 @@ def build_memory(
     seed: int,
     device: torch.device,
     use_gpu_index: bool,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[KnnIndex, np.ndarray, FitTimings]:
     """Coreset of ``features (N, C)`` and its kNN index. Returns index, bank row ids, timings."""
     n = features.shape[0]
@@ -117,9 +119,8 @@ def build_memory(
     t0 = time.perf_counter()
     if k < n:
         feats = torch.from_numpy(features).to(device)
-        ids = (
-            greedy_coreset(feats, k, projection_dim=projection_dim, seed=seed).indices.cpu().numpy()
-        )
+        coreset = greedy_coreset(feats, k, projection_dim, seed, progress)
+        ids = coreset.indices.cpu().numpy()
     else:
         ids = np.arange(n)
     t1 = time.perf_counter()
