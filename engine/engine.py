@@ -284,20 +284,25 @@ class Engine:
         mm = item.mm_per_px if item.mm_per_px is not None else model.meta.mm_per_px
         regions: list[Region] = []
         error: str | None = None
+        # full-resolution map: only when someone needs it (most frames on a line are OK).
+        # Bilinear upsampling never exceeds the source maximum, so a map below the
+        # threshold at input size has no region at full size either.
+        needs_regions = threshold is not None and float(amap.max()) >= threshold
+        full = (
+            resize_map(amap, h, w) if needs_regions or item.want_map or item.want_heatmap else None
+        )
         if threshold is None:
             verdict: Verdict = "NO_MODEL"
             error = "model is not calibrated (no threshold)"
         else:
             verdict = "NG" if value >= threshold else "OK"
-            # bilinear upsampling never exceeds the source maximum, so a map below the
-            # threshold at input size has no region at full size either
-            if float(amap.max()) >= threshold:
-                regions = find_regions(resize_map(amap, h, w), threshold, mm)
+            if needs_regions:
+                assert full is not None
+                regions = find_regions(full, threshold, mm)
             min_area = self.settings.area_mm2_thr
             if verdict == "NG" and min_area > 0 and mm is not None and regions:
                 # defects smaller than the minimum area do not reject the part
                 verdict = "NG" if significant(regions, min_area) else "OK"
-        full = resize_map(amap, h, w) if (item.want_map or item.want_heatmap) else None
         png = None
         if item.want_heatmap:
             assert full is not None

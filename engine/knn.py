@@ -38,6 +38,7 @@ class KnnIndex:
         self.use_gpu = use_gpu and _gpu_available()
         self._index: faiss.Index | None = None
         self._flat: faiss.Index | None = None  # exact index used for refinement
+        self._bank: np.ndarray | None = None  # the rows, read out of the index once
 
     @property
     def size(self) -> int:
@@ -51,7 +52,7 @@ class KnnIndex:
         bank = np.ascontiguousarray(bank, dtype=np.float32)
         m, dim = bank.shape
         if self.mode == "ivf" and not self.use_gpu and m >= MIN_IVF_BANK:
-            # ~39+ training points per list keeps faiss k-means well posed
+            # >= 32 training points per list keeps faiss k-means well posed
             nlist = max(16, min(int(4 * math.sqrt(m)), m // 32))
             index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist)
             index.cp.seed = 1234
@@ -69,10 +70,13 @@ class KnnIndex:
     def _configure(self) -> None:
         index = self._index
         assert index is not None
+        # read while the index is still on the host; scoring (reweighting) and saving
+        # need the rows, and reading IVF lists back is a loop over every list
+        self._bank = _read_rows(index)
         if isinstance(index, faiss.IndexIVF):
             index.nprobe = min(self.nprobe, index.nlist)
             self._flat = faiss.IndexFlatL2(index.d)
-            self._flat.add(self.bank())
+            self._flat.add(self._bank)
         else:
             self._flat = index
         if self.use_gpu:
@@ -80,21 +84,9 @@ class KnnIndex:
 
     def bank(self) -> np.ndarray:
         """The memory bank ``(M, C)`` as stored in the index."""
-        index = self._require()
-        if isinstance(index, faiss.IndexIVF):
-            inv = index.invlists
-            assert inv is not None
-            rows = np.empty((index.ntotal, index.d), dtype=np.float32)
-            for lst in range(index.nlist):
-                n = inv.list_size(lst)
-                if n:
-                    ids = faiss.rev_swig_ptr(inv.get_ids(lst), n).copy()
-                    codes = faiss.rev_swig_ptr(inv.get_codes(lst), n * index.d * 4)
-                    rows[ids] = np.frombuffer(codes.copy(), dtype=np.float32).reshape(n, -1)
-            return rows
-        if hasattr(index, "reconstruct_n"):
-            return index.reconstruct_n(0, index.ntotal)
-        raise TypeError(f"cannot read the bank of {type(index).__name__}")
+        if self._bank is None:
+            raise RuntimeError("index is empty: call fit() or load() first")
+        return self._bank
 
     def _require(self) -> faiss.Index:
         if self._index is None:
@@ -157,6 +149,24 @@ class KnnIndex:
         knn._index = index
         knn._configure()
         return knn
+
+
+def _read_rows(index: faiss.Index) -> np.ndarray:
+    """Every stored vector of a CPU flat or IVF-flat index, in id order."""
+    if isinstance(index, faiss.IndexIVF):
+        inv = index.invlists
+        assert inv is not None
+        rows = np.empty((index.ntotal, index.d), dtype=np.float32)
+        for lst in range(index.nlist):
+            n = inv.list_size(lst)
+            if n:
+                ids = faiss.rev_swig_ptr(inv.get_ids(lst), n).copy()
+                codes = faiss.rev_swig_ptr(inv.get_codes(lst), n * index.d * 4)
+                rows[ids] = np.frombuffer(codes.copy(), dtype=np.float32).reshape(n, -1)
+        return rows
+    if hasattr(index, "reconstruct_n"):
+        return index.reconstruct_n(0, index.ntotal)
+    raise TypeError(f"cannot read the bank of {type(index).__name__}")
 
 
 def _to_device(index: faiss.Index) -> faiss.Index:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from configs.settings import Settings, load_settings
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -36,3 +38,23 @@ def metal_plate(test_data: Path) -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} missing")
     return path
+
+
+# The smallest real engine configuration: packaged EfficientNet-Lite0 weights, CPU, 64 px.
+TINY = dict(
+    backbone="efficientnet_lite0",
+    require_cuda=False,
+    image_size=64,
+    coreset_rate=0.5,
+    engine_batch_size=4,
+)
+
+
+def tiny_settings(**overrides: object) -> Settings:
+    """Tiny CPU settings, immune to the developer's own BDI_* variables (session fixtures
+    are built before the per-test environment cleaning applies)."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in list(os.environ):
+            if name.startswith(("BDI_", "BRAKEDISC_")) and name != "BDI_TEST_DATA":
+                mp.delenv(name)
+        return load_settings(**{**TINY, **overrides})

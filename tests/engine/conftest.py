@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import numpy as np
 import pytest
 
-from configs.settings import Settings, load_settings
+from configs.settings import Settings
 from engine.device import DeviceSpec, select_device
 from engine.engine import Engine
 from engine.patchcore import PatchCoreModel
-
-TINY = dict(
-    backbone="efficientnet_lite0",
-    require_cuda=False,
-    image_size=64,
-    coreset_rate=0.5,
-    engine_batch_size=4,
-    knn_mode="exact",
-)
+from tests.conftest import tiny_settings as shared_tiny_settings
 
 Texture = Callable[..., np.ndarray]
 
@@ -49,12 +40,8 @@ def with_defect(image: np.ndarray, y: int = 20, x: int = 24, size: int = 16) -> 
 
 
 def tiny_settings(**overrides: object) -> Settings:
-    """Tiny CPU settings, immune to the developer's own BDI_* variables and app.yaml."""
-    with pytest.MonkeyPatch.context() as mp:
-        for name in list(os.environ):
-            if name.startswith(("BDI_", "BRAKEDISC_")):
-                mp.delenv(name)
-        return load_settings(**{**TINY, **overrides})
+    """The shared tiny settings with the exact kNN, so engine tests see exact distances."""
+    return shared_tiny_settings(**{"knn_mode": "exact", **overrides})
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from store import ModelStore
+from tests.conftest import tiny_settings as shared_tiny_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,17 +28,8 @@ class Trained:
 
 
 def tiny_settings(models_dir: Path, **overrides: Any) -> Any:
-    from configs.settings import load_settings
-
-    base = dict(
-        backbone="efficientnet_lite0",
-        require_cuda=False,
-        image_size=64,
-        coreset_rate=0.5,
-        engine_batch_size=4,
-        models_dir=models_dir,
-    )
-    return load_settings(**{**base, **overrides})
+    """The shared tiny settings, with the store rooted at ``models_dir``."""
+    return shared_tiny_settings(models_dir=models_dir, **overrides)
 
 
 def random_images(seed: int, n: int = 4, size: int = 64) -> list[np.ndarray]:
