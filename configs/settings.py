@@ -12,7 +12,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_YAML = Path(__file__).with_name("app.yaml")
@@ -78,6 +85,27 @@ class Settings(BaseSettings):
     max_image_pixels: int = _env("max_image_pixels", default=40_000_000, ge=1)
     seed: int = _env("seed", default=0, ge=0)
 
+    # --- REST API (edge/) ----------------------------------------------------------------
+    api_key: SecretStr | None = _env("api_key", default=None)
+    max_upload_mb: float = _env("max_upload_mb", default=64.0, gt=0.0, le=4096.0)
+    max_concurrent_fits: int = _env("max_concurrent_fits", default=1, ge=1, le=64)
+    log_max_mb: float = _env("log_max_mb", default=20.0, gt=0.0)
+    log_backups: int = _env("log_backups", default=5, ge=0, le=1000)
+
+    # --- Kafka (consumers/) ----------------------------------------------------------------
+    kafka_bootstrap: str | None = _env("kafka_bootstrap", default=None)
+    kafka_group: str = _env("kafka_group", default="bdi-edge", min_length=1)
+    kafka_topic_frames: str = _env("kafka_topic_frames", default="bdi.frames", min_length=1)
+    kafka_topic_verdicts: str = _env("kafka_topic_verdicts", default="bdi.verdicts", min_length=1)
+    kafka_topic_dlq: str = _env("kafka_topic_dlq", default="bdi.frames.dlq", min_length=1)
+    kafka_topic_heatmaps: str | None = _env("kafka_topic_heatmaps", default=None)
+    kafka_exactly_once: bool = _env("kafka_exactly_once", default=False)
+    batch_max: int = _env("batch_max", default=16, ge=1, le=4096)
+    batch_wait_ms: float = _env("batch_wait_ms", default=20.0, ge=0.0, le=60_000.0)
+    shutdown_grace_s: float = _env("shutdown_grace_s", default=10.0, ge=0.0, le=3600.0)
+    model_poll_s: float = _env("model_poll_s", default=2.0, gt=0.0, le=3600.0)
+    max_frame_mb: float = _env("max_frame_mb", default=16.0, gt=0.0, le=1024.0)
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:
@@ -85,7 +113,9 @@ class Settings(BaseSettings):
             return [o.strip() for o in value.split(",") if o.strip()]
         return value
 
-    @field_validator("backbone_weights", mode="before")
+    @field_validator(
+        "backbone_weights", "api_key", "kafka_bootstrap", "kafka_topic_heatmaps", mode="before"
+    )
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
