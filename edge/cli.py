@@ -52,7 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     eng.add_argument("--json", action="store_true", help="print only the JSON line on stdout")
     eng.set_defaults(func=_cmd_bench_engine)
 
+    from edge.serve import add_serve_command
     from edge.store_cli import add_store_commands
+
+    add_serve_command(sub)
 
     add_store_commands(sub)
     return parser

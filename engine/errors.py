@@ -25,3 +25,11 @@ class NotFittedError(EngineError):
 
 class ImageDecodeError(EngineError):
     """Image bytes are not a readable PNG/JPEG, or of an unsupported kind."""
+
+
+class UnsupportedImageError(ImageDecodeError):
+    """Not PNG/JPEG, or a kind the engine refuses to guess at: 16-bit, alpha, CMYK (HTTP 415)."""
+
+
+class ImageTooLargeError(ImageDecodeError):
+    """More pixels than allowed, known from the header before decoding (HTTP 413)."""

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from engine.backbone import IMAGENET_MEAN, IMAGENET_STD
-from engine.errors import ImageDecodeError
+from engine.errors import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -20,7 +20,7 @@ def sniff_format(data: bytes) -> str:
         return "png"
     if data.startswith(JPEG_MAGIC):
         return "jpeg"
-    raise ImageDecodeError("not a PNG or JPEG image")
+    raise UnsupportedImageError("not a PNG or JPEG image")
 
 
 def _png_size(data: bytes) -> tuple[int, int]:
@@ -59,25 +59,25 @@ def decode_image(data: bytes, max_pixels: int = 40_000_000) -> np.ndarray:
     fmt = sniff_format(data)
     width, height = _png_size(data) if fmt == "png" else _jpeg_size(data)
     if width <= 0 or height <= 0 or width * height > max_pixels:
-        raise ImageDecodeError(f"image of {width}x{height} px exceeds {max_pixels} pixels")
+        raise ImageTooLargeError(f"image of {width}x{height} px exceeds {max_pixels} pixels")
     if fmt == "png":
         bit_depth, colour_type = data[24], data[25]
         if bit_depth != 8:
-            raise ImageDecodeError(f"PNG bit depth {bit_depth} is not supported (8 only)")
+            raise UnsupportedImageError(f"PNG bit depth {bit_depth} is not supported (8 only)")
         if colour_type in (4, 6):
-            raise ImageDecodeError("PNG with an alpha channel is not supported")
+            raise UnsupportedImageError("PNG with an alpha channel is not supported")
     buf = np.frombuffer(data, dtype=np.uint8)
     image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if image is None:
         raise ImageDecodeError(f"cannot decode {fmt.upper()} data")
     if image.dtype != np.uint8:
-        raise ImageDecodeError(f"pixel type {image.dtype} is not supported (8-bit only)")
+        raise UnsupportedImageError(f"pixel type {image.dtype} is not supported (8-bit only)")
     if image.ndim == 2:
         image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
     elif image.shape[2] == 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     else:
-        raise ImageDecodeError(f"{image.shape[2]}-channel images are not supported")
+        raise UnsupportedImageError(f"{image.shape[2]}-channel images are not supported")
     return image
 
 

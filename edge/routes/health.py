@@ -1,0 +1,40 @@
+"""Liveness and metrics: open even when ``BDI_API_KEY`` is set."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from edge.deps import RequestIdDep, StateDep
+from edge.schemas import ErrorPublic, HealthPublic
+from store import recipe_id as normalise_recipe
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health", responses={400: {"model": ErrorPublic}})
+def health(
+    state: StateDep,
+    request_id: RequestIdDep,
+    recipe_id: Annotated[str | None, Query(max_length=256)] = None,
+) -> HealthPublic:
+    """Cheap: loads nothing. ``recipe_id``, when given, is validated and echoed normalised."""
+    s = state.settings
+    return HealthPublic(
+        status="ok",
+        device=state.engine.spec.describe(),
+        model=f"{s.backbone}@{s.image_size}",
+        version=state.version,
+        request_id=request_id,
+        recipe_id=None if recipe_id is None else normalise_recipe(recipe_id),
+    )
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+)
+def metrics(state: StateDep) -> Response:
+    return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
