@@ -58,9 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_command(sub)
 
     add_store_commands(sub)
-    from consumers.cli import add_consume_command
-
-    add_consume_command(sub)
     return parser
 
 
