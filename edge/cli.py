@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_command(sub)
 
     add_store_commands(sub)
+    from edge.transfer_cli import add_transfer_commands
+
+    add_transfer_commands(sub)
     return parser
 
 
