@@ -35,12 +35,14 @@ def artifact_paths(directory: Path, base_name: str) -> dict[str, Path]:
 def to_bytes(model: PatchCoreModel) -> dict[str, bytes]:
     """Serialise a model to ``{suffix: bytes}``; the calibration file only when calibrated."""
     buf = io.BytesIO()
-    np.savez(
-        buf,
-        memory_bank=model.index.bank(),
-        meta=np.array(json.dumps(model.meta.to_dict(), sort_keys=True)),
-        version=np.array(model.version),
-    )
+    arrays = {
+        "memory_bank": model.index.bank(),
+        "meta": np.array(json.dumps(model.meta.to_dict(), sort_keys=True)),
+        "version": np.array(model.version),
+    }
+    if model.nominal is not None:
+        arrays["nominal"] = model.nominal
+    np.savez(buf, **arrays)  # type: ignore[arg-type]
     index = model.index._require()
     if model.index.use_gpu:
         index = faiss.index_gpu_to_cpu(index)
@@ -63,6 +65,7 @@ def load(directory: Path, base_name: str, nprobe: int = 8, use_gpu: bool = False
             bank = npz["memory_bank"].astype(np.float32, copy=False)
             meta = ModelMeta.from_dict(json.loads(str(npz["meta"])))
             version = str(npz["version"]) if "version" in npz else ""
+            nominal = npz["nominal"].astype(np.float32) if "nominal" in npz else None
     except Exception as exc:  # zip, header and payload damage surface as many types
         raise ArtifactError(f"unreadable memory bank {paths[NPZ]}: {exc}") from exc
     if paths[INDEX].is_file():
@@ -80,7 +83,10 @@ def load(directory: Path, base_name: str, nprobe: int = 8, use_gpu: bool = False
             calibration = Calibration.from_dict(orjson.loads(paths[CALIB].read_bytes()))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"unreadable calibration {paths[CALIB]}: {exc}") from exc
-    return PatchCoreModel(meta=meta, index=index, calibration=calibration, version=version)
+    try:
+        return PatchCoreModel(meta, index, calibration, version, nominal)
+    except ValueError as exc:  # a baseline that does not fit the grid
+        raise ArtifactError(f"inconsistent memory bank {paths[NPZ]}: {exc}") from exc
 
 
 def save(model: PatchCoreModel, directory: Path, base_name: str) -> dict[str, Path]:

@@ -26,14 +26,16 @@ from engine.patchcore import (
     PatchCoreModel,
     aggregate,
     build_memory,
-    leave_one_out_scores,
+    leave_one_out_patch_scores,
+    nominal_map,
     score,
 )
 from engine.regions import Region, find_regions, significant
 
 Verdict = Literal["OK", "NG", "ERROR", "NO_MODEL"]
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
-CALIBRATION_IMAGES = 32  # training images re-scored leave-one-out for the OK threshold
+# training images re-scored leave-one-out: the OK threshold and the per-position baseline
+CALIBRATION_IMAGES = 64
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class Inference:
     regions: list[Region] = field(default_factory=list)
     model_version: str | None = None
     error: str | None = None
+    error_kind: str | None = None  # the exception class behind an ERROR, for the front doors
     anomaly_map: np.ndarray | None = None  # (H, W) at the original resolution
     heatmap_png: bytes | None = None
     random_backbone: bool = False
@@ -151,6 +154,18 @@ class Engine:
             s.seed, self.spec.device, self.spec.is_cuda,
             lambda done, total: progress("coreset", done, total),
         )  # fmt: skip
+        t2 = time.perf_counter()
+        loo = np.empty((0, h * w))
+        if n_img >= 2:
+            pick = np.linspace(0, n_img - 1, min(n_img, CALIBRATION_IMAGES)).round().astype(int)
+            source = ids // (h * w)
+            # re-number so that bank rows of picked image j carry label j
+            remap = np.full(n_img, -1)
+            remap[pick] = np.arange(len(pick))
+            loo = leave_one_out_patch_scores(
+                index, feats[pick].reshape(len(pick), h * w, c), remap[source]
+            )
+        nominal = nominal_map(loo.reshape(-1, h, w)) if s.position_norm else None
         meta = ModelMeta(
             backbone=bb.info.name,
             backbone_weights=self.weights_fingerprint(bb),
@@ -162,19 +177,14 @@ class Engine:
             n_train_images=n_img,
             n_patches=n_img * h * w,
             memory_bank=len(ids),
+            nominal_images=0 if nominal is None else len(loo),
         )
-        model = PatchCoreModel(meta=meta, index=index)
-        t2 = time.perf_counter()
+        model = PatchCoreModel(meta=meta, index=index, nominal=nominal)
         ok = np.empty(0)
-        if n_img >= 2:
-            pick = np.linspace(0, n_img - 1, min(n_img, CALIBRATION_IMAGES)).round().astype(int)
-            source = ids // (h * w)
-            # re-number so that bank rows of picked image j carry label j
-            remap = np.full(n_img, -1)
-            remap[pick] = np.arange(len(pick))
-            ok = leave_one_out_scores(
-                index, feats[pick].reshape(len(pick), h * w, c), remap[source]
-            )
+        if len(loo):
+            # the same images scored the way inference will score (baseline subtracted);
+            # they helped set the baseline, so these run low: a stricter threshold
+            ok = (loo - (0.0 if nominal is None else nominal.ravel())).max(axis=1)
             model.calibration = calib.from_ok(ok, s.score_percentile)
         t3 = time.perf_counter()
         timings = {"embed_s": t1 - t0, "coreset_s": timing.coreset_s, "index_s": timing.index_s,
@@ -242,7 +252,10 @@ class Engine:
             embed_ms = (time.perf_counter() - t0) * 1e3 / len(members)
         except (EngineError, RuntimeError, ValueError) as exc:
             for i in members:
-                results[i] = Inference("ERROR", None, None, error=f"{type(exc).__name__}: {exc}")
+                results[i] = Inference(
+                    "ERROR", None, None,
+                    error=f"{type(exc).__name__}: {exc}", error_kind=type(exc).__name__,
+                )  # fmt: skip
             return
         by_model: dict[int, list[int]] = {}
         for pos, i in enumerate(members):
@@ -260,19 +273,28 @@ class Engine:
                 for pos in positions:
                     results[members[pos]] = Inference(
                         "ERROR", None, model.threshold, model_version=model.version,
-                        error=f"{type(exc).__name__}: {exc}",
+                        error=f"{type(exc).__name__}: {exc}", error_kind=type(exc).__name__,
                     )  # fmt: skip
                 continue
             knn_ms = (time.perf_counter() - t1) * 1e3 / len(positions)
+            base = model.baseline(model.meta.image_size, self.settings.anomaly_sigma)
             for j, pos in enumerate(positions):
                 i = members[pos]
-                res = self._decide(items[i], model, float(scores.image[j]), maps[j])
+                res = self._decide(items[i], model, float(scores.image[j]), maps[j], base)
                 res.timings_ms.update({"embed": embed_ms, "knn": knn_ms})
                 results[i] = res
 
     def _decide(
-        self, item: InferItem, model: PatchCoreModel, value: float, amap: np.ndarray
+        self,
+        item: InferItem,
+        model: PatchCoreModel,
+        value: float,
+        amap: np.ndarray,
+        base: np.ndarray | None,
     ) -> Inference:
+        """Verdict and regions of one frame. ``amap``: the patch-distance map at input size;
+        ``base``: the model's per-position baseline map, subtracted where the threshold
+        applies (regions, heatmap) so that they agree with the image score."""
         random_bb = model.meta.backbone_weights == RANDOM_WEIGHTS
         threshold = model.threshold
         if not math.isfinite(value) or not np.isfinite(amap).all():
@@ -282,15 +304,14 @@ class Engine:
             )  # fmt: skip
         h, w = item.image.shape[:2]
         mm = item.mm_per_px if item.mm_per_px is not None else model.meta.mm_per_px
+        judged = amap if base is None else amap - base
         regions: list[Region] = []
         error: str | None = None
-        # full-resolution map: only when someone needs it (most frames on a line are OK).
-        # Bilinear upsampling never exceeds the source maximum, so a map below the
+        # full-resolution maps: only when someone needs them (most frames on a line are
+        # OK). Bilinear upsampling never exceeds the source maximum, so a map below the
         # threshold at input size has no region at full size either.
-        needs_regions = threshold is not None and float(amap.max()) >= threshold
-        full = (
-            resize_map(amap, h, w) if needs_regions or item.want_map or item.want_heatmap else None
-        )
+        needs_regions = threshold is not None and float(judged.max()) >= threshold
+        full = resize_map(judged, h, w) if needs_regions or item.want_heatmap else None
         if threshold is None:
             verdict: Verdict = "NO_MODEL"
             error = "model is not calibrated (no threshold)"
@@ -309,7 +330,8 @@ class Engine:
             vmax = 2.0 * threshold if threshold else None
             png = heatmap_png(item.image, full, vmax)
         return Inference(
-            verdict, value, threshold, regions, error=error,
-            model_version=model.version, anomaly_map=full if item.want_map else None,
+            verdict, value, threshold, regions, error=error, model_version=model.version,
+            # the localisation map: patch distances, no baseline (the better pixel ranking)
+            anomaly_map=resize_map(amap, h, w) if item.want_map else None,
             heatmap_png=png, random_backbone=random_bb,
         )  # fmt: skip

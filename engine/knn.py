@@ -105,23 +105,25 @@ class KnnIndex:
         d2 = np.where(ids < 0, np.inf, d2)
         return np.sqrt(np.maximum(d2, 0.0)), ids
 
-    def search_images(self, queries: np.ndarray) -> np.ndarray:
+    def search_images(self, queries: np.ndarray, offset: np.ndarray | None = None) -> np.ndarray:
         """Nearest-neighbour distance of every patch, ``(B, P, C) -> (B, P)``.
 
         With an approximate index, each image's top patches are searched again exactly,
         widening until the best exact distance beats every patch left approximate. Since an
         approximate distance never underestimates, this makes the max (the image score)
-        exact; the rest of the map can only err upward, towards NG.
+        exact; the rest of the map can only err upward, towards NG. ``offset (P,)``: the
+        image score is ``max(distance - offset)``; "top" is ranked by that.
         """
         b, p, c = queries.shape
         dist = self.search(queries.reshape(-1, c))[0][:, 0].reshape(b, p)
         if self.kind == "exact":
             return dist
+        adj = np.zeros(p, dtype=dist.dtype) if offset is None else offset.astype(dist.dtype)
         exact = np.zeros((b, p), dtype=bool)
         todo = np.arange(b)
         top = min(REFINE_TOP, p)
         while todo.size:
-            order = np.argsort(-dist[todo], axis=1)[:, :top]  # (T, top) patch ids
+            order = np.argsort(adj - dist[todo], axis=1)[:, :top]  # (T, top) patch ids
             rows = np.repeat(todo, order.shape[1])
             cols = order.ravel()
             fresh = ~exact[rows, cols]
@@ -129,8 +131,8 @@ class KnnIndex:
                 q = queries[rows[fresh], cols[fresh]]
                 dist[rows[fresh], cols[fresh]] = self.search(q, exact=True)[0][:, 0]
                 exact[rows[fresh], cols[fresh]] = True
-            best_exact = np.where(exact[todo], dist[todo], -np.inf).max(1)
-            best_approx = np.where(exact[todo], -np.inf, dist[todo]).max(1)
+            best_exact = np.where(exact[todo], dist[todo] - adj, -np.inf).max(1)
+            best_approx = np.where(exact[todo], -np.inf, dist[todo] - adj).max(1)
             todo = todo[best_approx > best_exact]
             top = min(top * 2, p)
         return dist
