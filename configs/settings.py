@@ -80,6 +80,7 @@ class Settings(BaseSettings):
     knn_ivf_nprobe: int = _env("knn_ivf_nprobe", default=4, ge=1)
     anomaly_sigma: float = _env("anomaly_sigma", default=4.0, gt=0.0, le=64.0)
     score_reweight: bool = _env("score_reweight", default=False)
+    position_norm: bool = _env("position_norm", default=True)
     engine_batch_size: int = _env("engine_batch_size", default=16, ge=1, le=4096)
     torch_threads: int = _env("torch_threads", default=0, ge=0)
     max_image_pixels: int = _env("max_image_pixels", default=40_000_000, ge=1)
@@ -90,7 +91,7 @@ class Settings(BaseSettings):
     max_upload_mb: float = _env("max_upload_mb", default=64.0, gt=0.0, le=4096.0)
     max_concurrent_fits: int = _env("max_concurrent_fits", default=1, ge=1, le=64)
     log_max_mb: float = _env("log_max_mb", default=20.0, gt=0.0)
-    log_backups: int = _env("log_backups", default=5, ge=0, le=1000)
+    log_backups: int = _env("log_backups", default=5, ge=1, le=1000)
 
     # --- Kafka (consumers/) ----------------------------------------------------------------
     kafka_bootstrap: str | None = _env("kafka_bootstrap", default=None)

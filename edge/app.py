@@ -53,6 +53,8 @@ def _error_response(
         "error", level="error" if status >= 500 else "warning", status=status, error=code,
         message=detail, method=request.method, path=request.url.path,
     )  # fmt: skip
+    if status >= 500:  # server-side detail (file paths and the like) stays in the log
+        detail = f"server error ({code}); details in the diagnostics log under this request id"
     body = error_body(code, detail, _request_id(request), **extra)
     return JSONResponse(body, status_code=status, headers=headers)
 

@@ -91,8 +91,12 @@ class ApiMiddleware:
     ) -> None:
         length = _header(scope, b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
-            await _send_json(send, 413, error_body("payload_too_large", str(BodyTooLarge(
-                self.max_body).detail), rid))  # fmt: skip
+            detail = BodyTooLarge(self.max_body).detail
+            self.diag.log(
+                "error", level="warning", status=413, error="payload_too_large", message=detail,
+                method=scope.get("method"), path=scope.get("path"), content_length=int(length),
+            )  # fmt: skip
+            await _send_json(send, 413, error_body("payload_too_large", detail, rid))
             return
         try:
             await self.app(scope, self._bounded(receive), send)
@@ -102,8 +106,8 @@ class ApiMiddleware:
         except Exception as exc:  # noqa: BLE001 - no traceback ever reaches a client
             self.diag.log(
                 "error", level="error", status=500, error="internal_error",
-                exception=type(exc).__name__, message=str(exc),
-                traceback=traceback.format_exc(), path=scope.get("path"),
+                exception=type(exc).__name__, message=str(exc), traceback=traceback.format_exc(),
+                method=scope.get("method"), path=scope.get("path"),
             )  # fmt: skip
             if not status["sent"]:
                 await _send_json(

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from edge.deps import AppState
-from edge.errors import BadRequest
+from edge.errors import BadRequest, BdiError
 from edge.schemas import (
     CalibrateRequest,
     CalibrationPublic,
@@ -29,6 +29,9 @@ from engine.calibration import Calibration
 from engine.images import decode_image
 from engine.metrics import auroc
 from store import ModelRef
+
+# engine failures of one frame that mean "this model cannot score this image"
+_REQUEST_ERRORS = {"GridMismatchError": "token_grid_mismatch", "NotFittedError": "missing_memory"}
 
 
 def decode(state: AppState, data: bytes) -> np.ndarray:
@@ -147,8 +150,13 @@ def _regions(result: Inference) -> list[RegionPublic]:
 def infer_one(
     state: AppState, ref: ModelRef, image: np.ndarray, mm_per_px: float | None, heatmap: bool
 ) -> InferencePublic:
+    if mm_per_px is not None:  # the recipe's scale is locked: another one is a 409
+        state.store.check_mm_per_px(ref.recipe_id, mm_per_px)
     model = state.store.load_model(ref.recipe_id, ref.role_id, ref.roi_id, ref.model_key)
     (result,) = state.engine.infer([InferItem(model, image, mm_per_px, want_heatmap=heatmap)])
+    if result.verdict == "ERROR" and result.error_kind in _REQUEST_ERRORS:
+        # over REST the caller is told why, as an error status, not as a verdict
+        raise BdiError(result.error or "", 400, _REQUEST_ERRORS[result.error_kind])
     state.metrics.inferences.labels(result.verdict).inc()
     state.diagnostics.log(
         "inference", **_ids(ref), verdict=result.verdict, score=result.score,

@@ -42,10 +42,14 @@ def test_infer_ok_and_ng_with_regions_and_heatmap(trained):
     assert ok["heatmap_png_base64"] is None  # only when asked
 
 
-def test_infer_uses_the_frame_scale_when_given(trained):
-    r = infer(trained, ng_png(102, "scratch"), mm_per_px="0.5").json()
-    if r["regions"]:
-        assert r["regions"][0]["area_mm2"] == pytest.approx(r["regions"][0]["area_px"] * 0.25)
+def test_infer_uses_the_frame_scale_when_the_recipe_has_none(client):
+    r = client.post("/fit_ok", data=IDS, files=files("images", [ok_png(s) for s in range(8)]))
+    assert r.status_code == 200 and r.json()["mm_per_px"] is None
+    body = infer(client, ng_png(102, "rust"), mm_per_px="0.5").json()
+    assert body["verdict"] == "NG" and body["regions"]
+    assert body["regions"][0]["area_mm2"] == pytest.approx(body["regions"][0]["area_px"] * 0.25)
+    unscaled = infer(client, ng_png(102, "rust")).json()
+    assert unscaled["regions"][0]["area_mm2"] is None
 
 
 def test_uncalibrated_model_is_never_ok(client):
@@ -109,3 +113,39 @@ def test_infer_dataset_scores_every_stored_image(trained):
 def test_infer_dataset_empty(trained):
     r = trained.post("/infer_dataset", data=IDS)
     assert r.status_code == 400 and r.json()["error"] == "empty_dataset"
+
+
+def test_infer_scale_must_match_the_recipe(trained):
+    r = infer(trained, ok_png(5), mm_per_px="0.5")  # the recipe is locked at 0.1
+    assert r.status_code == 409 and r.json()["error"] == "mm_per_px_mismatch"
+    assert infer(trained, ok_png(5), mm_per_px="0.1").status_code == 200
+
+
+def test_token_grid_mismatch_is_a_400(trained):
+    import dataclasses
+
+    from engine.patchcore import PatchCoreModel
+
+    store = trained.app.state.bdi.store
+    model = store.load_model("disc-a", "Master1", "inspection-1")
+    h, w = model.meta.grid
+    odd = PatchCoreModel(dataclasses.replace(model.meta, grid=(h + 1, w)), model.index,
+                         model.calibration)  # fmt: skip
+    store.save_model("disc-a", "Master1", "inspection-1", odd)
+    r = infer(trained, ok_png(5))
+    assert r.status_code == 400 and r.json()["error"] == "token_grid_mismatch"
+
+
+def test_damaged_model_is_a_500_without_server_paths(trained, tmp_path):
+    store = trained.app.state.bdi.store
+    ref = store.ref("disc-a", "Master1", "inspection-1")
+    npz = store.locate(ref).files[".npz"]
+    data = bytearray(npz.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    npz.write_bytes(bytes(data))
+    store.cache.invalidate()
+    r = infer(trained, ok_png(5))
+    assert r.status_code == 500 and r.json()["error"] == "corrupt_model"
+    assert str(tmp_path) not in r.text and ".npz" not in r.text
+    state = trained.get("/state", params=IDS).json()
+    assert str(tmp_path) not in str(state)
