@@ -6,23 +6,8 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from configs.settings import SettingsError, load_settings
+from configs.settings import SettingsError
 from engine.errors import EngineError
-
-
-def _cmd_up(args: argparse.Namespace) -> int:
-    from engine import Engine
-
-    settings = load_settings()
-    engine = Engine.from_settings(settings)
-    backbone = engine.backbone()  # fails here, clearly, when weights are missing
-    cuda_note = "" if settings.require_cuda else "  (BDI_REQUIRE_CUDA=0: CPU allowed, dev mode)"
-    print("BDI Edge")
-    print(f"  device   : {engine.spec.describe()}{cuda_note}")
-    print(f"  backbone : {settings.backbone} @ {settings.image_size}px ({backbone.info.weights})")
-    print(f"  models   : {settings.models_dir.resolve()}")
-    print("  The engine is ready. REST API and Kafka consumers are not part of this build yet.")
-    return 0
 
 
 def _cmd_bench_engine(args: argparse.Namespace) -> int:
@@ -35,8 +20,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bdi", description="BDI Edge inspection service")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    up = sub.add_parser("up", help="start the service on embedded defaults")
-    up.set_defaults(func=_cmd_up)
+    from edge.demo import add_demo_command
+    from edge.up import add_up_command
+
+    add_up_command(sub)
+    add_demo_command(sub)
 
     bench = sub.add_parser("bench", help="benchmarks that print JSON")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
@@ -61,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     from edge.transfer_cli import add_transfer_commands
 
     add_transfer_commands(sub)
+    from consumers.cli import add_consume_command
+
+    add_consume_command(sub)
     return parser
 
 

@@ -1,0 +1,61 @@
+"""Collect a batch: up to ``BDI_BATCH_MAX`` records, or whatever arrived within
+``BDI_BATCH_WAIT_MS`` of the first one.
+
+``getmany`` alone returns as soon as *any* record is buffered, which on a quiet line means
+batches of one; waiting a few milliseconds after the first record fills the engine's
+batch without delaying a lone frame by more than ``BDI_BATCH_WAIT_MS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
+
+
+class RecordSource(Protocol):
+    """``AIOKafkaConsumer.getmany``."""
+
+    async def getmany(
+        self, *partitions: Any, timeout_ms: int = 0, max_records: int | None = None
+    ) -> Mapping[Any, Sequence[Any]]: ...
+
+
+async def collect(
+    source: RecordSource,
+    accept: Callable[[Any], T | None],
+    max_records: int,
+    wait_ms: float,
+    idle_ms: int = 500,
+) -> list[T]:
+    """One batch, in fetch order per partition (empty after ``idle_ms`` without records).
+
+    ``accept`` runs synchronously right after each ``getmany`` returns, before anything
+    else can run on the event loop: that is where a record is stamped with its
+    partition's current assignment epoch, so a rebalance between two fetches of one
+    batch cannot mislabel a record. It returns ``None`` to drop a record.
+    """
+    loop = asyncio.get_running_loop()
+    out: list[T] = []
+    deadline: float | None = None
+    while len(out) < max_records:
+        if deadline is None:
+            timeout_ms = idle_ms
+        else:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            timeout_ms = max(1, int(remaining * 1000))
+        fetched = await source.getmany(timeout_ms=timeout_ms, max_records=max_records - len(out))
+        for records in fetched.values():
+            for record in records:
+                item = accept(record)
+                if item is not None:
+                    out.append(item)
+        if deadline is None:
+            if not out:
+                return out  # idle: let the caller check for a stop request
+            deadline = loop.time() + wait_ms / 1000.0
+    return out

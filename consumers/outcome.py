@@ -1,0 +1,33 @@
+"""What processing a frame produces: its verdict and the records to publish for it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from consumers.frames import Frame, Headers
+from consumers.verdicts import Verdict
+
+# What to do when the broker (or the client's max request size) refuses a record as too
+# large: fail the frame (verdicts), resend it without its value (dead letters keep their
+# headers, so the error is still on record), or skip it (optional heatmaps).
+TooLarge = Literal["fail", "drop_value", "skip"]
+
+
+@dataclass(frozen=True)
+class OutRecord:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: Headers = ()
+    too_large: TooLarge = "fail"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One frame's verdict and every record that must be acknowledged before its offset
+    may be committed (verdict, dead letter, heatmap)."""
+
+    frame: Frame
+    verdict: Verdict
+    records: list[OutRecord] = field(default_factory=list)

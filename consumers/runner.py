@@ -1,0 +1,378 @@
+"""The consumer loop: fetch a batch -> decode -> infer -> publish -> await acks -> commit.
+
+Two stages overlap: while batch N is scored (inference thread) and published, batch N+1
+is fetched and decoded (decode threads). Offsets move only through the
+:class:`~consumers.offsets.OffsetTracker`, i.e. only past frames whose every record the
+broker acknowledged. ``request_stop`` (SIGTERM) stops fetching, lets the in-flight batch
+finish within ``BDI_SHUTDOWN_GRACE_S``, commits, and leaves the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaConnectionError, KafkaError
+
+from consumers.batcher import collect
+from consumers.eos import TransactionalPublisher, check_transactions
+from consumers.errors import (
+    BrokerUnavailableError,
+    ConsumerError,
+    MissingBootstrapError,
+    PublishError,
+)
+from consumers.frames import Decoded, Frame, KafkaRecord, frame_from_record
+from consumers.models import ModelResolver
+from consumers.offsets import OffsetTracker
+from consumers.outcome import Outcome
+from consumers.pipeline import BatchProcessor
+from consumers.publish import Publisher
+
+if TYPE_CHECKING:
+    from configs.settings import Settings
+    from engine import Engine
+    from store import ModelStore
+
+log = logging.getLogger(__name__)
+
+HEADROOM = 256 * 1024  # dead letters carry the frame plus error headers
+
+
+def require_bootstrap(settings: Settings) -> str:
+    """The bootstrap servers; also refuses topic settings that would feed outputs back in."""
+    if not settings.kafka_bootstrap:
+        raise MissingBootstrapError(
+            "BDI_KAFKA_BOOTSTRAP is not set: give the Kafka bootstrap servers, "
+            "e.g. BDI_KAFKA_BOOTSTRAP=localhost:9092"
+        )
+    s = settings
+    outputs = [s.kafka_topic_verdicts, s.kafka_topic_dlq, s.kafka_topic_heatmaps]
+    if s.kafka_topic_frames in outputs:
+        raise ConsumerError(
+            f"BDI_KAFKA_TOPIC_FRAMES={s.kafka_topic_frames!r} is also an output topic; "
+            "frames, verdicts, dead letters and heatmaps need distinct topics"
+        )
+    return settings.kafka_bootstrap
+
+
+def _tp(frame: Frame) -> TopicPartition:
+    return TopicPartition(frame.source.topic, frame.source.partition)
+
+
+@dataclass
+class Stats:
+    """What this consumer answered (tests and the final log line)."""
+
+    verdicts: Counter[str] = field(default_factory=Counter)
+    partitions: set[int] = field(default_factory=set)
+    batches: int = 0
+    dropped_revoked: int = 0
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, owner: FrameConsumer) -> None:
+        self.owner = owner
+
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        await self.owner._on_revoked(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        await self.owner._on_assigned(list(assigned))
+
+
+class FrameConsumer:
+    """One member of the ``BDI_KAFKA_GROUP`` consumer group.
+
+    ``engine`` / ``store`` default to ones built from ``settings``; ``consumer_options`` /
+    ``producer_options`` override aiokafka client arguments (tests shorten timeouts).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        engine: Engine | None = None,
+        store: ModelStore | None = None,
+        consumer_options: dict[str, Any] | None = None,
+        producer_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.bootstrap = require_bootstrap(settings)
+        self.engine = engine
+        self.store = store
+        self.client_id = f"bdi-{socket.gethostname()}-{os.getpid()}"
+        self.consumer_options = consumer_options or {}
+        self.producer_options = producer_options or {}
+        self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
+        self.stats = Stats()
+        self._stopping = asyncio.Event()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._publisher: Publisher | None = None
+        self._txn: TransactionalPublisher | None = None
+        self._processor: BatchProcessor | None = None
+        self._fatal: PublishError | None = None  # raised by run() after a clean stop
+        self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="bdi-infer")
+        self._decode_pool = ThreadPoolExecutor(
+            min(4, os.cpu_count() or 1), thread_name_prefix="bdi-decode"
+        )
+
+    # --- life cycle ----------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Signal-handler safe: only sets a flag the loop checks."""
+        self._stopping.set()
+
+    @property
+    def assignment(self) -> set[TopicPartition]:
+        return set(self._consumer.assignment()) if self._consumer is not None else set()
+
+    async def run(self) -> None:
+        """Start, consume until :meth:`request_stop`, stop. One run per instance."""
+        try:
+            await self.start()
+            await self._loop()
+        finally:
+            await self.stop()
+        if self._fatal is not None:
+            raise self._fatal
+
+    async def start(self) -> None:
+        s = self.settings
+        if s.kafka_exactly_once:
+            await check_transactions(self.bootstrap, s.kafka_group, self._producer_kwargs())
+            self._txn = TransactionalPublisher(
+                self.bootstrap, s.kafka_group, self._producer_kwargs()
+            )
+        else:
+            self._producer = AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap, acks="all", **self._producer_kwargs()
+            )
+            await self._start_client(self._producer)
+            self._publisher = Publisher(self._producer)
+        self._processor = await self._build_processor()
+        self._consumer = AIOKafkaConsumer(**self._consumer_kwargs())
+        self._consumer.subscribe([s.kafka_topic_frames], listener=_Rebalance(self))
+        await self._start_client(self._consumer)
+        log.info(
+            "consumer started",
+            extra={
+                "bootstrap": self.bootstrap,
+                "group": s.kafka_group,
+                "frames": s.kafka_topic_frames,
+                "verdicts": s.kafka_topic_verdicts,
+                "dlq": s.kafka_topic_dlq,
+                "heatmaps": s.kafka_topic_heatmaps,
+                "exactly_once": s.kafka_exactly_once,
+                "client_id": self.client_id,
+            },
+        )
+
+    async def stop(self) -> None:
+        """Commit what is acknowledged, leave the group, flush the producer. Idempotent."""
+        self._stopping.set()
+        if self._consumer is not None and self._publisher is not None:
+            # bounded: with the broker gone, aiokafka would retry the commit forever
+            grace = max(1.0, self.settings.shutdown_grace_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._commit(), grace)
+        for client in (self._consumer, self._producer):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.stop()
+        if self._txn is not None:
+            await self._txn.close()
+        self._consumer = self._producer = None
+        self._infer_pool.shutdown(wait=False, cancel_futures=True)
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+        log.info(
+            "consumer stopped",
+            extra={"verdicts": dict(self.stats.verdicts), "batches": self.stats.batches},
+        )
+
+    async def _build_processor(self) -> BatchProcessor:
+        from engine import Engine
+        from store import ModelStore
+
+        loop = asyncio.get_running_loop()
+        if self.engine is None:
+            self.engine = await loop.run_in_executor(
+                self._infer_pool, Engine.from_settings, self.settings
+            )
+        # load the backbone now: missing weights fail start-up, not the first frame
+        await loop.run_in_executor(self._infer_pool, self.engine.backbone)
+        if self.store is None:
+            self.store = ModelStore(self.settings, use_gpu=self.engine.spec.is_cuda)
+        resolver = ModelResolver(self.store, self.settings.model_poll_s)
+        return BatchProcessor(self.settings, self.engine, resolver)
+
+    async def _start_client(self, client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
+        try:
+            await client.start()
+        except KafkaConnectionError as exc:
+            with contextlib.suppress(Exception):
+                await client.stop()
+            raise BrokerUnavailableError(f"cannot reach Kafka at {self.bootstrap}: {exc}") from None
+
+    def _producer_kwargs(self) -> dict[str, Any]:
+        max_bytes = int(self.settings.max_frame_mb * 1024 * 1024) + HEADROOM
+        kwargs: dict[str, Any] = {
+            "client_id": self.client_id,
+            "max_request_size": max(1024 * 1024, max_bytes),
+        }
+        return {**kwargs, **self.producer_options}
+
+    def _consumer_kwargs(self) -> dict[str, Any]:
+        s = self.settings
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap,
+            "group_id": s.kafka_group,
+            "client_id": self.client_id,
+            "enable_auto_commit": False,
+            # a new group answers the backlog rather than skipping it: never silence
+            "auto_offset_reset": "earliest",
+            "isolation_level": "read_committed" if s.kafka_exactly_once else "read_uncommitted",
+        }
+        return {**kwargs, **self.consumer_options}
+
+    # --- rebalances ----------------------------------------------------------------------
+    async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
+        offsets = self.tracker.revoke(revoked)
+        if offsets and self._consumer is not None and self._publisher is not None:
+            try:  # acknowledged work is kept; in-flight work is abandoned (redelivered)
+                await self._consumer.commit(offsets)
+            except KafkaError as exc:
+                log.warning("commit on revoke failed", extra={"error": repr(exc)})
+        if self._txn is not None:
+            await self._txn.close(revoked)
+        log.info(
+            "partitions revoked",
+            extra={"partitions": _names(revoked), "committed": _names_offsets(offsets)},
+        )
+
+    async def _on_assigned(self, assigned: list[TopicPartition]) -> None:
+        epoch = self.tracker.assign(assigned)
+        log.info("partitions assigned", extra={"partitions": _names(assigned), "epoch": epoch})
+        if self._txn is None:
+            return
+        try:
+            await self._txn.open(assigned)
+        except Exception as exc:  # aiokafka would only log it: the partitions would stall
+            message = f"cannot open transactional producers: {type(exc).__name__}: {exc}"
+            self._fatal = PublishError(message)
+            log.error("stopping", extra={"error": message})
+            self.request_stop()
+
+    # --- the loop ------------------------------------------------------------------------
+    async def _loop(self) -> None:
+        prefetch = asyncio.create_task(self._next_batch())
+        try:
+            while not self._stopping.is_set():
+                if not await self._wait_or_stop(prefetch):
+                    break
+                batch = prefetch.result()
+                prefetch = asyncio.create_task(self._next_batch())  # overlaps this batch
+                if batch:
+                    await self._drain(asyncio.create_task(self._handle(batch)))
+        finally:
+            prefetch.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await prefetch
+
+    async def _wait_or_stop(self, task: asyncio.Task[Any]) -> bool:
+        """Wait for ``task``; ``False`` if a stop was requested first."""
+        stop = asyncio.create_task(self._stopping.wait())
+        done, _ = await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        return task in done and not self._stopping.is_set()
+
+    async def _drain(self, task: asyncio.Task[None]) -> None:
+        """Run a batch; on a stop request give it ``BDI_SHUTDOWN_GRACE_S`` to finish."""
+        if not await self._wait_or_stop(task) and not task.done():
+            grace = self.settings.shutdown_grace_s
+            done, _ = await asyncio.wait({task}, timeout=grace)
+            if not done:
+                log.warning(
+                    "shutdown grace exceeded: in-flight batch abandoned (redelivered)",
+                    extra={"grace_s": grace},
+                )
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                return
+        task.result()
+
+    async def _next_batch(self) -> list[Decoded]:
+        assert self._consumer is not None and self._processor is not None
+        s = self.settings
+        frames = await collect(self._consumer, self._accept, s.batch_max, s.batch_wait_ms)
+        return await self._processor.decode(frames, self._decode_pool) if frames else []
+
+    def _accept(self, record: KafkaRecord) -> Frame | None:
+        """Stamp a record with its partition's epoch and track it, or drop it when the
+        partition is no longer ours (runs synchronously right after the fetch)."""
+        tp = TopicPartition(record.topic, record.partition)
+        epoch = self.tracker.epoch(tp)
+        if epoch is None or not self.tracker.track(tp, epoch, record.offset):
+            return None
+        return frame_from_record(record, epoch)
+
+    async def _handle(self, batch: list[Decoded]) -> None:
+        assert self._processor is not None
+        loop = asyncio.get_running_loop()
+        outcomes = await loop.run_in_executor(self._infer_pool, self._processor.infer, batch)
+        live = [o for o in outcomes if self.tracker.is_current(_tp(o.frame), o.frame.epoch)]
+        self.stats.dropped_revoked += len(outcomes) - len(live)
+        self.stats.batches += 1
+        if self._txn is not None:
+            await self._txn.publish(live, self._preview, self._on_committed)
+        else:
+            assert self._publisher is not None
+            await self._publisher.publish(live, self._on_delivered)
+            await self._commit()
+
+    def _on_delivered(self, outcome: Outcome) -> None:
+        frame = outcome.frame
+        if self.tracker.ack(_tp(frame), frame.epoch, frame.source.offset):
+            self.stats.verdicts[outcome.verdict.verdict] += 1
+            self.stats.partitions.add(frame.source.partition)
+
+    def _preview(self, tp: TopicPartition, outcomes: Sequence[Outcome]) -> int | None:
+        epoch = outcomes[0].frame.epoch
+        return self.tracker.preview(tp, epoch, [o.frame.source.offset for o in outcomes])
+
+    def _on_committed(self, tp: TopicPartition, outcomes: Sequence[Outcome], offset: int) -> None:
+        for outcome in outcomes:
+            self._on_delivered(outcome)
+        self.tracker.committable()  # advance past the acknowledged frames
+        self.tracker.committed({tp: offset})
+
+    async def _commit(self) -> None:
+        offsets = self.tracker.committable()
+        if not offsets or self._consumer is None:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except KafkaError as exc:  # rebalanced meanwhile: the new owner redoes the frames
+            log.warning(
+                "commit failed", extra={"error": repr(exc), "offsets": _names_offsets(offsets)}
+            )
+            return
+        self.tracker.committed(offsets)
+
+
+def _names(tps: Sequence[TopicPartition]) -> list[str]:
+    return sorted(f"{tp.topic}:{tp.partition}" for tp in tps)
+
+
+def _names_offsets(offsets: dict[TopicPartition, int]) -> dict[str, int]:
+    return {f"{tp.topic}:{tp.partition}": value for tp, value in offsets.items()}

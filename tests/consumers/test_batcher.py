@@ -1,0 +1,69 @@
+"""Batch collection: up to BDI_BATCH_MAX records, waiting at most BDI_BATCH_WAIT_MS after
+the first; records stamped as they arrive."""
+
+from __future__ import annotations
+
+import asyncio
+
+
+class Source:
+    """Scripted ``getmany``: each call returns the next dict (``{}`` when exhausted)."""
+
+    def __init__(self, *answers: dict) -> None:
+        self.answers = list(answers)
+        self.calls: list[tuple[int, int | None]] = []
+
+    async def getmany(self, *partitions, timeout_ms=0, max_records=None):
+        self.calls.append((timeout_ms, max_records))
+        await asyncio.sleep(0)
+        if not self.answers:
+            return {}
+        got = self.answers.pop(0)
+        return {tp: recs[:max_records] for tp, recs in got.items()}
+
+
+def run(source, max_records=4, wait_ms=50.0, accept=lambda r: r):
+    from consumers.batcher import collect
+
+    return asyncio.run(collect(source, accept, max_records, wait_ms, idle_ms=10))
+
+
+def test_idle_returns_empty_after_one_poll():
+    src = Source()
+    assert run(src) == []
+    assert src.calls == [(10, 4)]
+
+
+def test_keeps_collecting_after_the_first_record_until_full():
+    src = Source({"p0": [1]}, {"p1": [2, 3]}, {"p0": [4, 5, 6]})
+    assert run(src) == [1, 2, 3, 4]
+    assert [c[1] for c in src.calls] == [4, 3, 1], "asks only for what still fits"
+
+
+def test_stops_waiting_when_nothing_more_arrives():
+    src = Source({"p0": [1, 2]})
+    assert run(src, max_records=16, wait_ms=30.0) == [1, 2]
+
+
+def test_zero_wait_returns_the_first_fetch():
+    src = Source({"p0": [1]}, {"p0": [2]})
+    assert run(src, wait_ms=0.0) == [1]
+    assert len(src.calls) == 1
+
+
+def test_order_within_a_partition_is_kept():
+    src = Source({"p0": [1, 2], "p1": [10, 11]})
+    out = run(src, max_records=8, wait_ms=0.0)
+    assert out.index(1) < out.index(2) and out.index(10) < out.index(11)
+
+
+def test_accept_stamps_each_record_right_after_its_fetch_and_may_drop_it():
+    seen: list[tuple[int, int]] = []
+    src = Source({"p0": [1, 2]}, {"p0": [3]})
+
+    def accept(record):
+        seen.append((record, len(src.calls)))  # which fetch it came from
+        return None if record == 2 else record * 10
+
+    assert run(src, accept=accept) == [10, 30]
+    assert seen == [(1, 1), (2, 1), (3, 2)]

@@ -1,0 +1,131 @@
+"""Model resolution: once per batch, store checks throttled to BDI_MODEL_POLL_S, hot reload
+of a newer version, failures mapped to NO_MODEL / ERROR."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from consumers.models import ModelResolver
+from store import ModelStore
+from store.errors import CorruptModelError, InvalidIdError, MissingModelError
+from tests.consumers.conftest import RECIPE, ROI, ROLE, train_model
+
+KEY = (RECIPE, ROLE, ROI)
+
+
+@dataclass
+class FakeModel:
+    version: str
+
+
+class FakeStore:
+    """Counts ``load_model`` calls; ``current`` is what the disk holds."""
+
+    def __init__(self, current: object) -> None:
+        self.current = current
+        self.calls = 0
+
+    def load_model(self, recipe, role, roi):
+        self.calls += 1
+        if isinstance(self.current, Exception):
+            raise self.current
+        return self.current
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def resolver(current: object, poll_s: float = 2.0) -> tuple[ModelResolver, FakeStore, Clock]:
+    store, clock = FakeStore(current), Clock()
+    return ModelResolver(store, poll_s, clock), store, clock  # type: ignore[arg-type]
+
+
+def test_one_lookup_per_key_per_batch():
+    r, store, _ = resolver(FakeModel("v1"))
+    out = r.resolve([KEY, KEY, KEY, ("other", ROLE, ROI)])
+    assert store.calls == 2 and out[KEY].model == FakeModel("v1")
+
+
+def test_store_is_checked_at_most_once_per_poll_period():
+    r, store, clock = resolver(FakeModel("v1"), poll_s=2.0)
+    r.resolve([KEY])
+    clock.now += 1.9
+    r.resolve([KEY])
+    assert store.calls == 1
+
+
+def test_a_new_version_is_used_within_the_poll_period():
+    r, store, clock = resolver(FakeModel("v1"), poll_s=2.0)
+    assert r.resolve([KEY])[KEY].model.version == "v1"
+    store.current = FakeModel("v2")  # retrained through the API, or by another machine
+    clock.now += 1.0
+    assert r.resolve([KEY])[KEY].model.version == "v1", "same version until the next check"
+    clock.now += 1.0
+    assert r.resolve([KEY])[KEY].model.version == "v2"
+
+
+def test_missing_model_is_no_model_and_is_rechecked():
+    r, store, clock = resolver(MissingModelError("no model stored for recipe 'disc-a'"))
+    res = r.resolve([KEY])[KEY]
+    assert res.model is None and res.failure is not None
+    assert (res.failure.verdict, res.failure.error_class) == ("NO_MODEL", "MissingModelError")
+    r.resolve([KEY])
+    assert store.calls == 1, "negative answers are cached too"
+    store.current = FakeModel("v1")
+    clock.now += 2.0
+    assert r.resolve([KEY])[KEY].model == FakeModel("v1"), "trained meanwhile: picked up"
+
+
+def test_invalid_id_is_an_error():
+    r, _, _ = resolver(InvalidIdError("recipe id '../x' is invalid"))
+    res = r.resolve([KEY])[KEY]
+    assert res.failure is not None
+    assert (res.failure.verdict, res.failure.error_class) == ("ERROR", "InvalidIdError")
+
+
+def test_a_broken_new_version_keeps_the_loaded_one():
+    r, store, clock = resolver(FakeModel("v1"))
+    r.resolve([KEY])
+    store.current = CorruptModelError("sha256 mismatch")
+    clock.now += 5
+    assert r.resolve([KEY])[KEY].model == FakeModel("v1")
+
+
+def test_a_broken_model_without_a_previous_one_is_an_error():
+    r, _, _ = resolver(CorruptModelError("sha256 mismatch"))
+    res = r.resolve([KEY])[KEY]
+    assert res.model is None and res.failure is not None
+    assert (res.failure.verdict, res.failure.error_class) == ("ERROR", "CorruptModelError")
+
+
+def test_a_deleted_model_becomes_no_model():
+    r, store, clock = resolver(FakeModel("v1"))
+    r.resolve([KEY])
+    store.current = MissingModelError("gone")
+    clock.now += 5
+    assert r.resolve([KEY])[KEY].failure.verdict == "NO_MODEL"
+
+
+@pytest.mark.slow
+def test_hot_reload_from_a_real_store(trained, tmp_path):
+    """Two ``ModelStore`` objects on one folder, as two machines sharing a store: the
+    consumer's resolver sees the other's save after the poll period."""
+    settings = trained.settings(models_dir=tmp_path)
+    writer, reader = ModelStore(settings), ModelStore(settings)
+    v1, _ = train_model(trained.engine, range(20, 32))
+    v2, _ = train_model(trained.engine, range(40, 52))
+    writer.save_model(RECIPE, ROLE, ROI, v1)
+    clock = Clock()
+    r = ModelResolver(reader, poll_s=2.0, clock=clock)
+    assert r.resolve([KEY])[KEY].model.version == v1.version
+    writer.save_model(RECIPE, ROLE, ROI, v2)
+    assert r.resolve([KEY])[KEY].model.version == v1.version
+    clock.now += 2.0
+    assert r.resolve([KEY])[KEY].model.version == v2.version

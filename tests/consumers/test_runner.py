@@ -1,0 +1,216 @@
+"""The consumer loop against a real broker: every frame answered once and correctly, offsets
+committed, hot reload without a restart."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from consumers import VERDICT_SCHEMA, FrameConsumer
+from store import ModelStore
+from tests.consumers.conftest import GROUP_OPTIONS, RECIPE, ROI, ROLE, SIZE, train_model
+from tests.consumers.kafka_io import (
+    answered,
+    committed,
+    disc_frames,
+    end_offsets,
+    parse,
+    produce,
+    read_all,
+    read_until,
+    running,
+    wait_all_committed,
+)
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.mark.slow
+def test_200_frames_get_exactly_200_correct_verdicts_and_all_offsets_commit(
+    kafka_broker, make_topics, trained
+):
+    topics = make_topics(partitions=4)
+    settings = trained.settings(**topics.settings(kafka_broker.bootstrap))
+    frames = disc_frames(200, SIZE, seed=1)
+    expected = {f.frame_id: f.expect for f in frames}
+    assert list(expected.values()).count("NG") == 20
+
+    async def scenario():
+        consumer = trained.consumer(settings)
+        async with running(consumer, assigned=4) as task:
+            await produce(kafka_broker.bootstrap, topics.frames, frames)
+            await read_until(
+                kafka_broker.bootstrap, topics.verdicts, answered(set(expected)), watch=task
+            )
+            offsets = await wait_all_committed(kafka_broker.bootstrap, topics.group, topics.frames)
+        ends = await end_offsets(kafka_broker.bootstrap, topics.frames)
+        verdicts = await read_all(kafka_broker.bootstrap, topics.verdicts)
+        dead = await read_all(kafka_broker.bootstrap, topics.dlq)
+        return consumer, offsets, ends, verdicts, dead
+
+    consumer, offsets, ends, records, dead = asyncio.run(scenario())
+    verdicts = parse(records)
+    assert len(verdicts) == 200  # exactly: no frame lost, none answered twice
+    assert {v["frame_id"] for v in verdicts} == set(expected)
+    wrong = {
+        v["frame_id"]: (v["verdict"], v["score"])
+        for v in verdicts
+        if v["verdict"] != expected[v["frame_id"]]
+    }
+    assert not wrong, f"threshold {trained.threshold}: {wrong}"
+    assert sum(ends.values()) == 200
+    assert offsets == {p: (end or None) for p, end in ends.items()}  # all committed, to the end
+    assert dead == []
+    assert consumer.stats.verdicts == {"OK": 180, "NG": 20}
+    for record, v in zip(records, verdicts, strict=True):
+        assert record.key == v["frame_id"].encode()
+        assert v["schema"] == VERDICT_SCHEMA
+        assert v["model_version"] == trained.version
+        assert v["threshold"] == pytest.approx(trained.threshold)
+        assert v["source"]["topic"] == topics.frames
+        assert (v["recipe_id"], v["role_id"], v["roi_id"]) == (RECIPE, ROLE, ROI)
+        assert v["part_id"].startswith("disc-1-") and v["frame_id_derived"] is False
+        assert v["error"] is None and v["dead_lettered"] is False
+        assert set(v["timings"]) == {"queue_ms", "decode_ms", "inference_ms", "total_ms"}
+        if v["verdict"] == "NG":
+            assert v["regions"], "an NG verdict names where the defect is"
+            region = v["regions"][0]
+            assert set(region) == {"bbox", "area_px", "area_mm2", "max_score"}
+            assert region["area_mm2"] == pytest.approx(region["area_px"] * 0.01)
+
+
+@pytest.mark.slow
+def test_a_retrained_model_is_picked_up_without_restart(
+    kafka_broker, make_topics, trained, tmp_path
+):
+    """A new version saved to the store mid-stream (as the REST API would) is used from
+    then on; each batch uses one version; no restart."""
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(trained.models_dir, models)
+    topics = make_topics(partitions=1)
+    settings = trained.settings(
+        models_dir=models, model_poll_s=0.2, **topics.settings(kafka_broker.bootstrap)
+    )
+    store = ModelStore(settings)
+    new_model, _ = train_model(trained.engine, range(100, 120))
+    assert new_model.version != trained.version
+
+    async def scenario():
+        consumer = trained.consumer(settings)
+        async with running(consumer) as task:
+            first = disc_frames(10, SIZE, seed=2, tag="before")
+            await produce(kafka_broker.bootstrap, topics.frames, first)
+            await read_until(
+                kafka_broker.bootstrap,
+                topics.verdicts,
+                answered({f.frame_id for f in first}),
+                watch=task,
+            )
+            store.save_model(RECIPE, ROLE, ROI, new_model)
+            ids: set[str] = set()
+            for round_ in range(60):  # keep the line running until the new version shows
+                more = disc_frames(4, SIZE, seed=100 + round_, tag="after")
+                ids |= {f.frame_id for f in more}
+                await produce(kafka_broker.bootstrap, topics.frames, more)
+                records = await read_until(
+                    kafka_broker.bootstrap, topics.verdicts, answered(ids), watch=task
+                )
+                if any(v["model_version"] == new_model.version for v in parse(records)):
+                    break
+        return parse(await read_all(kafka_broker.bootstrap, topics.verdicts))
+
+    verdicts = asyncio.run(scenario())
+    versions = [v["model_version"] for v in sorted(verdicts, key=lambda v: v["source"]["offset"])]
+    assert versions[:10] == [trained.version] * 10
+    assert versions[-1] == new_model.version
+    switch = versions.index(new_model.version)
+    assert set(versions[switch:]) == {new_model.version}, "never back to the old version"
+    assert all(v["verdict"] in ("OK", "NG") for v in verdicts)
+
+
+def test_heatmaps_of_ng_frames_go_to_the_heatmap_topic(kafka_broker, make_topics, trained):
+    topics = make_topics(partitions=1)
+    settings = trained.settings(
+        kafka_topic_heatmaps=topics.heatmaps, **topics.settings(kafka_broker.bootstrap)
+    )
+    frames = disc_frames(10, SIZE, seed=8, ng_every=5, tag="heat")
+    ng = {f.frame_id for f in frames if f.expect == "NG"}
+    assert len(ng) == 2
+
+    async def scenario():
+        async with running(trained.consumer(settings)) as task:
+            await produce(kafka_broker.bootstrap, topics.frames, frames)
+            await read_until(
+                kafka_broker.bootstrap,
+                topics.verdicts,
+                answered({f.frame_id for f in frames}),
+                watch=task,
+            )
+            return await read_until(kafka_broker.bootstrap, topics.heatmaps, answered(ng))
+
+    heatmaps = asyncio.run(scenario())
+    assert {r.key.decode() for r in heatmaps} == ng and len(heatmaps) == 2
+    for record in heatmaps:
+        assert record.value.startswith(b"\x89PNG")
+        hdrs = dict(record.headers)
+        assert hdrs["verdict"] == b"NG" and hdrs["frame_id"] == record.key
+
+
+class GatedEngine:
+    """The real engine, but each ``infer`` call announces itself and waits for ``release``
+    (to stop the consumer while a batch is certainly in flight)."""
+
+    def __init__(self, engine) -> None:
+        import threading
+
+        self.engine = engine
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def infer(self, items):
+        self.started.set()
+        self.release.wait(60)
+        return self.engine.infer(items)
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+
+@pytest.mark.parametrize("grace_s", [30.0, 0.0])
+def test_stop_drains_the_in_flight_batch_within_the_grace_period(
+    kafka_broker, make_topics, trained, grace_s
+):
+    """A stop request (SIGTERM) while a batch is being scored: with time left, the batch is
+    finished, published and committed; past the grace period it is abandoned uncommitted
+    (and redelivered to whoever consumes next)."""
+    topics = make_topics(partitions=1)
+    settings = trained.settings(
+        shutdown_grace_s=grace_s, batch_max=8, **topics.settings(kafka_broker.bootstrap)
+    )
+    frames = disc_frames(8, SIZE, seed=10, tag="drain")
+    gated = GatedEngine(trained.engine)
+    consumer = FrameConsumer(settings, engine=gated, consumer_options=dict(GROUP_OPTIONS))
+    boot = kafka_broker.bootstrap
+
+    async def scenario():
+        task = asyncio.create_task(consumer.run())
+        await produce(boot, topics.frames, frames)
+        while not gated.started.is_set() and not task.done():
+            await asyncio.sleep(0.02)
+        consumer.request_stop()  # what the SIGTERM handler does
+        await asyncio.sleep(0.2)
+        gated.release.set()
+        await task
+        return await read_all(boot, topics.verdicts), await committed(
+            boot, topics.group, topics.frames
+        )
+
+    records, offsets = asyncio.run(scenario())
+    if grace_s:
+        assert 0 < len(records) <= len(frames), "the in-flight batch was finished"
+        assert offsets == {0: len(records)}, "and committed, nothing beyond it"
+    else:
+        assert records == [] and offsets == {0: None}, "abandoned: nothing published"
