@@ -42,6 +42,9 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
         length = struct.unpack(">H", data[i + 2 : i + 4])[0]
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
             height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+            if i + 9 < len(data) and data[i + 9] not in (1, 3):
+                # 4 components: CMYK / YCCK, which the decoder would convert by guesswork
+                raise UnsupportedImageError(f"JPEG with {data[i + 9]} colour components")
             return width, height
         i += 2 + length
     raise ImageDecodeError("JPEG without a frame header")
