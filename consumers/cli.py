@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from configs.settings import load_settings
 from consumers.errors import PublishError
+from consumers.health import HealthServer
 from consumers.logs import configure_json_logging
 from consumers.runner import FrameConsumer, require_bootstrap
 from consumers.topics import ensure_topics
@@ -140,4 +141,14 @@ async def _serve(consumer: FrameConsumer) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, consumer.request_stop)
-    await consumer.run()
+    s = consumer.settings
+    health = None
+    if s.consumer_health_port:
+        health = await HealthServer(
+            consumer.health, s.consumer_health_host, s.consumer_health_port
+        ).start()
+    try:
+        await consumer.run()
+    finally:
+        if health is not None:
+            await health.stop()

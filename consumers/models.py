@@ -69,6 +69,14 @@ class ModelResolver:
         with self._lock:
             return {key: self._resolve_one(key) for key in dict.fromkeys(keys)}
 
+    def versions(self) -> dict[str, str | None]:
+        """``"recipe/role/roi" -> version`` of every model this consumer has resolved."""
+        with self._lock:
+            return {
+                "/".join(key): (e.resolved.model.version if e.resolved.model else None)
+                for key, e in self._entries.items()
+            }
+
     def _resolve_one(self, key: ModelKey) -> Resolved:
         now = self.clock()
         entry = self._entries.get(key)

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -77,6 +78,9 @@ class Stats:
     partitions: set[int] = field(default_factory=set)
     batches: int = 0
     dropped_revoked: int = 0
+    started_at: float | None = None  # wall clock, once the group was joined
+    last_commit_at: float | None = None  # wall clock of the last successful commit
+    committed: dict[str, int] = field(default_factory=dict)  # "topic:partition" -> offset
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -163,6 +167,7 @@ class FrameConsumer:
         self._consumer = AIOKafkaConsumer(**self._consumer_kwargs())
         self._consumer.subscribe([s.kafka_topic_frames], listener=_Rebalance(self))
         await self._start_client(self._consumer)
+        self.stats.started_at = time.time()
         log.info(
             "consumer started",
             extra={
@@ -250,6 +255,7 @@ class FrameConsumer:
         if offsets and self._consumer is not None and self._publisher is not None:
             try:  # acknowledged work is kept; in-flight work is abandoned (redelivered)
                 await self._consumer.commit(offsets)
+                self._note_commit(offsets)
             except KafkaError as exc:
                 log.warning("commit on revoke failed", extra={"error": repr(exc)})
         if self._txn is not None:
@@ -355,6 +361,7 @@ class FrameConsumer:
             self._on_delivered(outcome)
         self.tracker.committable()  # advance past the acknowledged frames
         self.tracker.committed({tp: offset})
+        self._note_commit({tp: offset})
 
     async def _commit(self) -> None:
         offsets = self.tracker.committable()
@@ -368,6 +375,41 @@ class FrameConsumer:
             )
             return
         self.tracker.committed(offsets)
+        self._note_commit(offsets)
+
+    def _note_commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.stats.last_commit_at = time.time()
+        self.stats.committed.update(_names_offsets(offsets))
+
+    # --- health --------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        """What ``/health`` of the consumer's health port reports (``docs/KAFKA.md``)."""
+        consumer = self._consumer
+        assigned = sorted(consumer.assignment(), key=lambda tp: (tp.topic, tp.partition)) if (
+            consumer is not None) else []  # fmt: skip
+        lag: dict[str, int] = {}
+        for tp in assigned:
+            assert consumer is not None
+            high = consumer.highwater(tp)
+            done = self.stats.committed.get(f"{tp.topic}:{tp.partition}")
+            if high is not None:
+                lag[f"{tp.topic}:{tp.partition}"] = max(0, high - (done or 0))
+        resolver = self._processor.resolver if self._processor is not None else None
+        running = consumer is not None and not self._stopping.is_set()
+        return {
+            "status": "ok" if running else "stopped",
+            "ready": running and self.stats.started_at is not None,
+            "group": self.settings.kafka_group,
+            "client_id": self.client_id,
+            "partitions": _names(assigned),
+            "lag": lag,
+            "lag_total": sum(lag.values()),
+            "verdicts": dict(self.stats.verdicts),
+            "batches": self.stats.batches,
+            "last_commit_at": self.stats.last_commit_at,
+            "committed": dict(self.stats.committed),
+            "models": resolver.versions() if resolver is not None else {},
+        }
 
 
 def _names(tps: Sequence[TopicPartition]) -> list[str]:

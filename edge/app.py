@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError
@@ -38,6 +39,32 @@ def _version() -> str:
         return package_version("bdi-edge")
     except PackageNotFoundError:
         return "0+unknown"
+
+
+async def _warm_up(state: AppState) -> None:
+    try:
+        await asyncio.to_thread(state.engine.backbone)
+        state.engine_status = "ready"
+    except Exception as exc:  # noqa: BLE001 - reported by /ready and the log, not raised
+        state.engine_status = f"error: {exc}"
+        state.diagnostics.log("error", level="error", error="engine_load", message=str(exc))
+
+
+async def _watch_broker(state: AppState, bootstrap: str, every_s: float = 5.0) -> None:
+    """A TCP connect to any bootstrap server, every few seconds (no Kafka client here)."""
+    servers = [s.strip().rsplit(":", 1) for s in bootstrap.split(",") if s.strip()]
+    while True:
+        reachable = False
+        for host, port in (s if len(s) == 2 else (s[0], "9092") for s in servers):
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 2.0)
+                writer.close()
+                reachable = True
+                break
+            except (OSError, TimeoutError, ValueError):
+                continue
+        state.broker_status = "ok" if reachable else "unreachable"
+        await asyncio.sleep(every_s)
 
 
 def _request_id(request: Request) -> str | None:
@@ -92,7 +119,10 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 def create_app(
-    settings: Settings, engine: Engine | None = None, store: ModelStore | None = None
+    settings: Settings,
+    engine: Engine | None = None,
+    store: ModelStore | None = None,
+    warmup: bool = False,
 ) -> FastAPI:
     """The REST API over one engine and one store (shared with the consumers when given)."""
     engine = engine or Engine.from_settings(settings)  # fails here when CUDA is required
@@ -106,9 +136,18 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.store.sweep()  # temp files of writers killed mid-write
         state.diagnostics.log("startup", version=state.version, device=engine.spec.describe())
+        tasks = []
+        if warmup:  # serve /health at once; /ready says when the backbone is loaded
+            state.engine_status = "loading"
+            tasks.append(asyncio.create_task(_warm_up(state)))
+        if settings.kafka_bootstrap:
+            state.broker_status = "unreachable"
+            tasks.append(asyncio.create_task(_watch_broker(state, settings.kafka_bootstrap)))
         try:
             yield
         finally:
+            for task in tasks:
+                task.cancel()
             state.diagnostics.log("shutdown")
             state.diagnostics.close()
 

@@ -29,9 +29,17 @@ class AppState:
     metrics: ApiMetrics
     version: str
     fit_slots: threading.BoundedSemaphore = field(init=False)
+    # readiness (GET /ready): "ready", "loading" or "error: ..." / "ok", "unreachable",
+    # "not configured"
+    engine_status: str = "ready"
+    broker_status: str = "not configured"
 
     def __post_init__(self) -> None:
         self.fit_slots = threading.BoundedSemaphore(self.settings.max_concurrent_fits)
+
+    @property
+    def ready(self) -> bool:
+        return self.engine_status == "ready" and self.broker_status != "unreachable"
 
 
 def get_state(request: Request) -> AppState:

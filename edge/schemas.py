@@ -27,6 +27,11 @@ class HealthPublic(BaseModel):
     version: str = Field(description="BDI Edge version")
     request_id: str
     recipe_id: str | None = Field(description="the recipe asked about (normalised), if any")
+    ready: bool = Field(description="engine loaded and broker reachable (when one is set)")
+    checks: dict[str, str] = Field(
+        description='engine: "ready" / "loading" / "error: ..."; broker: "ok" / '
+        '"unreachable" / "not configured"'
+    )
 
 
 class ModelIds(BaseModel):

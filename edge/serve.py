@@ -23,9 +23,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from edge.app import create_app
 
     settings = load_settings()
-    app = create_app(settings)  # a missing GPU or bad settings fail here, before binding
-    if not args.no_warmup:
-        app.state.bdi.engine.backbone()  # missing weights fail now, not on the first request
+    # a missing GPU or bad settings fail here, before binding; the backbone then loads in
+    # the background while /health answers (/ready says when it is done)
+    from engine.backbone import check_weights_source
+
+    app = create_app(settings, warmup=not args.no_warmup)
+    check_weights_source(settings.backbone, settings.backbone_weights)
     host = args.host or settings.backend_host
     port = args.port or settings.backend_port
     auth = "X-API-Key required" if settings.api_key else "no API key (BDI_API_KEY unset)"

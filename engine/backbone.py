@@ -161,12 +161,12 @@ def _build_efficientnet_lite0(weights: str | None) -> tuple[nn.Module, str]:
     return taps, str(path)
 
 
-def _build_dinov2_vits14(weights: str | None, image_size: int) -> tuple[nn.Module, str]:
-    model = timm.create_model(
-        "vit_small_patch14_dinov2", pretrained=False, img_size=image_size, num_classes=0
-    )
-    if weights == RANDOM_WEIGHTS:
-        return _DinoPatchTokens(model), RANDOM_WEIGHTS
+def check_weights_source(name: str, weights: str | None) -> Path | None:
+    """The weights file a backbone will read, checked for presence only (cheap: start-up
+    fails at once on a missing file while the real load may run in the background).
+    ``None`` for packaged or random weights."""
+    if name != "dinov2_vits14" or weights == RANDOM_WEIGHTS:
+        return None
     if not weights:
         raise BackboneWeightsError(
             "BDI_BACKBONE_WEIGHTS is not set: the dinov2_vits14 backbone needs a local weights "
@@ -174,6 +174,19 @@ def _build_dinov2_vits14(weights: str | None, image_size: int) -> tuple[nn.Modul
             "BDI_BACKBONE=efficientnet_lite0 for CPU/test runs."
         )
     path = Path(weights)
+    if not path.is_file():
+        raise BackboneWeightsError(f"backbone weights file not found: {path}")
+    return path
+
+
+def _build_dinov2_vits14(weights: str | None, image_size: int) -> tuple[nn.Module, str]:
+    model = timm.create_model(
+        "vit_small_patch14_dinov2", pretrained=False, img_size=image_size, num_classes=0
+    )
+    if weights == RANDOM_WEIGHTS:
+        return _DinoPatchTokens(model), RANDOM_WEIGHTS
+    path = check_weights_source("dinov2_vits14", weights)
+    assert path is not None
     from timm.models.vision_transformer import checkpoint_filter_fn
 
     state = checkpoint_filter_fn(_read_state_dict(path), model)  # type: ignore[arg-type]

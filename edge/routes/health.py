@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
+from fastapi.responses import JSONResponse
 
 from edge.deps import RequestIdDep, StateDep
 from edge.schemas import ErrorPublic, HealthPublic
@@ -28,7 +29,17 @@ def health(
         version=state.version,
         request_id=request_id,
         recipe_id=None if recipe_id is None else normalise_recipe(recipe_id),
+        ready=state.ready,
+        checks={"engine": state.engine_status, "broker": state.broker_status},
     )
+
+
+@router.get("/ready", responses={503: {"model": HealthPublic, "description": "not ready"}})
+def ready(state: StateDep, request_id: RequestIdDep) -> JSONResponse:
+    """Readiness probe: 200 when the engine is loaded and the broker (if set) answers,
+    503 with the same body otherwise. ``/health`` stays 200 while the process lives."""
+    body = health(state, request_id)
+    return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
 
 
 @router.get(

@@ -89,3 +89,63 @@ def test_openapi_docs_are_served(client):
     schema = client.get("/openapi.json").json()
     for path in ("/fit_ok", "/infer", "/calibrate_ng", "/datasets/upload", "/manifest"):
         assert path in schema["paths"]
+
+
+def test_ready_waits_for_the_engine(make_client, monkeypatch):
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from edge.app import create_app
+    from tests.conftest import tiny_settings
+
+    gate = threading.Event()
+    settings = tiny_settings()
+    app = create_app(settings, warmup=True)
+    engine = app.state.bdi.engine
+    real = engine.backbone
+
+    def slow_backbone(*args, **kwargs):
+        gate.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "backbone", slow_backbone)
+    with TestClient(app) as client:
+        loading = client.get("/ready")
+        health = client.get("/health")
+        gate.set()
+        for _ in range(200):
+            ready = client.get("/ready")
+            if ready.status_code == 200:
+                break
+            threading.Event().wait(0.05)
+    assert loading.status_code == 503 and loading.json()["checks"]["engine"] == "loading"
+    assert health.status_code == 200 and health.json()["ready"] is False
+    assert ready.status_code == 200 and ready.json()["checks"] == {
+        "engine": "ready", "broker": "not configured"}  # fmt: skip
+
+
+def test_ready_follows_the_broker(make_client):
+    import socket
+    import time
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    up_port = listener.getsockname()[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        down_port = s.getsockname()[1]  # nothing listens there once closed
+    try:
+        down = make_client(kafka_bootstrap=f"127.0.0.1:{down_port}")
+        r = down.get("/ready")
+        assert r.status_code == 503 and r.json()["checks"]["broker"] == "unreachable"
+        up = make_client(kafka_bootstrap=f"127.0.0.1:{down_port},127.0.0.1:{up_port}")
+        for _ in range(100):
+            r = up.get("/ready")
+            if r.status_code == 200:
+                break
+            time.sleep(0.05)
+        assert r.status_code == 200 and r.json()["checks"]["broker"] == "ok"
+    finally:
+        listener.close()
