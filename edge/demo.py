@@ -133,6 +133,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if sup is not None:
             sup.stop(settings.shutdown_grace_s)
     lost = stats.sent - sum(stats.verdicts.values())
+    if not sys.stdout.isatty() or args.no_live:  # the live view already showed it otherwise
+        from rich.console import Console
+
+        Console(width=100).print(_table(stats))
     print(_summary(stats, lost), flush=True)
     return 0 if lost == 0 and stats.wrong == 0 else 1
 
