@@ -266,9 +266,6 @@ class Engine:
             t1 = time.perf_counter()
             try:
                 scores = score(model, feats[positions], self.settings.score_reweight)
-                maps = anomaly_maps(
-                    scores.patches, model.meta.image_size, self.settings.anomaly_sigma
-                )
             except (EngineError, RuntimeError, ValueError) as exc:
                 for pos in positions:
                     results[members[pos]] = Inference(
@@ -280,7 +277,7 @@ class Engine:
             base = model.baseline(model.meta.image_size, self.settings.anomaly_sigma)
             for j, pos in enumerate(positions):
                 i = members[pos]
-                res = self._decide(items[i], model, float(scores.image[j]), maps[j], base)
+                res = self._decide(items[i], model, float(scores.image[j]), scores.patches[j], base)
                 res.timings_ms.update({"embed": embed_ms, "knn": knn_ms})
                 results[i] = res
 
@@ -289,29 +286,48 @@ class Engine:
         item: InferItem,
         model: PatchCoreModel,
         value: float,
-        amap: np.ndarray,
+        patches: np.ndarray,
         base: np.ndarray | None,
     ) -> Inference:
-        """Verdict and regions of one frame. ``amap``: the patch-distance map at input size;
-        ``base``: the model's per-position baseline map, subtracted where the threshold
-        applies (regions, heatmap) so that they agree with the image score."""
+        """Verdict and regions of one frame. ``patches (h, w)``: patch distances; ``base``:
+        the model's per-position baseline map, subtracted where the threshold applies
+        (regions, heatmap) so that they agree with the image score."""
         random_bb = model.meta.backbone_weights == RANDOM_WEIGHTS
         threshold = model.threshold
-        if not math.isfinite(value) or not np.isfinite(amap).all():
+        if not math.isfinite(value) or not np.isfinite(patches).all():
             return Inference(
                 "ERROR", None, threshold, model_version=model.version,
                 error="non-finite anomaly score", random_backbone=random_bb,
             )  # fmt: skip
         h, w = item.image.shape[:2]
         mm = item.mm_per_px if item.mm_per_px is not None else model.meta.mm_per_px
-        judged = amap if base is None else amap - base
+        # Upsampling and blurring never exceed the grid's maximum, so without reweighting a
+        # frame scored below the threshold has no region: most frames on a line are OK and
+        # skip the pixel map entirely.
+        may_have_regions = threshold is not None and (
+            value >= threshold or self.settings.score_reweight
+        )
+        amap = None
+        if may_have_regions or item.want_map or item.want_heatmap:
+            size, sigma = model.meta.image_size, self.settings.anomaly_sigma
+            amap = anomaly_maps(patches[None], size, sigma)[0]
+        judged = None if amap is None else (amap if base is None else amap - base)
         regions: list[Region] = []
         error: str | None = None
         # full-resolution maps: only when someone needs them (most frames on a line are
         # OK). Bilinear upsampling never exceeds the source maximum, so a map below the
         # threshold at input size has no region at full size either.
-        needs_regions = threshold is not None and float(judged.max()) >= threshold
-        full = resize_map(judged, h, w) if needs_regions or item.want_heatmap else None
+        needs_regions = (
+            threshold is not None
+            and may_have_regions
+            and judged is not None
+            and float(judged.max()) >= threshold
+        )
+        full = (
+            resize_map(judged, h, w)
+            if judged is not None and (needs_regions or item.want_heatmap)
+            else None
+        )
         if threshold is None:
             verdict: Verdict = "NO_MODEL"
             error = "model is not calibrated (no threshold)"
@@ -332,6 +348,6 @@ class Engine:
         return Inference(
             verdict, value, threshold, regions, error=error, model_version=model.version,
             # the localisation map: patch distances, no baseline (the better pixel ranking)
-            anomaly_map=resize_map(amap, h, w) if item.want_map else None,
+            anomaly_map=resize_map(amap, h, w) if item.want_map and amap is not None else None,
             heatmap_png=png, random_backbone=random_bb,
         )  # fmt: skip

@@ -257,3 +257,20 @@ def test_fit_returns_leave_one_out_ok_scores(tiny_engine):
     assert fit.model.calibration is not None and fit.model.calibration.ok.n == 5
     rescored = tiny_engine.image_scores(fit.model, images)
     assert fit.ok_scores.mean() > rescored.mean()
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.5, 1.0, 1.5])
+def test_skipping_the_map_of_ok_frames_changes_nothing(
+    tiny_engine: Engine, stripes: PatchCoreModel, make_texture, defective, scale
+) -> None:
+    """OK frames skip the pixel map; the verdicts and regions are those of the full path."""
+    images = [make_texture("stripes", s) for s in (130, 131)] + [defective]
+    scores = tiny_engine.image_scores(stripes, images)
+    # thresholds below, between and above the scores: every branch of the shortcut
+    model = _with_threshold(stripes, float(scores.min() + scale * (scores.max() - scores.min())))
+    lean = tiny_engine.infer([InferItem(model, im) for im in images])
+    full = tiny_engine.infer([InferItem(model, im, want_map=True) for im in images])
+    assert [r.verdict for r in lean] == [r.verdict for r in full]
+    assert [r.regions for r in lean] == [r.regions for r in full]
+    assert all(r.anomaly_map is None for r in lean) and all(
+        r.anomaly_map is not None for r in full)  # fmt: skip
