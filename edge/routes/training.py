@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 
 from edge import service
-from edge.deps import StateDep
+from edge.deps import AppState, StateDep
 from edge.errors import BadRequest, Busy
 from edge.routes.common import ERRORS, blocking, read_images, resolve
 from edge.schemas import CalibrateRequest, CalibrationPublic, FitResult
@@ -70,7 +71,7 @@ async def calibrate_ng(
 ) -> CalibrationPublic:
     """Set the stored model's threshold from OK (and NG) image scores."""
     ref = resolve(request, state, body.recipe_id, body.role_id, body.roi_id, body.model_key)
-    return await blocking(service.calibrate_scores, state, ref, body)
+    return await _counted(state, blocking(service.calibrate_scores, state, ref, body))
 
 
 @router.post("/calibrate_dataset")
@@ -84,4 +85,13 @@ async def calibrate_dataset(
 ) -> CalibrationPublic:
     """Score the stored OK and NG images with the stored model and set its threshold."""
     ref = resolve(request, state, recipe_id, role_id, roi_id, model_key)
-    return await blocking(service.calibrate_dataset, state, ref)
+    return await _counted(state, blocking(service.calibrate_dataset, state, ref))
+
+
+async def _counted(state: AppState, work: Awaitable[CalibrationPublic]) -> CalibrationPublic:
+    """Failed calibrations count too (``bdi_calibrations_total{result="error"}``)."""
+    try:
+        return await work
+    except Exception:
+        state.metrics.calibrations.labels("error").inc()
+        raise

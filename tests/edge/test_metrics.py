@@ -41,3 +41,10 @@ def test_unknown_paths_share_one_label(client):
            (("method", "GET"), ("route", "unmatched"), ("status", "404")))  # fmt: skip
     assert m[key] == 5
     assert not any("/probe/" in str(labels) for _, labels in m)
+
+
+def test_failed_calibrations_are_counted(client):
+    r = client.post("/calibrate_ng", json={**IDS, "ok_scores": [1.0]})  # no model stored
+    assert r.status_code == 400
+    m = samples(client)
+    assert m[("bdi_calibrations_total", (("result", "error"),))] == 1
