@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
-from fastapi import Request, UploadFile
+from fastapi import Form, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from edge import service
@@ -16,6 +16,10 @@ from edge.schemas import ErrorPublic
 from store import ModelRef
 
 T = TypeVar("T")
+
+# the ids every form names a model or dataset by
+IdField = Annotated[str, Form(min_length=1, max_length=256)]
+OptIdField = Annotated[str | None, Form(max_length=256)]
 
 # what every endpoint that takes ids and images may answer besides 200
 ERRORS: dict[int | str, dict[str, Any]] = {

@@ -16,7 +16,7 @@ from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
 from edge.deps import AppState, StateDep
-from edge.routes.common import ERRORS, blocking, read_images, resolve
+from edge.routes.common import ERRORS, IdField, blocking, read_images, resolve
 from edge.schemas import (
     DatasetImagePublic,
     DatasetListPublic,
@@ -32,7 +32,6 @@ OptLabelQ = Annotated[Literal["ok", "ng"] | None, Query()]
 IdQ = Annotated[str, Query(min_length=1, max_length=256)]
 OptIdQ = Annotated[str | None, Query(max_length=256)]
 NameQ = Annotated[str, Query(min_length=1, max_length=255)]
-IdField = Annotated[str, Form(min_length=1, max_length=256)]
 
 
 def _public(items: list) -> list[DatasetImagePublic]:  # type: ignore[type-arg]

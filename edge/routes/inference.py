@@ -8,13 +8,10 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 
 from edge import service
 from edge.deps import StateDep
-from edge.routes.common import ERRORS, blocking, read_images, resolve
+from edge.routes.common import ERRORS, IdField, OptIdField, blocking, read_images, resolve
 from edge.schemas import InferDatasetResult, InferencePublic
 
 router = APIRouter(tags=["inference"], responses=ERRORS)
-
-IdField = Annotated[str, Form(min_length=1, max_length=256)]
-OptIdField = Annotated[str | None, Form(max_length=256)]
 
 
 @router.post("/infer")

@@ -10,13 +10,10 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from edge import service
 from edge.deps import AppState, StateDep
 from edge.errors import BadRequest, Busy
-from edge.routes.common import ERRORS, blocking, read_images, resolve
+from edge.routes.common import ERRORS, IdField, OptIdField, blocking, read_images, resolve
 from edge.schemas import CalibrateRequest, CalibrationPublic, FitResult
 
 router = APIRouter(tags=["training"], responses=ERRORS)
-
-IdField = Annotated[str, Form(min_length=1, max_length=256)]
-OptIdField = Annotated[str | None, Form(max_length=256)]
 
 
 @router.post("/fit_ok")
