@@ -62,10 +62,20 @@ class Datasets:
         rid = naming.recipe_id(recipe)
         return naming.confined(self.root, "recipes", rid, "datasets", naming.base_name(role, roi))
 
+    def label_folder(self, recipe: str | None, role: str, roi: str, label: str) -> Path:
+        """``…/datasets/<base_name>/<label>``, confined to the store root; a label folder
+        that is a symbolic link is refused (files are never read or written through one)."""
+        rid = naming.recipe_id(recipe)
+        base = naming.base_name(role, roi)
+        folder = naming.confined(self.root, "recipes", rid, "datasets", base, naming.label(label))
+        if folder.is_symlink():
+            raise InvalidValueError(f"dataset folder {base}/{label} is a symbolic link; refused")
+        return folder
+
     def _folders(
         self, recipe: str | None, role: str, roi: str, label: str
     ) -> list[tuple[Path, bool]]:
-        out = [(self.folder(recipe, role, roi) / naming.label(label), False)]
+        out = [(self.label_folder(recipe, role, roi, label), False)]
         if self._legacy:
             old = legacy.dataset_dir(self.root, role, roi, naming.label(label))
             if old is not None:
@@ -75,8 +85,9 @@ class Datasets:
     def path(self, recipe: str | None, role: str, roi: str, label: str, name: str) -> Path:
         name = naming.image_name(name)
         for folder, _ in self._folders(recipe, role, roi, label):
-            if (folder / name).is_file():
-                return folder / name
+            candidate = folder / name
+            if candidate.is_file() and not candidate.is_symlink():
+                return candidate
         raise NotFoundError(f"no {naming.label(label)} image {name!r} for {role!r}/{roi!r}")
 
     # --- writes ----------------------------------------------------------------------------
@@ -95,7 +106,7 @@ class Datasets:
         """Store one image (RGB array, or PNG/JPEG bytes decoded by the engine's bounded
         decoder) under a generated name. ``source`` is kept as metadata only."""
         rid, lab = naming.recipe_id(recipe), naming.label(label)
-        folder = self.folder(rid, role, roi) / lab
+        folder = self.label_folder(rid, role, roi, lab)
         rgb = self._as_rgb(image)
         ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         if not ok:
@@ -197,7 +208,7 @@ class Datasets:
                 e.name
                 for e in entries
                 if not e.name.startswith(".")
-                and e.is_file()
+                and e.is_file(follow_symlinks=False)  # a planted link is not an image
                 and os.path.splitext(e.name)[1].lower() in naming.IMAGE_EXTS
             )
 

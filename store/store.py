@@ -203,6 +203,10 @@ class ModelStore:
                     atomic.sweep(key_dir)
                     for ptr in key_dir.glob(f"*{models.POINTER}"):
                         models.repair(key_dir, ptr.name[: -len(models.POINTER)])
+                # dataset folders hold the temp names of clear() (a label folder renamed
+                # before removal), label folders those of image writes
+                for ds_dir in (p for p in (rdir / "datasets").glob("*") if p.is_dir()):
+                    atomic.sweep(ds_dir)
                 for label_dir in (rdir / "datasets").glob("*/*"):
                     atomic.sweep(label_dir)
 

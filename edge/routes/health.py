@@ -14,7 +14,7 @@ from store import recipe_id as normalise_recipe
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health", responses={400: {"model": ErrorPublic}})
+@router.get("/health", responses={400: {"model": ErrorPublic}, 422: {"model": ErrorPublic}})
 def health(
     state: StateDep,
     request_id: RequestIdDep,
@@ -34,7 +34,14 @@ def health(
     )
 
 
-@router.get("/ready", responses={503: {"model": HealthPublic, "description": "not ready"}})
+@router.get(
+    "/ready",
+    responses={
+        400: {"model": ErrorPublic},
+        422: {"model": ErrorPublic},
+        503: {"model": HealthPublic, "description": "not ready"},
+    },
+)
 def ready(state: StateDep, request_id: RequestIdDep) -> JSONResponse:
     """Readiness probe: 200 when the engine is loaded and the broker (if set) answers,
     503 with the same body otherwise. ``/health`` stays 200 while the process lives."""

@@ -130,13 +130,6 @@ def test_traversal_in_every_id_and_file_name_field(live_server, tmp_path, report
     assert intact
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ProductBug,
-    reason="dataset paths are confined only down to datasets/<base_name>/: a label folder or "
-    "an image that is a symlink to outside the store is followed (listed, served, zipped, "
-    "written into, deleted through)",
-)
 def test_symlinks_planted_inside_the_dataset_folder(live_server, tmp_path, report):
     """Someone with write access to the store plants a symlinked image (``ok/link.png``) and
     a symlinked label folder (``ng -> outside``); the API must not follow either."""

@@ -227,12 +227,6 @@ def test_sigkill_while_writing_models(stores, report):
     assert visible == 0 and not left
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ProductBug,
-    reason="store.sweep() does not sweep datasets/<base_name>/, where clear() renames a label "
-    "folder before deleting it: a clear killed mid-delete leaves its temp folder forever",
-)
 def test_sigkill_while_writing_datasets(stores, report):
     zygote, root, _ = stores
     rng = random.Random(8)
