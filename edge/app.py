@@ -112,7 +112,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     from engine.errors import EngineError
     from store.errors import StoreError
 
-    for etype in (BdiError, StoreError, EngineError):
+    for etype in (BdiError, StoreError, EngineError, OSError):
         app.add_exception_handler(etype, domain_error)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)

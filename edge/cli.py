@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     eng.add_argument("--batch", type=int, default=16)
     eng.add_argument("--json", action="store_true", help="print only the JSON line on stdout")
     eng.set_defaults(func=_cmd_bench_engine)
+    from edge.bench_pipeline import add_bench_pipeline_command
+
+    add_bench_pipeline_command(bench_sub)
 
     from edge.serve import add_serve_command
     from edge.store_cli import add_store_commands

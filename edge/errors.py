@@ -7,6 +7,8 @@ logged in full to the diagnostics log and answered with a generic 500.
 
 from __future__ import annotations
 
+import errno
+import os
 from typing import Any
 
 from engine.errors import (
@@ -104,10 +106,19 @@ _ENGINE_STATUS: list[tuple[type[EngineError], int, str]] = [
 ]
 
 
+# a full or read-only disk, or a failing one: the store could not write; say so
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
+
+
 def as_bdi_error(exc: BaseException) -> BdiError | None:
     """The API error an exception stands for; ``None`` for an unexpected one (500)."""
     if isinstance(exc, BdiError):
         return exc
+    if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS:
+        return BdiError(
+            f"the model store could not write ({os.strerror(exc.errno or 0)}); "
+            "nothing was changed", 507, "insufficient_storage",
+        )  # fmt: skip
     if isinstance(exc, StoreError):
         code = next((c for t, c in _STORE_CODES.items() if isinstance(exc, t)), "store_error")
         return BdiError(str(exc), exc.status, code)

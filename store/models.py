@@ -15,6 +15,7 @@ See ``docs/STORE.md`` for the crash analysis.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 import time
@@ -25,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from store import atomic
 from store.errors import CorruptModelError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # the engine (and torch) is imported only where a model is (de)serialised
     from engine.patchcore import PatchCoreModel
@@ -132,10 +135,32 @@ def write_model(
         "files": {s: {"sha256": digests[s], "size": len(files[s])} for s in files},
         "written_at": time.time(),
     }
-    atomic.write_json(pointer_path(model_dir, base), pointer)
-    _relink_top_level(model_dir, base, vdir, files)
-    _collect(vroot, keep={revision, previous})
+    try:
+        atomic.write_json(pointer_path(model_dir, base), pointer)
+    except OSError:
+        if not _committed(model_dir, base, pointer):
+            raise  # the old version is still the current one: the save failed, cleanly
+        log.warning("model %s/%s stored, but its folder could not be synced", model_dir, base)
+    # Past the commit point the new version is served: a failure from here on (a full disk
+    # while re-linking) must not fail the save; sweep() repairs the links at start-up.
+    try:
+        _relink_top_level(model_dir, base, vdir, files)
+        _collect(vroot, keep={revision, previous})
+    except OSError as exc:
+        log.warning("model %s/%s stored; tidying up failed (%s), repaired by sweep()",
+                    model_dir, base, exc)  # fmt: skip
     return pointer
+
+
+def _committed(model_dir: Path, base: str, pointer: dict[str, Any]) -> bool:
+    try:
+        current = read_pointer(model_dir, base)
+    except (OSError, CorruptModelError):
+        return False
+    if current is None:
+        return False
+    same = current.get("revision") == pointer["revision"]
+    return same and current.get("written_at") == pointer["written_at"]
 
 
 def _write_revision(

@@ -89,13 +89,6 @@ def served(http: httpx.Client, root) -> tuple[str, str, str]:
     return state, infer["model_version"], model.version
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ProductBug,
-    reason="a disk-full error while storing a training is answered 500 internal_error "
-    "('unexpected server error'); after the commit point it fails the request although "
-    "the new model is stored and served",
-)
 def test_disk_full_while_a_training_is_stored(live_server, tmp_path, monkeypatch, report):
     server = live_server()
     root = tmp_path / "models"
