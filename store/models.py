@@ -313,7 +313,14 @@ def load_location(
     direct = all(p.parent == npz.parent and p.name == f"{base}{s}" for s, p in loc.files.items())
     try:
         if direct:
-            return load(npz.parent, base, nprobe=nprobe, use_gpu=use_gpu)
+            model = load(npz.parent, base, nprobe=nprobe, use_gpu=use_gpu)
+            # engine.artifact.load tolerates a missing index or calibration (older layouts);
+            # here the pointer lists them, so one gone meanwhile means a writer's clean-up
+            # raced this read: the caller re-reads rather than serve a partial model
+            gone = [p.name for p in loc.files.values() if not p.is_file()]
+            if gone or (CALIB in loc.files and model.calibration is None):
+                raise FileNotFoundError(f"{gone or CALIB} vanished while loading {base}")
+            return model
         with tempfile.TemporaryDirectory(prefix=".bdi-load-") as tmp:
             # other file names (legacy memory.npz / index.faiss / calib.json): link them under
             # the engine's names, since engine.artifact.load reads <dir>/<base><suffix>

@@ -260,13 +260,6 @@ def test_sigkill_while_writing_datasets(stores, report):
         raise ProductBug(f"{len(left_now)} temp folders survive store.sweep(): {left_now[:3]}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ProductBug,
-    reason="a load that overlaps two writes of the model reads the bank and index of a "
-    "revision whose calibration file the second write's clean-up removed, and returns it "
-    "uncalibrated instead of retrying (store/models.load_location, engine/artifact.load)",
-)
 def test_a_model_rewritten_twice_while_a_consumer_loads_it(trained, tmp_path, monkeypatch, report):
     """The interleaving the reader thread above hits now and then, made deterministic: the
     two writes happen right after the reader has loaded the index, before the calibration."""
