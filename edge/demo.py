@@ -106,7 +106,7 @@ def train_demo(url: str, size: int, n_train: int, seed: int, say: Any) -> float:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from edge.up import api_url, dev_settings, start_service
+    from edge.up import api_url, default_consumers, dev_settings, start_service
 
     settings = dev_settings(args.port)
     if not 0.0 <= args.ng_rate <= 1.0 or args.fps <= 0:
@@ -116,7 +116,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         if url is None:
             print("starting broker, API and consumers (as bdi up) ...", flush=True)
-            sup = start_service(settings, 1, 4, args.broker_port, 180.0)
+            n = default_consumers(settings)
+            sup = start_service(settings, n, max(4, n), args.broker_port, 180.0)
             bootstrap = sup.env["BDI_KAFKA_BOOTSTRAP"]
             print(f"  API {api_url(settings)}, Kafka {bootstrap}, processes: {sup.pids()}",
                   flush=True)  # fmt: skip

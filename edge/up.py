@@ -35,7 +35,11 @@ def add_up_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
         description="Start the whole service: a local Kafka-compatible broker when "
         "BDI_KAFKA_BOOTSTRAP is unset, the REST API and the consumers. Ctrl-C stops all.",
     )
-    up.add_argument("--consumers", type=int, default=1, help="consumer processes (default 1)")
+    up.add_argument(
+        "--consumers", type=int, default=None,
+        help="consumer processes (default: 1 on a GPU; on the CPU one per core, 1 torch thread "
+        "each, which keeps up better than one process with several threads)",
+    )  # fmt: skip
     up.add_argument("--partitions", type=int, default=4, help="frames topic partitions")
     up.add_argument("--port", type=int, default=None, help="API port (BDI_BACKEND_PORT)")
     up.add_argument(
@@ -59,10 +63,10 @@ class Supervisor:
     children: list[Child] = field(default_factory=list)
     broker: object | None = None  # consumers.LocalBroker
 
-    def spawn(self, name: str, args: list[str]) -> Child:
+    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Child:
         process = subprocess.Popen(
             [sys.executable, "-m", "edge.cli", *args],
-            env=self.env,
+            env={**self.env, **(env or {})},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -170,6 +174,20 @@ def dev_settings(port: int | None = None) -> Settings:
     return load_settings()  # what the children will read, validated before anything starts
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def default_consumers(settings: Settings) -> int:
+    """One per core on the CPU (each with one torch thread: measured in docs/BENCHMARKS.md,
+    two 1-thread consumers keep up better than one 2-thread one), one on a GPU."""
+    if _has_cuda():
+        return 1
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
 def _preflight(settings: Settings) -> None:
     """Fail here, with the engine's own message, rather than in a child after the broker
     started: no CUDA when it is required, a missing or wrong weights file."""
@@ -200,8 +218,10 @@ def start_service(
         _create_topics(sup.env["BDI_KAFKA_BOOTSTRAP"], settings, partitions)
         deadline = time.monotonic() + ready_timeout_s
         sup.spawn("api", ["serve"])
+        on_cpu = consumers > 1 and not _has_cuda() and "BDI_TORCH_THREADS" not in os.environ
+        threads = {"BDI_TORCH_THREADS": str(max(1, (os.cpu_count() or 1) // consumers))}
         for i in range(consumers):
-            sup.spawn(f"consumer-{i + 1}", ["consume"])
+            sup.spawn(f"consumer-{i + 1}", ["consume"], threads if on_cpu else None)
         _wait_http(f"{api_url(settings)}/health", deadline, sup)
     except BaseException:
         sup.stop(settings.shutdown_grace_s)
@@ -216,12 +236,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
     }
     sup: Supervisor | None = None
+    consumers = args.consumers if args.consumers is not None else default_consumers(settings)
+    partitions = max(args.partitions, consumers)  # a consumer without a partition idles
     try:
-        sup = start_service(
-            settings, args.consumers, args.partitions, args.broker_port, args.ready_timeout
-        )
+        sup = start_service(settings, consumers, partitions, args.broker_port, args.ready_timeout)
         bootstrap = sup.env["BDI_KAFKA_BOOTSTRAP"]
-        print(_banner(settings, bootstrap, sup.broker is not None, args.consumers), flush=True)
+        print(_banner(settings, bootstrap, sup.broker is not None, consumers), flush=True)
         print(f"  processes : {sup.pids()}", flush=True)
         while not stop.wait(0.2):
             if (dead := sup.first_exit()) is not None:

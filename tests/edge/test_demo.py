@@ -37,4 +37,4 @@ def test_demo_streams_a_line_and_cleans_up(tmp_path):
     assert sent == 30 and verdicts == sent and lost == 0 and wrong == 0
     assert ng == 6 and ok == 24 and error == 0 and no_model == 0
     pids = [int(p) for p in re.findall(r"=(\d+)", re.search(r"processes: .*", out).group(0))]
-    assert len(pids) == 3 and not [p for p in pids if _alive(p)]
+    assert len(pids) >= 3 and not [p for p in pids if _alive(p)]  # api, consumer(s), broker

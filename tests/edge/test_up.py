@@ -93,7 +93,7 @@ def test_bdi_up_runs_the_line_and_stops_cleanly(tmp_path):
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "edge.cli", "up", "--port", str(api_port), "--broker-port", "0",
-         "--partitions", "2"],
+         "--partitions", "2", "--consumers", "2"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     out = Output(proc)
@@ -103,8 +103,8 @@ def test_bdi_up_runs_the_line_and_stops_cleanly(tmp_path):
         assert f"http://127.0.0.1:{api_port}" in "".join(out.lines)
         assert "CPU allowed" in "".join(out.lines)
         pids = [int(p) for p in re.findall(r"=(\d+)", out.wait_for(r"processes : .*").group(0))]
-        assert len(pids) == 3  # api, one consumer, the broker
-        out.wait_for(r"partitions assigned")
+        assert len(pids) == 4  # api, two consumers, the broker
+        out.wait_for(r"consumer-2\].*partitions assigned")
         _train(f"http://127.0.0.1:{api_port}")
 
         frames = disc_frames(20, SIZE, ng_every=5, tag="up")
