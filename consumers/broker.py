@@ -46,7 +46,8 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def _answers(host: str, port: int) -> bool:
+def answers(host: str, port: int) -> bool:
+    """Something accepts TCP connections at ``host:port``."""
     try:
         with socket.create_connection((host, port), timeout=0.2):
             return True
@@ -104,7 +105,7 @@ class LocalBroker:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 return False  # exited: most likely the port was taken
-            if _answers(self.host, port):
+            if answers(self.host, port):
                 return True
             time.sleep(0.02)
         self.stop()

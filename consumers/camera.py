@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from consumers.topics import topic_partitions
 from engine.synthetic import encode_png, make_disc, stream
 
 
@@ -118,11 +119,7 @@ class VerdictReader:
             bootstrap_servers=self.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50
         )
         await consumer.start()
-        parts = consumer.partitions_for_topic(self.topic)
-        while not parts:
-            await consumer.client.force_metadata_update()
-            parts = consumer.partitions_for_topic(self.topic)
-        tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+        tps = await topic_partitions(consumer, self.topic)
         consumer.assign(tps)
         if self.from_beginning:
             await consumer.seek_to_beginning(*tps)

@@ -24,7 +24,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, ProducerFenced
 
 from consumers.errors import BrokerUnavailableError, PublishError, TransactionsUnsupportedError
 from consumers.outcome import Outcome
-from consumers.publish import deliver_all
+from consumers.publish import Producer, deliver_all
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,8 @@ Preview = Callable[[TopicPartition, Sequence[Outcome]], int | None]
 OnCommitted = Callable[[TopicPartition, Sequence[Outcome], int], None]
 
 
-class TxnProducer(Protocol):
-    """What this module uses of a transactional ``AIOKafkaProducer``."""
+class TxnProducer(Producer, Protocol):
+    """What this module uses of a transactional ``AIOKafkaProducer`` (``send`` included)."""
 
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
@@ -70,15 +70,6 @@ class TxnProducer(Protocol):
     async def send_offsets_to_transaction(
         self, offsets: dict[TopicPartition, int], group_id: str
     ) -> None: ...
-    async def send(
-        self,
-        topic: str,
-        value: bytes | None = None,
-        key: bytes | None = None,
-        partition: int | None = None,
-        timestamp_ms: int | None = None,
-        headers: list[tuple[str, bytes]] | None = None,
-    ) -> asyncio.Future[Any]: ...
 
 
 class TransactionalPublisher:

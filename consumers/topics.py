@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
@@ -35,3 +36,12 @@ async def ensure_topics(
         return [t.name for t in wanted]
     finally:
         await admin.close()
+
+
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """The partitions of ``topic``, waiting for metadata a fresh client may not have yet."""
+    parts = consumer.partitions_for_topic(topic)
+    while not parts:
+        await consumer.client.force_metadata_update()
+        parts = consumer.partitions_for_topic(topic)
+    return [TopicPartition(topic, p) for p in sorted(parts)]

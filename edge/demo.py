@@ -226,15 +226,17 @@ async def _collect(reader: Any, camera: Any, stats: LineStats, expected: dict[st
 
 async def _watch_lag(bootstrap: str, settings: Settings, stats: LineStats,
                      stop: asyncio.Event) -> None:  # fmt: skip
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import AIOKafkaConsumer
+
+    from consumers.topics import topic_partitions
 
     client = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=settings.kafka_group,
                               enable_auto_commit=False)  # fmt: skip
     await client.start()
     try:
-        parts = client.partitions_for_topic(settings.kafka_topic_frames) or set()
-        tps = [TopicPartition(settings.kafka_topic_frames, p) for p in sorted(parts)]
-        while tps:
+        # waits for the metadata: a fresh client may not know the topic's partitions yet
+        tps = await topic_partitions(client, settings.kafka_topic_frames)
+        while not stop.is_set():
             ends = await client.end_offsets(tps)
             committed = [await client.committed(tp) or 0 for tp in tps]
             stats.lag = int(sum(ends[tp] for tp in tps) - sum(committed))

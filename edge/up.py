@@ -135,10 +135,10 @@ def _wait_http(url: str, deadline: float, sup: Supervisor) -> None:
 
 def _start_broker(port: int | None) -> object:
     from consumers import LocalBroker
-    from consumers.broker import _answers
+    from consumers.broker import answers
 
     if port is None:
-        taken = _answers("127.0.0.1", DEFAULT_BROKER_PORT)
+        taken = answers("127.0.0.1", DEFAULT_BROKER_PORT)
         port = None if taken else DEFAULT_BROKER_PORT
     return LocalBroker(port=port).start()
 

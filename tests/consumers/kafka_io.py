@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
 from consumers import FrameConsumer
+from consumers.topics import topic_partitions
 from engine.synthetic import encode_jpeg, encode_png, make_ng, make_ok
 
 RECIPE, ROLE, ROI = "disc-a", "Master1", "inspection-1"
@@ -78,14 +79,6 @@ async def produce(bootstrap: str, topic: str, frames: Sequence[FrameSpec], **kw:
         await producer.stop()
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    parts = consumer.partitions_for_topic(topic)
-    while not parts:
-        await consumer.client.force_metadata_update()
-        parts = consumer.partitions_for_topic(topic)
-    return [TopicPartition(topic, p) for p in sorted(parts)]
-
-
 async def read_until(
     bootstrap: str,
     topic: str,
@@ -103,7 +96,7 @@ async def read_until(
     await consumer.start()
     records: list[ConsumerRecord] = []
     try:
-        tps = await _partitions(consumer, topic)
+        tps = await topic_partitions(consumer, topic)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         deadline = time.monotonic() + timeout_s
@@ -130,7 +123,7 @@ async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await consumer.start()
     try:
-        tps = await _partitions(consumer, topic)
+        tps = await topic_partitions(consumer, topic)
         ends = await consumer.end_offsets(tps)
         return {tp.partition: offset for tp, offset in ends.items()}
     finally:
@@ -143,7 +136,7 @@ async def committed(bootstrap: str, group: str, topic: str) -> dict[int, int | N
     )
     await consumer.start()
     try:
-        tps = await _partitions(consumer, topic)
+        tps = await topic_partitions(consumer, topic)
         return {tp.partition: await consumer.committed(tp) for tp in tps}
     finally:
         await consumer.stop()

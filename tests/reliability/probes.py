@@ -14,6 +14,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
+from consumers.topics import topic_partitions
+
 
 class ProductBug(AssertionError):  # noqa: N818 - reads as what it is in xfail(raises=...)
     """A reproduced product bug, reported to the maintainers. Tests that reproduce one are
@@ -60,11 +62,7 @@ class TopicLog:
             bootstrap_servers=self.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50
         )
         await consumer.start()
-        parts = consumer.partitions_for_topic(self.topic)
-        while not parts:
-            await consumer.client.force_metadata_update()
-            parts = consumer.partitions_for_topic(self.topic)
-        self._tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+        self._tps = await topic_partitions(consumer, self.topic)
         consumer.assign(self._tps)
         await consumer.seek_to_beginning(*self._tps)
         self._consumer = consumer
