@@ -26,9 +26,10 @@ BACKBONES = ("dinov2_vits14", "efficientnet_lite0")
 @dataclass(frozen=True)
 class BackboneInfo:
     name: str
-    stride: int  # pixels per token of the finest feature map
+    stride: int  # pixels per patch of the grid PatchCore scores on
     dim: int  # channels after concatenation of all feature maps
     weights: str  # where the weights came from ("random" when untrained)
+    grid_map: int = 0  # which of the returned maps sets the patch grid (see ``aggregate``)
 
     @property
     def random_weights(self) -> bool:
@@ -54,15 +55,21 @@ class Backbone(nn.Module):
         images = images.to(self.spec.device, non_blocking=True)
         if self.spec.device.type == "cpu":
             images = images.contiguous(memory_format=torch.channels_last)
-            return [f.float().contiguous() for f in self.net(images)]
+            # left channels-last: ``aggregate`` wants (B, h, w, C) rows, a free view of it
+            return [f.float() for f in self.net(images)]
         with torch.autocast(self.spec.device.type, dtype=self.spec.dtype):
             return [f.float() for f in self.net(images)]
 
 
 class _EfficientNetTaps(nn.Module):
-    """EfficientNet-Lite0 truncated after ``blocks[4]``; returns blocks 2 (s8) and 4 (s16)."""
+    """EfficientNet-Lite0 truncated after ``blocks[4]``; returns blocks 1 (stride 4, 24
+    channels), 2 (stride 8, 40) and 4 (stride 16, 112). PatchCore scores on the stride-8
+    grid; the stride-4 block is averaged onto it. That block costs nothing extra (it is on
+    the way to block 4) and carries the fine texture that small defects show: measured with
+    the same engine, tire pixel AUROC 0.963 -> 0.976 and metal_plate 0.971 -> 0.979 (see
+    docs/BENCHMARKS.md)."""
 
-    taps = (2, 4)
+    taps = (1, 2, 4)
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -229,7 +236,7 @@ def load_backbone(
     """
     if name == "efficientnet_lite0":
         net, source = _build_efficientnet_lite0(weights)
-        info = BackboneInfo(name, stride=8, dim=40 + 112, weights=source)
+        info = BackboneInfo(name, stride=8, dim=24 + 40 + 112, weights=source, grid_map=1)
     elif name == "dinov2_vits14":
         net, source = _build_dinov2_vits14(weights, image_size)
         info = BackboneInfo(name, stride=14, dim=384, weights=source)

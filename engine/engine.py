@@ -126,7 +126,7 @@ class Engine:
         out: list[np.ndarray] = []
         for start in range(0, len(images), step):
             x = to_tensor(list(images[start : start + step]), size)
-            out.append(aggregate(backbone(x)).cpu().numpy())
+            out.append(aggregate(backbone(x), backbone.info.grid_map).cpu().numpy())
             progress("embed", min(start + step, len(images)), len(images))
         return np.concatenate(out) if out else np.empty((0, 0, 0, 0), np.float32)
 
@@ -207,6 +207,12 @@ class Engine:
 
     def _backbone_for(self, model: PatchCoreModel) -> Backbone:
         bb = self.backbone(model.meta.backbone, model.meta.image_size)
+        if bb.info.dim != model.meta.feature_dim:
+            raise EngineError(
+                f"model has {model.meta.feature_dim}-channel patch features; this engine's "
+                f"{bb.info.name} gives {bb.info.dim} (trained by an older feature layout): "
+                "retrain the model"
+            )
         if self.weights_fingerprint(bb) != model.meta.backbone_weights:
             raise EngineError(
                 f"model was trained with {model.meta.backbone} weights "

@@ -29,20 +29,28 @@ NOMINAL_PERCENTILE = 90.0
 NOMINAL_SIGMA = 1.0  # in token-grid cells
 
 
-def aggregate(feature_maps: list[torch.Tensor]) -> torch.Tensor:
-    """Locally aware patch features (paper §3.1): 3x3 average of each map, coarser maps
-    upsampled to the finest grid, channels concatenated.
+def aggregate(feature_maps: list[torch.Tensor], grid_map: int = 0) -> torch.Tensor:
+    """Locally aware patch features (paper §3.1): 3x3 average of each map, brought to the
+    grid of ``feature_maps[grid_map]`` (finer maps area-averaged, coarser ones bilinearly
+    upsampled), channels concatenated.
 
-    ``[(B, C_i, h_i, w_i)] -> (B, h, w, sum C_i)`` float32.
+    ``[(B, C_i, h_i, w_i)] -> (B, h, w, sum C_i)`` float32. Channels-last inputs (the CPU
+    backbone's) make the final layout a free view.
     """
     # zero padding counts at the border, as in the reference implementations (measured:
     # +0.004 pixel AUROC on metal_plate over excluding it)
     pooled = [F.avg_pool2d(f, 3, stride=1, padding=1) for f in feature_maps]
-    h, w = pooled[0].shape[-2:]
-    resized = [pooled[0]] + [
-        F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False) for f in pooled[1:]
-    ]
-    return torch.cat(resized, dim=1).permute(0, 2, 3, 1).contiguous()
+    h, w = pooled[grid_map].shape[-2:]
+    resized = []
+    for f in pooled:
+        fh, fw = f.shape[-2:]
+        if (fh, fw) == (h, w):
+            resized.append(f)
+        elif fh >= h and fw >= w:
+            resized.append(F.adaptive_avg_pool2d(f, (h, w)))
+        else:
+            resized.append(F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False))
+    return torch.cat([f.permute(0, 2, 3, 1) for f in resized], dim=3)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ def test_efficientnet_loads_the_packaged_weights(spec: DeviceSpec) -> None:
     backbone = load_backbone("efficientnet_lite0", spec)
     assert backbone.info.weights.endswith("efficientnet-lite0-57934424.pth")
     assert not backbone.info.random_weights
-    assert (backbone.info.stride, backbone.info.dim) == (8, 152)
+    assert (backbone.info.stride, backbone.info.dim) == (8, 176)
     # the stem really holds the checkpoint's tensors (its BatchNorm folded in), not timm's
     # random init
     checkpoint = torch.load(
@@ -52,11 +52,13 @@ def test_efficientnet_loads_the_packaged_weights(spec: DeviceSpec) -> None:
     assert all(not p.requires_grad for p in backbone.parameters())
 
 
-def test_efficientnet_outputs_two_maps(spec: DeviceSpec) -> None:
+def test_efficientnet_outputs_stride_4_8_16_maps(spec: DeviceSpec) -> None:
     backbone = load_backbone("efficientnet_lite0", spec)
     maps = backbone(torch.randn(2, 3, 64, 64))
-    assert [tuple(m.shape) for m in maps] == [(2, 40, 8, 8), (2, 112, 4, 4)]
+    assert [tuple(m.shape) for m in maps] == [(2, 24, 16, 16), (2, 40, 8, 8), (2, 112, 4, 4)]
     assert all(m.dtype == torch.float32 and torch.isfinite(m).all() for m in maps)
+    # the stride-8 map sets the patch grid
+    assert tuple(maps[backbone.info.grid_map].shape[-2:]) == (64 // backbone.info.stride,) * 2
 
 
 def test_efficientnet_is_deterministic(spec: DeviceSpec) -> None:
