@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     coreset_projection_dim: int = _env("coreset_projection_dim", default=128, ge=8, le=4096)
     knn_mode: KnnMode = _env("knn_mode", default="ivf")
     knn_ivf_nprobe: int = _env("knn_ivf_nprobe", default=4, ge=1)
+    # memory-bank rows kept per grid position as cheap first bounds for the kNN; 0 = off
+    knn_shortlist: int = _env("knn_shortlist", default=64, ge=0, le=4096)
     anomaly_sigma: float = _env("anomaly_sigma", default=4.0, gt=0.0, le=64.0)
     score_reweight: bool = _env("score_reweight", default=False)
     position_norm: bool = _env("position_norm", default=True)

@@ -37,6 +37,18 @@ def build_parser() -> argparse.ArgumentParser:
     eng.add_argument("--max-train", type=int, default=0, help="0 = all training images")
     eng.add_argument("--knn", choices=["exact", "ivf"], default=None)
     eng.add_argument("--batch", type=int, default=16)
+    eng.add_argument(
+        "--shortlist",
+        type=int,
+        default=None,
+        help="memory-bank rows per grid position for the kNN (0 = off)",
+    )
+    eng.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="alternating timed passes of backbone and engine; best of each",
+    )
     eng.add_argument("--json", action="store_true", help="print only the JSON line on stdout")
     eng.set_defaults(func=_cmd_bench_engine)
     from edge.bench_pipeline import add_bench_pipeline_command

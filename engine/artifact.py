@@ -42,6 +42,8 @@ def to_bytes(model: PatchCoreModel) -> dict[str, bytes]:
     }
     if model.nominal is not None:
         arrays["nominal"] = model.nominal
+    if model.shortlist is not None:
+        arrays["shortlist"] = model.shortlist
     np.savez(buf, **arrays)  # type: ignore[arg-type]
     index = model.index._require()
     if model.index.use_gpu:
@@ -66,6 +68,7 @@ def load(directory: Path, base_name: str, nprobe: int = 8, use_gpu: bool = False
             meta = ModelMeta.from_dict(json.loads(str(npz["meta"])))
             version = str(npz["version"]) if "version" in npz else ""
             nominal = npz["nominal"].astype(np.float32) if "nominal" in npz else None
+            shortlist = npz["shortlist"].astype(np.int32) if "shortlist" in npz else None
     except Exception as exc:  # zip, header and payload damage surface as many types
         raise ArtifactError(f"unreadable memory bank {paths[NPZ]}: {exc}") from exc
     if paths[INDEX].is_file():
@@ -84,8 +87,8 @@ def load(directory: Path, base_name: str, nprobe: int = 8, use_gpu: bool = False
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"unreadable calibration {paths[CALIB]}: {exc}") from exc
     try:
-        return PatchCoreModel(meta, index, calibration, version, nominal)
-    except ValueError as exc:  # a baseline that does not fit the grid
+        return PatchCoreModel(meta, index, calibration, version, nominal, shortlist)
+    except ValueError as exc:  # a baseline or shortlist that does not fit the model
         raise ArtifactError(f"inconsistent memory bank {paths[NPZ]}: {exc}") from exc
 
 

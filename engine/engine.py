@@ -26,8 +26,9 @@ from engine.patchcore import (
     PatchCoreModel,
     aggregate,
     build_memory,
-    leave_one_out_patch_scores,
+    leave_one_out_neighbours,
     nominal_map,
+    positional_shortlist,
     score,
 )
 from engine.regions import Region, find_regions, significant
@@ -156,15 +157,18 @@ class Engine:
         )  # fmt: skip
         t2 = time.perf_counter()
         loo = np.empty((0, h * w))
+        shortlist = None
         if n_img >= 2:
             pick = np.linspace(0, n_img - 1, min(n_img, CALIBRATION_IMAGES)).round().astype(int)
             source = ids // (h * w)
             # re-number so that bank rows of picked image j carry label j
             remap = np.full(n_img, -1)
             remap[pick] = np.arange(len(pick))
-            loo = leave_one_out_patch_scores(
+            loo, nearest = leave_one_out_neighbours(
                 index, feats[pick].reshape(len(pick), h * w, c), remap[source]
             )
+            if s.knn_shortlist:
+                shortlist = positional_shortlist(nearest.reshape(-1, h, w), s.knn_shortlist)
         nominal = nominal_map(loo.reshape(-1, h, w)) if s.position_norm else None
         meta = ModelMeta(
             backbone=bb.info.name,
@@ -179,7 +183,7 @@ class Engine:
             memory_bank=len(ids),
             nominal_images=0 if nominal is None else len(loo),
         )
-        model = PatchCoreModel(meta=meta, index=index, nominal=nominal)
+        model = PatchCoreModel(meta=meta, index=index, nominal=nominal, shortlist=shortlist)
         ok = np.empty(0)
         if len(loo):
             # the same images scored the way inference will score (baseline subtracted);
@@ -195,7 +199,8 @@ class Engine:
         """Image scores of many images against one model (calibration, datasets)."""
         bb = self._backbone_for(model)
         feats = self.embed(images, bb, model.meta.image_size)
-        return score(model, feats, self.settings.score_reweight).image
+        no_maps = np.zeros(len(feats), dtype=bool)
+        return score(model, feats, self.settings.score_reweight, no_maps).image
 
     def calibrate(
         self, model: PatchCoreModel, ok_scores: Sequence[float], ng_scores: Sequence[float] | None
@@ -271,7 +276,11 @@ class Engine:
             assert model is not None
             t1 = time.perf_counter()
             try:
-                scores = score(model, feats[positions], self.settings.score_reweight)
+                wanted = np.array(
+                    [items[members[p]].want_map or items[members[p]].want_heatmap
+                     for p in positions]
+                )  # fmt: skip
+                scores = score(model, feats[positions], self.settings.score_reweight, wanted)
             except (EngineError, RuntimeError, ValueError) as exc:
                 for pos in positions:
                     results[members[pos]] = Inference(

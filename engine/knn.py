@@ -8,6 +8,10 @@ Modes:
   nearest neighbour but never returns a distance *below* it, so it can only raise a score.
   :meth:`KnnIndex.search_images` then re-scores exactly the patches that decide each
   image's score (see there), so the image score is exact in both modes.
+
+Cheaper upper bounds known beforehand (PatchCore's positional shortlist) let
+:meth:`KnnIndex.search_images` skip the index for every patch that cannot decide the
+image score: only contenders are searched, approximately first, then exactly.
 """
 
 from __future__ import annotations
@@ -20,9 +24,27 @@ import faiss
 import numpy as np
 
 KnnMode = Literal["exact", "ivf"]
+# Exact searches of a few patches at a time are the common case (re-checking the patches
+# that decide an image's score): faiss answers fewer than 20 queries with a per-query loop
+# unless told to use its matrix product. Its own BLAS also shares faiss' OpenMP pool, where
+# numpy's would spin up a second pool that competes with faiss' for the cores.
+faiss.cvar.distance_compute_blas_threshold = 1
 # IVF needs enough points per list to be worth it; below this the flat index is used.
 MIN_IVF_BANK = 2048
-REFINE_TOP = 8
+# patches per image searched first: with the approximate index (from a shortlist bound),
+# then exactly; the rest only when they might still beat the best exact one
+SEED_APPROX = 16
+SEED_EXACT = 2
+_BOUND, _APPROX, _EXACT = 0, 1, 2  # what a patch distance currently is
+
+
+def _top(values: np.ndarray, k: int) -> np.ndarray:
+    """``(B, P)`` mask of each row's ``k`` largest values."""
+    k = min(k, values.shape[1])
+    idx = np.argpartition(-values, k - 1, axis=1)[:, :k]
+    mask = np.zeros(values.shape, dtype=bool)
+    np.put_along_axis(mask, idx, True, axis=1)
+    return mask
 
 
 def _gpu_available() -> bool:
@@ -105,36 +127,94 @@ class KnnIndex:
         d2 = np.where(ids < 0, np.inf, d2)
         return np.sqrt(np.maximum(d2, 0.0)), ids
 
-    def search_images(self, queries: np.ndarray, offset: np.ndarray | None = None) -> np.ndarray:
-        """Nearest-neighbour distance of every patch, ``(B, P, C) -> (B, P)``.
+    def exact(self, queries: np.ndarray) -> np.ndarray:
+        """Exact nearest-neighbour distance of each query row ``(Q, C) -> (Q,)``.
 
-        With an approximate index, each image's top patches are searched again exactly,
-        widening until the best exact distance beats every patch left approximate. Since an
-        approximate distance never underestimates, this makes the max (the image score)
-        exact; the rest of the map can only err upward, towards NG. ``offset (P,)``: the
-        image score is ``max(distance - offset)``; "top" is ranked by that.
+        The neighbour comes from a matrix product (``|q|² - 2 q·m + |m|²``), whose float32
+        rounding grows with the norms; the distance to it is then taken directly, so a
+        score does not depend on which other queries shared the product.
+        """
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        ids = self.search(q, exact=True)[1][:, 0]
+        return np.linalg.norm(q - self.bank()[ids], axis=1)
+
+    def search_images(
+        self,
+        queries: np.ndarray,
+        offset: np.ndarray | None = None,
+        upper: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Nearest-neighbour distance bounds of every patch, ``(B, P, C) -> (B, P)``, exact
+        where they decide each image's score ``max(distance - offset)``.
+
+        Every value returned is an upper bound of the true distance (an IVF probe or a
+        shortlist can only miss the nearest row, never find one closer than it), and the
+        patches that could hold each image's maximum are searched exactly, so the image
+        score is exact; the rest of the map can only err upward, towards NG.
+
+        ``upper (B, P)``: cheap upper bounds known beforehand (a positional shortlist).
+        Then only the patches that may beat the running maximum are searched at all: first
+        with the approximate index, then exactly.
         """
         b, p, c = queries.shape
-        dist = self.search(queries.reshape(-1, c))[0][:, 0].reshape(b, p)
-        if self.kind == "exact":
+        adj = np.zeros(p, np.float32) if offset is None else offset.astype(np.float32)
+        if upper is None:
+            if self.kind == "exact":
+                return self.exact(queries.reshape(-1, c)).reshape(b, p)
+            dist = self.search(queries.reshape(-1, c))[0][:, 0].reshape(b, p)
+            level = np.full((b, p), _APPROX, np.int8)
+        else:
+            dist = np.array(upper, dtype=np.float32)
+            level = np.full((b, p), _BOUND, np.int8)
+            # each image's likeliest maxima get the approximate index first
+            self._raise(queries, dist, level, _top(dist - adj, SEED_APPROX), _APPROX)
+        self._raise(queries, dist, level, _top(dist - adj, SEED_EXACT), _EXACT)
+        while True:
+            judged = dist - adj
+            best = np.where(level == _EXACT, judged, -np.inf).max(axis=1, keepdims=True)
+            above = (judged > best) & (level != _EXACT)
+            if not above.any():
+                return dist
+            if (above & (level == _BOUND)).any():
+                # cheap first: every contender still on a shortlist bound gets the index
+                self._raise(queries, dist, level, above & (level == _BOUND), _APPROX)
+            else:
+                # then exactly, highest first, a few per image, as the best rises
+                contenders = np.where(above, judged, -np.inf)
+                self._raise(queries, dist, level, above & _top(contenders, SEED_EXACT), _EXACT)
+
+    def _raise(
+        self,
+        queries: np.ndarray,
+        dist: np.ndarray,
+        level: np.ndarray,
+        where: np.ndarray,
+        to: int,
+    ) -> None:
+        """Search the patches ``where (B, P) bool`` again at level ``to`` (in place)."""
+        where = where & (level < to)
+        if not where.any():
+            return
+        q = queries[where]
+        if to == _EXACT or self.kind == "exact":
+            dist[where] = self.exact(q)
+            level[where] = _EXACT
+        else:  # both are upper bounds: keep the tighter
+            dist[where] = np.minimum(dist[where], self.search(q)[0][:, 0])
+            level[where] = _APPROX
+
+    def settle_maps(self, queries: np.ndarray, dist: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Bring images ``rows`` of a shortlist-bounded result to approximate-index quality
+        everywhere (for anomaly maps). Exact entries stay; others take the tighter bound."""
+        if rows.size == 0:
             return dist
-        adj = np.zeros(p, dtype=dist.dtype) if offset is None else offset.astype(dist.dtype)
-        exact = np.zeros((b, p), dtype=bool)
-        todo = np.arange(b)
-        top = min(REFINE_TOP, p)
-        while todo.size:
-            order = np.argsort(adj - dist[todo], axis=1)[:, :top]  # (T, top) patch ids
-            rows = np.repeat(todo, order.shape[1])
-            cols = order.ravel()
-            fresh = ~exact[rows, cols]
-            if fresh.any():
-                q = queries[rows[fresh], cols[fresh]]
-                dist[rows[fresh], cols[fresh]] = self.search(q, exact=True)[0][:, 0]
-                exact[rows[fresh], cols[fresh]] = True
-            best_exact = np.where(exact[todo], dist[todo] - adj, -np.inf).max(1)
-            best_approx = np.where(exact[todo], -np.inf, dist[todo] - adj).max(1)
-            todo = todo[best_approx > best_exact]
-            top = min(top * 2, p)
+        b, p, c = queries.shape
+        flat = queries[rows].reshape(-1, c)
+        if self.kind == "exact":
+            dist[rows] = self.exact(flat).reshape(len(rows), p)
+        else:
+            approx = self.search(flat)[0][:, 0].reshape(len(rows), p)
+            dist[rows] = np.minimum(dist[rows], approx)
         return dist
 
     def save(self, path: Path) -> None:

@@ -118,3 +118,23 @@ def test_corrupted_calibration(copy_of_saved: Path) -> None:
     (copy_of_saved / "base_calib.json").write_bytes(b"{not json")
     with pytest.raises(ArtifactError, match="calibration"):
         artifact.load(copy_of_saved, "base")
+
+
+def test_round_trip_keeps_the_positional_shortlist(model: PatchCoreModel, saved: Path) -> None:
+    assert model.shortlist is not None
+    loaded = artifact.load(saved, "base")
+    assert loaded.shortlist is not None
+    np.testing.assert_array_equal(loaded.shortlist, model.shortlist)
+
+
+def test_shortlist_naming_rows_outside_the_bank_is_refused(
+    model: PatchCoreModel, copy_of_saved: Path
+) -> None:
+    npz = copy_of_saved / "base.npz"
+    with np.load(npz, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["shortlist"] = arrays["shortlist"] + model.index.size
+    with npz.open("wb") as f:
+        np.savez(f, **arrays)
+    with pytest.raises(ArtifactError, match="shortlist"):
+        artifact.load(copy_of_saved, "base")

@@ -274,3 +274,23 @@ def test_skipping_the_map_of_ok_frames_changes_nothing(
     assert [r.regions for r in lean] == [r.regions for r in full]
     assert all(r.anomaly_map is None for r in lean) and all(
         r.anomaly_map is not None for r in full)  # fmt: skip
+
+
+def test_shortlist_changes_no_score_and_no_map(
+    tiny_engine: Engine, stripes: PatchCoreModel, defective: np.ndarray, make_texture
+) -> None:
+    """The positional shortlist is only a speed aid: same scores, same maps where wanted."""
+    assert stripes.shortlist is not None
+    plain = PatchCoreModel(
+        meta=stripes.meta, index=stripes.index, calibration=stripes.calibration,
+        version=stripes.version, nominal=stripes.nominal,
+    )  # fmt: skip
+    images = [make_texture("stripes", 300 + i) for i in range(3)] + [defective]
+    fast = tiny_engine.infer([InferItem(stripes, im, want_map=True) for im in images])
+    slow = tiny_engine.infer([InferItem(plain, im, want_map=True) for im in images])
+    for a, b in zip(fast, slow, strict=True):
+        assert a.verdict == b.verdict
+        assert a.score == pytest.approx(b.score, rel=1e-5)
+        assert a.anomaly_map is not None and b.anomaly_map is not None
+        np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, rtol=1e-5, atol=1e-5)
+    assert fast[-1].verdict == "NG" and fast[-1].regions

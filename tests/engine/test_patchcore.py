@@ -1,11 +1,12 @@
-"""Patch feature aggregation onto the scoring grid."""
+"""Patch feature aggregation onto the scoring grid; the positional kNN shortlist."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.patchcore import aggregate
+from engine.patchcore import aggregate, positional_shortlist
 
 
 def _maps() -> list[torch.Tensor]:
@@ -41,3 +42,40 @@ def test_aggregate_is_the_same_for_channels_last_inputs() -> None:
 def test_aggregate_defaults_to_the_first_map() -> None:
     fine, mid, _ = _maps()
     assert aggregate([mid, fine]).shape == (2, 8, 8, 7)
+
+
+def test_positional_shortlist_prefers_the_rows_nearest_around_each_cell() -> None:
+    # 3 images on a 2x3 grid; cell (0, 0) and its neighbours mostly pick row 7
+    nn = np.array(
+        [
+            [[7, 7, 1], [2, 3, 4]],
+            [[7, 5, 1], [2, 3, 9]],
+            [[6, 7, 1], [8, 3, 4]],
+        ]
+    )
+    short = positional_shortlist(nn, size=3, radius=1)
+    assert short.shape == (6, 3) and short.dtype == np.int32
+    assert short[0, 0] == 7  # 4 votes within one cell of (0, 0)
+    assert short[5, 0] in (1, 3, 4)  # corner (1, 2): neighbours 1, 1, 1, 3, 3, 3, 4, 4, 9
+    alone = positional_shortlist(nn, size=8, radius=0)
+    assert set(alone[0]) == {7, 6}  # only what was nearest at that very cell, padded
+
+
+def test_shortlist_bounds_are_upper_bounds_exact_when_the_neighbour_is_listed(
+    trained_model,
+) -> None:
+    model = trained_model("stripes")
+    assert model.shortlist is not None
+    bank = model.index.bank()
+    p = model.shortlist.shape[0]
+    rng = np.random.default_rng(0)
+    # queries: bank rows themselves (distance 0 when listed at that cell) plus noise
+    flat = bank[rng.integers(0, len(bank), (3, p))] + rng.normal(0, 0.01, (3, p, bank.shape[1]))
+    flat = flat.astype(np.float32)
+    bounds = model.shortlist_bounds(flat)
+    true = model.index.exact(flat.reshape(-1, bank.shape[1])).reshape(3, p)
+    assert bounds is not None and bounds.shape == (3, p)
+    assert (bounds >= true).all()
+    listed = bank[model.shortlist[0, 0]]
+    near = np.linalg.norm(flat[0, 0] - listed)
+    assert bounds[0, 0] <= near + 1e-3
