@@ -47,6 +47,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HEADROOM = 256 * 1024  # dead letters carry the frame plus error headers
+KEEPALIVE_POLL_MS = 100  # empty polls of paused partitions while a long batch is scored
+SLOW_BATCH_SHARE = 0.5  # warn when scoring a batch takes this share of max_poll_interval_ms
+DEFAULT_MAX_POLL_INTERVAL_MS = 300_000  # aiokafka's
 
 
 def require_bootstrap(settings: Settings) -> str:
@@ -126,6 +129,7 @@ class FrameConsumer:
         self._txn: TransactionalPublisher | None = None
         self._processor: BatchProcessor | None = None
         self._fatal: PublishError | None = None  # raised by run() after a clean stop
+        self._carry: list[Frame] = []  # records a keep-alive poll returned, for the next batch
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="bdi-infer")
         self._decode_pool = ThreadPoolExecutor(
             min(4, os.cpu_count() or 1), thread_name_prefix="bdi-decode"
@@ -249,6 +253,12 @@ class FrameConsumer:
         }
         return {**kwargs, **self.consumer_options}
 
+    @property
+    def _max_poll_interval_ms(self) -> int:
+        return int(
+            self._consumer_kwargs().get("max_poll_interval_ms", DEFAULT_MAX_POLL_INTERVAL_MS)
+        )
+
     # --- rebalances ----------------------------------------------------------------------
     async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
         offsets = self.tracker.revoke(revoked)
@@ -288,11 +298,46 @@ class FrameConsumer:
                 batch = prefetch.result()
                 prefetch = asyncio.create_task(self._next_batch())  # overlaps this batch
                 if batch:
-                    await self._drain(asyncio.create_task(self._handle(batch)))
+                    handle = asyncio.create_task(self._handle(batch))
+                    keepalive = asyncio.create_task(self._poll_while(handle, prefetch))
+                    try:
+                        await self._drain(handle)
+                    finally:
+                        keepalive.cancel()
+                        with contextlib.suppress(asyncio.CancelledError, Exception):
+                            await keepalive
         finally:
             prefetch.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await prefetch
+
+    async def _poll_while(self, handle: asyncio.Task[None], prefetch: asyncio.Task[Any]) -> None:
+        """Keep the group membership while a batch is scored.
+
+        aiokafka leaves the group when nothing has fetched for ``max_poll_interval_ms``.
+        The prefetch of the next batch fetches while this one is scored; once it holds its
+        batch and scoring goes on (a slow model, a busy device), the assigned partitions
+        are paused and polled empty until scoring ends, then resumed. A paused partition
+        returns no records, so nothing is read ahead of the batch already waiting.
+        """
+        await asyncio.wait({handle, prefetch}, return_when=asyncio.FIRST_COMPLETED)
+        consumer = self._consumer
+        if handle.done() or consumer is None:
+            return
+        paused = set(consumer.assignment()) - set(consumer.paused())
+        consumer.pause(*paused)
+        try:
+            while not handle.done():
+                fetched = await consumer.getmany(timeout_ms=KEEPALIVE_POLL_MS)
+                for records in fetched.values():  # none expected while paused
+                    for record in records:
+                        frame = self._accept(record)
+                        if frame is not None:
+                            self._carry.append(frame)
+        finally:
+            still = paused & set(consumer.assignment())
+            if still:
+                consumer.resume(*still)
 
     async def _wait_or_stop(self, task: asyncio.Task[Any]) -> bool:
         """Wait for ``task``; ``False`` if a stop was requested first."""
@@ -320,7 +365,10 @@ class FrameConsumer:
     async def _next_batch(self) -> list[Decoded]:
         assert self._consumer is not None and self._processor is not None
         s = self.settings
-        frames = await collect(self._consumer, self._accept, s.batch_max, s.batch_wait_ms)
+        frames, self._carry = self._carry, []
+        if len(frames) < s.batch_max:
+            more = s.batch_max - len(frames)
+            frames += await collect(self._consumer, self._accept, more, s.batch_wait_ms)
         return await self._processor.decode(frames, self._decode_pool) if frames else []
 
     def _accept(self, record: KafkaRecord) -> Frame | None:
@@ -335,7 +383,17 @@ class FrameConsumer:
     async def _handle(self, batch: list[Decoded]) -> None:
         assert self._processor is not None
         loop = asyncio.get_running_loop()
+        started = time.monotonic()
         outcomes = await loop.run_in_executor(self._infer_pool, self._processor.infer, batch)
+        took_s = time.monotonic() - started
+        limit_s = self._max_poll_interval_ms / 1000
+        if took_s > SLOW_BATCH_SHARE * limit_s:
+            # kept in the group by _poll_while, but the line is falling behind its camera
+            log.warning(
+                "slow batch",
+                extra={"frames": len(batch), "scoring_s": round(took_s, 3),
+                       "max_poll_interval_ms": self._max_poll_interval_ms},
+            )  # fmt: skip
         live = [o for o in outcomes if self.tracker.is_current(_tp(o.frame), o.frame.epoch)]
         self.stats.dropped_revoked += len(outcomes) - len(live)
         self.stats.batches += 1
