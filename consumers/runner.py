@@ -262,6 +262,16 @@ class FrameConsumer:
     # --- rebalances ----------------------------------------------------------------------
     async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
         offsets = self.tracker.revoke(revoked)
+        if offsets and self._membership_lost():
+            # The coordinator no longer knows this member (session expired, or a broker
+            # restarted without its state): these positions may belong to a log the broker
+            # no longer has, and a real Kafka refuses the commit anyway. Not committing
+            # only means the next owner answers these frames again (identical verdicts).
+            log.warning(
+                "group membership lost: acknowledged offsets not committed",
+                extra={"offsets": _names_offsets(offsets)},
+            )
+            offsets = {}
         if offsets and self._consumer is not None and self._publisher is not None:
             try:  # acknowledged work is kept; in-flight work is abandoned (redelivered)
                 await self._consumer.commit(offsets)
@@ -275,9 +285,16 @@ class FrameConsumer:
             extra={"partitions": _names(revoked), "committed": _names_offsets(offsets)},
         )
 
+    def _membership_lost(self) -> bool:
+        """Whether aiokafka has reset this member's id (it does so before the revoke
+        callback when the coordinator answers UnknownMemberId / IllegalGeneration)."""
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        return coordinator is not None and getattr(coordinator, "member_id", None) == ""
+
     async def _on_assigned(self, assigned: list[TopicPartition]) -> None:
         epoch = self.tracker.assign(assigned)
         log.info("partitions assigned", extra={"partitions": _names(assigned), "epoch": epoch})
+        await self._rewind_lost_logs(assigned)
         if self._txn is None:
             return
         try:
@@ -287,6 +304,28 @@ class FrameConsumer:
             self._fatal = PublishError(message)
             log.error("stopping", extra={"error": message})
             self.request_stop()
+
+    async def _rewind_lost_logs(self, assigned: list[TopicPartition]) -> None:
+        """A committed offset beyond the end of its partition means the broker lost or
+        truncated the log (ephemeral storage, a topic recreated). Kafka would reset such a
+        position only once the new log grew past it, skipping every frame below it; the
+        partition is read from its beginning instead: answered twice rather than never."""
+        consumer = self._consumer
+        if consumer is None or not assigned:
+            return
+        try:
+            ends = await consumer.end_offsets(list(assigned))
+            for tp in assigned:
+                committed = await consumer.committed(tp)
+                if committed is not None and tp in ends and committed > ends[tp]:
+                    log.warning(
+                        "committed offset beyond the end of the log: reading from the start",
+                        extra={"partition": f"{tp.topic}-{tp.partition}",
+                               "committed": committed, "log_end": ends[tp]},
+                    )  # fmt: skip
+                    await consumer.seek_to_beginning(tp)
+        except KafkaError as exc:  # the regular reset policy still applies
+            log.warning("cannot check committed offsets", extra={"error": repr(exc)})
 
     # --- the loop ------------------------------------------------------------------------
     async def _loop(self) -> None:

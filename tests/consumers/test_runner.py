@@ -214,3 +214,39 @@ def test_stop_drains_the_in_flight_batch_within_the_grace_period(
         assert offsets == {0: len(records)}, "and committed, nothing beyond it"
     else:
         assert records == [] and offsets == {0: None}, "abandoned: nothing published"
+
+
+def test_a_committed_offset_beyond_the_log_end_is_read_from_the_start(
+    kafka_broker, make_topics, trained
+):
+    """A broker that lost or truncated its log keeps (or is given) a committed position
+    past the new end: the consumer answers the log from its start instead of waiting there
+    and skipping what arrives below it."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    topics = make_topics(partitions=1)
+    boot = kafka_broker.bootstrap
+    settings = trained.settings(**topics.settings(boot))
+    frames = disc_frames(4, SIZE, seed=81, tag="lostlog")
+
+    async def scenario():
+        await produce(boot, topics.frames, frames)
+        tp = TopicPartition(topics.frames, 0)
+        stale = AIOKafkaConsumer(bootstrap_servers=boot, group_id=topics.group,
+                                 enable_auto_commit=False)  # fmt: skip
+        await stale.start()
+        try:
+            stale.assign([tp])
+            await stale.commit({tp: 50})  # a position in a log the broker no longer has
+        finally:
+            await stale.stop()
+        assert (await committed(boot, topics.group, topics.frames))[0] == 50
+        async with running(trained.consumer(settings)) as task:
+            return await read_until(boot, topics.verdicts,
+                                    answered({f.frame_id for f in frames}), watch=task)  # fmt: skip
+
+    verdicts = parse(asyncio.run(scenario()))
+    assert sorted(v["frame_id"] for v in verdicts) == sorted(f.frame_id for f in frames)
+    assert all(v["verdict"] == f.expect for v, f in zip(
+        sorted(verdicts, key=lambda v: v["frame_id"]),
+        sorted(frames, key=lambda f: f.frame_id), strict=True))  # fmt: skip

@@ -195,13 +195,6 @@ class GatedEngine(EngineProxy):
         return results
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ProductBug,
-    reason="after a broker restart that lost its log, the rejoining consumer commits the "
-    "offsets of the batch that was in flight (positions in the lost log) into the new "
-    "broker: frames published after the restart below those offsets are never answered",
-)
 def test_restart_with_a_batch_in_flight(tansu, trained, report):
     """After 8 frames answered and committed, the broker crashes while the next scored
     batch waits for publication (in flight); after the restart the camera publishes 12 new
