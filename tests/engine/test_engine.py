@@ -294,3 +294,17 @@ def test_shortlist_changes_no_score_and_no_map(
         assert a.anomaly_map is not None and b.anomaly_map is not None
         np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, rtol=1e-5, atol=1e-5)
     assert fast[-1].verdict == "NG" and fast[-1].regions
+
+
+def test_a_model_of_an_older_feature_layout_is_refused_clearly(
+    tiny_engine: Engine, stripes: PatchCoreModel, defective: np.ndarray
+) -> None:
+    """A model stored when EfficientNet-Lite0 gave 152-channel patches (blocks 2 + 4) cannot
+    be scored by today's 176-channel features: ERROR naming the cause, never OK."""
+    old = PatchCoreModel(
+        meta=replace(stripes.meta, feature_dim=152), index=stripes.index,
+        calibration=stripes.calibration, version="old-layout",
+    )  # fmt: skip
+    (result,) = tiny_engine.infer([InferItem(old, defective)])
+    assert result.verdict == "ERROR"
+    assert result.error is not None and "retrain" in result.error and "152" in result.error
