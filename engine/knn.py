@@ -206,15 +206,20 @@ class KnnIndex:
     def settle_maps(self, queries: np.ndarray, dist: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Bring images ``rows`` of a shortlist-bounded result to approximate-index quality
         everywhere (for anomaly maps). Exact entries stay; others take the tighter bound."""
-        if rows.size == 0:
+        where = np.zeros(dist.shape, dtype=bool)
+        where[rows] = True
+        return self.settle(queries, dist, where)
+
+    def settle(self, queries: np.ndarray, dist: np.ndarray, where: np.ndarray) -> np.ndarray:
+        """Search the patches ``where (B, P) bool`` with the index (exactly for a flat one)
+        and keep the tighter of that and the bound they had."""
+        if not where.any():
             return dist
-        b, p, c = queries.shape
-        flat = queries[rows].reshape(-1, c)
+        q = queries[where]
         if self.kind == "exact":
-            dist[rows] = self.exact(flat).reshape(len(rows), p)
+            dist[where] = self.exact(q)
         else:
-            approx = self.search(flat)[0][:, 0].reshape(len(rows), p)
-            dist[rows] = np.minimum(dist[rows], approx)
+            dist[where] = np.minimum(dist[where], self.search(q)[0][:, 0])
         return dist
 
     def save(self, path: Path) -> None:

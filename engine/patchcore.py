@@ -207,6 +207,7 @@ def score(
     features: np.ndarray,
     reweight: bool = False,
     maps: np.ndarray | None = None,
+    region_reach: int | None = None,
 ) -> Scores:
     """Score patch features ``(B, h, w, C)`` against the model's memory bank.
 
@@ -215,6 +216,13 @@ def score(
     could, so ``maps (B,) bool`` names the frames whose whole map is wanted (a heatmap, a
     map): those, and every frame that reaches the model's threshold (its regions are
     measured), get every patch searched. ``maps=None``: every frame.
+
+    ``region_reach`` (grid cells): how far a region's pixel values can depend on a cell
+    that may reach the threshold (see ``Engine.region_reach``). Given, a frame that reaches
+    the threshold but wants no map gets searched only within that reach of such cells: the
+    anomaly map is a positive weighted average of nearby patches, so every pixel farther
+    away stays below the threshold on the bounds alone, and every pixel that can reach it
+    depends only on searched patches. Its regions are those of a fully searched map.
     """
     if model.index.size == 0:
         raise NotFittedError("model has an empty memory bank")
@@ -232,10 +240,20 @@ def score(
     judged = patch if offset is None else patch - offset
     image = judged.max(axis=1)
     if upper is not None:
-        wanted = np.ones(b, dtype=bool) if maps is None or reweight else maps.copy()
-        if model.threshold is not None:
-            wanted |= image >= model.threshold
-        patch = model.index.settle_maps(flat, patch, np.flatnonzero(wanted))
+        whole = np.ones(b, dtype=bool) if maps is None or reweight else maps.copy()
+        where = np.zeros((b, h * w), dtype=bool)
+        where[whole] = True
+        threshold = model.threshold
+        if threshold is not None:
+            reaching = ~whole & (image >= threshold)
+            if region_reach is None:
+                where[reaching] = True
+            else:
+                kernel = np.ones((2 * region_reach + 1,) * 2, dtype=np.uint8)
+                for i in np.flatnonzero(reaching):
+                    hot = (judged[i] >= threshold).reshape(h, w).astype(np.uint8)
+                    where[i] = cv2.dilate(hot, kernel).ravel() > 0
+        patch = model.index.settle(flat, patch, where)
     if reweight:
         image = image * _reweight(model.index, flat[np.arange(b), judged.argmax(axis=1)])
     return Scores(image.astype(np.float64), patch.reshape(b, h, w))

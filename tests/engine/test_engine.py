@@ -308,3 +308,49 @@ def test_a_model_of_an_older_feature_layout_is_refused_clearly(
     (result,) = tiny_engine.infer([InferItem(old, defective)])
     assert result.verdict == "ERROR"
     assert result.error is not None and "retrain" in result.error and "152" in result.error
+
+
+def test_ng_frame_regions_are_unchanged_when_only_the_cells_near_them_are_searched(
+    make_texture, add_defect, monkeypatch
+) -> None:
+    """At 224 px (28 x 28 cells) an NG frame that wants no map is searched only within
+    ``region_reach`` of the cells that may reach the threshold; its regions must equal
+    those of the model without a shortlist, whose frames are searched everywhere."""
+    from tests.conftest import tiny_settings
+
+    engine = Engine.from_settings(tiny_settings(image_size=224))
+    train = [make_texture("stripes", 400 + i, 224, 224) for i in range(6)]
+    model = engine.fit(train).model
+    assert model.shortlist is not None and model.meta.grid == (28, 28)
+    assert engine.region_reach(model) < 28 // 2
+    plain = PatchCoreModel(
+        meta=model.meta, index=model.index, calibration=model.calibration,
+        version=model.version, nominal=model.nominal,
+    )  # fmt: skip
+    frames = [
+        add_defect(make_texture("stripes", 500, 224, 224), y=8, x=8, size=20),
+        add_defect(make_texture("stripes", 501, 224, 224), y=180, x=150, size=12),
+        make_texture("stripes", 502, 224, 224),
+    ]
+    searched: list[int] = []
+    settle = model.index.settle
+
+    def counting(queries, dist, where):
+        searched.append(int(where.sum()))
+        return settle(queries, dist, where)
+
+    monkeypatch.setattr(model.index, "settle", counting)
+    fast = engine.infer([InferItem(model, f, mm_per_px=0.1) for f in frames])
+    monkeypatch.undo()
+    slow = engine.infer([InferItem(plain, f, mm_per_px=0.1) for f in frames])
+    assert [r.verdict for r in fast] == [r.verdict for r in slow]
+    assert fast[0].verdict == "NG" and fast[1].verdict == "NG"
+    assert fast[0].regions and fast[1].regions
+    for a, b in zip(fast, slow, strict=True):
+        assert a.score == pytest.approx(b.score, rel=1e-5)
+        assert [(r.bbox, r.area_px) for r in a.regions] == [(r.bbox, r.area_px) for r in b.regions]
+        for ra, rb in zip(a.regions, b.regions, strict=True):
+            assert ra.max_score == pytest.approx(rb.max_score, rel=1e-5, abs=1e-5)
+            assert ra.mean_score == pytest.approx(rb.mean_score, rel=1e-5, abs=1e-5)
+    # fewer than every patch of the two NG frames was searched
+    assert 0 < sum(searched) < 2 * 28 * 28
