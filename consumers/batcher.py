@@ -59,3 +59,46 @@ async def collect(
                 return out  # idle: let the caller check for a stop request
             deadline = loop.time() + wait_ms / 1000.0
     return out
+
+
+class PausableSource(RecordSource, Protocol):
+    """The parts of ``AIOKafkaConsumer`` that :func:`keep_polling` uses."""
+
+    def assignment(self) -> set[Any]: ...
+
+    def paused(self) -> set[Any]: ...
+
+    def pause(self, *partitions: Any) -> None: ...
+
+    def resume(self, *partitions: Any) -> None: ...
+
+
+async def keep_polling(
+    source: PausableSource,
+    until: asyncio.Future[Any],
+    accept: Callable[[Any], T | None],
+    carry: list[T],
+    poll_ms: int,
+) -> None:
+    """Poll ``source`` with its partitions paused until ``until`` is done.
+
+    aiokafka leaves the group when nothing has fetched for ``max_poll_interval_ms``; a
+    batch scored for longer (a slow model, a busy device) would lose the partitions under
+    it. Paused partitions return no records, so nothing is read ahead of the batch already
+    waiting; anything that comes back anyway (a partition assigned meanwhile) is accepted
+    into ``carry`` for the next batch. The partitions paused here are resumed at the end.
+    """
+    paused = set(source.assignment()) - set(source.paused())
+    source.pause(*paused)
+    try:
+        while not until.done():
+            fetched = await source.getmany(timeout_ms=poll_ms)
+            for records in fetched.values():
+                for record in records:
+                    item = accept(record)
+                    if item is not None:
+                        carry.append(item)
+    finally:
+        still = paused & set(source.assignment())
+        if still:
+            source.resume(*still)

@@ -22,12 +22,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaError
 
-from consumers.batcher import collect
+from consumers.batcher import collect, keep_polling
 from consumers.eos import TransactionalPublisher, check_transactions
 from consumers.errors import (
-    BrokerUnavailableError,
     ConsumerError,
     MissingBootstrapError,
     PublishError,
@@ -38,6 +37,7 @@ from consumers.offsets import OffsetTracker
 from consumers.outcome import Outcome
 from consumers.pipeline import BatchProcessor
 from consumers.publish import Publisher
+from consumers.topics import rewind_lost_logs, start_client
 
 if TYPE_CHECKING:
     from configs.settings import Settings
@@ -120,6 +120,9 @@ class FrameConsumer:
         self.client_id = f"bdi-{socket.gethostname()}-{os.getpid()}"
         self.consumer_options = consumer_options or {}
         self.producer_options = producer_options or {}
+        self._max_poll_interval_ms = int(
+            self._consumer_kwargs().get("max_poll_interval_ms", DEFAULT_MAX_POLL_INTERVAL_MS)
+        )
         self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
         self.stats = Stats()
         self._stopping = asyncio.Event()
@@ -165,12 +168,12 @@ class FrameConsumer:
             self._producer = AIOKafkaProducer(
                 bootstrap_servers=self.bootstrap, acks="all", **self._producer_kwargs()
             )
-            await self._start_client(self._producer)
+            await start_client(self.bootstrap, self._producer)
             self._publisher = Publisher(self._producer)
         self._processor = await self._build_processor()
         self._consumer = AIOKafkaConsumer(**self._consumer_kwargs())
         self._consumer.subscribe([s.kafka_topic_frames], listener=_Rebalance(self))
-        await self._start_client(self._consumer)
+        await start_client(self.bootstrap, self._consumer)
         self.stats.started_at = time.time()
         log.info(
             "consumer started",
@@ -224,14 +227,6 @@ class FrameConsumer:
         resolver = ModelResolver(self.store, self.settings.model_poll_s)
         return BatchProcessor(self.settings, self.engine, resolver)
 
-    async def _start_client(self, client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
-        try:
-            await client.start()
-        except KafkaConnectionError as exc:
-            with contextlib.suppress(Exception):
-                await client.stop()
-            raise BrokerUnavailableError(f"cannot reach Kafka at {self.bootstrap}: {exc}") from None
-
     def _producer_kwargs(self) -> dict[str, Any]:
         max_bytes = int(self.settings.max_frame_mb * 1024 * 1024) + HEADROOM
         kwargs: dict[str, Any] = {
@@ -252,12 +247,6 @@ class FrameConsumer:
             "isolation_level": "read_committed" if s.kafka_exactly_once else "read_uncommitted",
         }
         return {**kwargs, **self.consumer_options}
-
-    @property
-    def _max_poll_interval_ms(self) -> int:
-        return int(
-            self._consumer_kwargs().get("max_poll_interval_ms", DEFAULT_MAX_POLL_INTERVAL_MS)
-        )
 
     # --- rebalances ----------------------------------------------------------------------
     async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
@@ -294,7 +283,8 @@ class FrameConsumer:
     async def _on_assigned(self, assigned: list[TopicPartition]) -> None:
         epoch = self.tracker.assign(assigned)
         log.info("partitions assigned", extra={"partitions": _names(assigned), "epoch": epoch})
-        await self._rewind_lost_logs(assigned)
+        if self._consumer is not None:
+            await rewind_lost_logs(self._consumer, assigned)
         if self._txn is None:
             return
         try:
@@ -304,28 +294,6 @@ class FrameConsumer:
             self._fatal = PublishError(message)
             log.error("stopping", extra={"error": message})
             self.request_stop()
-
-    async def _rewind_lost_logs(self, assigned: list[TopicPartition]) -> None:
-        """A committed offset beyond the end of its partition means the broker lost or
-        truncated the log (ephemeral storage, a topic recreated). Kafka would reset such a
-        position only once the new log grew past it, skipping every frame below it; the
-        partition is read from its beginning instead: answered twice rather than never."""
-        consumer = self._consumer
-        if consumer is None or not assigned:
-            return
-        try:
-            ends = await consumer.end_offsets(list(assigned))
-            for tp in assigned:
-                committed = await consumer.committed(tp)
-                if committed is not None and tp in ends and committed > ends[tp]:
-                    log.warning(
-                        "committed offset beyond the end of the log: reading from the start",
-                        extra={"partition": f"{tp.topic}-{tp.partition}",
-                               "committed": committed, "log_end": ends[tp]},
-                    )  # fmt: skip
-                    await consumer.seek_to_beginning(tp)
-        except KafkaError as exc:  # the regular reset policy still applies
-            log.warning("cannot check committed offsets", extra={"error": repr(exc)})
 
     # --- the loop ------------------------------------------------------------------------
     async def _loop(self) -> None:
@@ -338,7 +306,7 @@ class FrameConsumer:
                 prefetch = asyncio.create_task(self._next_batch())  # overlaps this batch
                 if batch:
                     handle = asyncio.create_task(self._handle(batch))
-                    keepalive = asyncio.create_task(self._poll_while(handle, prefetch))
+                    keepalive = asyncio.create_task(self._keep_membership(handle, prefetch))
                     try:
                         await self._drain(handle)
                     finally:
@@ -350,33 +318,14 @@ class FrameConsumer:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await prefetch
 
-    async def _poll_while(self, handle: asyncio.Task[None], prefetch: asyncio.Task[Any]) -> None:
-        """Keep the group membership while a batch is scored.
-
-        aiokafka leaves the group when nothing has fetched for ``max_poll_interval_ms``.
-        The prefetch of the next batch fetches while this one is scored; once it holds its
-        batch and scoring goes on (a slow model, a busy device), the assigned partitions
-        are paused and polled empty until scoring ends, then resumed. A paused partition
-        returns no records, so nothing is read ahead of the batch already waiting.
-        """
+    async def _keep_membership(
+        self, handle: asyncio.Task[None], prefetch: asyncio.Task[Any]
+    ) -> None:
+        """Keep polling while a batch is scored, once the next one is prefetched (aiokafka
+        leaves the group after ``max_poll_interval_ms`` without a fetch)."""
         await asyncio.wait({handle, prefetch}, return_when=asyncio.FIRST_COMPLETED)
-        consumer = self._consumer
-        if handle.done() or consumer is None:
-            return
-        paused = set(consumer.assignment()) - set(consumer.paused())
-        consumer.pause(*paused)
-        try:
-            while not handle.done():
-                fetched = await consumer.getmany(timeout_ms=KEEPALIVE_POLL_MS)
-                for records in fetched.values():  # none expected while paused
-                    for record in records:
-                        frame = self._accept(record)
-                        if frame is not None:
-                            self._carry.append(frame)
-        finally:
-            still = paused & set(consumer.assignment())
-            if still:
-                consumer.resume(*still)
+        if not handle.done() and self._consumer is not None:
+            await keep_polling(self._consumer, handle, self._accept, self._carry, KEEPALIVE_POLL_MS)
 
     async def _wait_or_stop(self, task: asyncio.Task[Any]) -> bool:
         """Wait for ``task``; ``False`` if a stop was requested first."""
@@ -427,7 +376,7 @@ class FrameConsumer:
         took_s = time.monotonic() - started
         limit_s = self._max_poll_interval_ms / 1000
         if took_s > SLOW_BATCH_SHARE * limit_s:
-            # kept in the group by _poll_while, but the line is falling behind its camera
+            # kept in the group by keep_polling, but the line is falling behind its camera
             log.warning(
                 "slow batch",
                 extra={"frames": len(batch), "scoring_s": round(took_s, 3),

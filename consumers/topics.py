@@ -1,15 +1,56 @@
-"""Create topics (dev, demo and tests; production topics are provisioned by the platform)."""
+"""Broker-side helpers: starting a client, creating topics (dev, demo and tests; production
+topics are provisioned by the platform), partition lookups and positions."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
 from consumers.errors import BrokerUnavailableError
+
+log = logging.getLogger(__name__)
+
+
+async def start_client(bootstrap: str, client: Any) -> None:
+    """Start an aiokafka client (consumer, producer or admin); an unreachable broker is
+    :class:`BrokerUnavailableError`, with the half-started client closed."""
+    try:
+        await client.start()
+    except KafkaConnectionError as exc:
+        with contextlib.suppress(Exception):
+            await (client.close() if hasattr(client, "close") else client.stop())
+        raise BrokerUnavailableError(f"cannot reach Kafka at {bootstrap}: {exc}") from None
+
+
+async def rewind_lost_logs(consumer: AIOKafkaConsumer, assigned: Iterable[TopicPartition]) -> None:
+    """Read from its start every partition whose committed offset lies beyond its end.
+
+    That means the broker lost or truncated the log (ephemeral storage, a topic
+    recreated). Kafka would reset such a position only once the new log grew past it,
+    skipping every frame below it; answered twice is better than never.
+    """
+    tps = list(assigned)
+    if not tps:
+        return
+    try:
+        ends = await consumer.end_offsets(tps)
+        for tp in tps:
+            committed = await consumer.committed(tp)
+            if committed is not None and tp in ends and committed > ends[tp]:
+                log.warning(
+                    "committed offset beyond the end of the log: reading from the start",
+                    extra={"partition": f"{tp.topic}-{tp.partition}",
+                           "committed": committed, "log_end": ends[tp]},
+                )  # fmt: skip
+                await consumer.seek_to_beginning(tp)
+    except KafkaError as exc:  # the regular reset policy still applies
+        log.warning("cannot check committed offsets", extra={"error": repr(exc)})
 
 
 async def ensure_topics(
@@ -18,12 +59,7 @@ async def ensure_topics(
     """Create the topics of ``{name: partitions}`` that do not exist yet; returns those
     created. Existing topics are left as they are (their partition count included)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        await admin.start()
-    except KafkaConnectionError as exc:
-        with contextlib.suppress(Exception):
-            await admin.close()
-        raise BrokerUnavailableError(f"cannot reach Kafka at {bootstrap}: {exc}") from None
+    await start_client(bootstrap, admin)
     try:
         existing = set(await admin.list_topics())
         wanted = [

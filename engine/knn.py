@@ -193,22 +193,13 @@ class KnnIndex:
     ) -> None:
         """Search the patches ``where (B, P) bool`` again at level ``to`` (in place)."""
         where = where & (level < to)
-        if not where.any():
-            return
-        q = queries[where]
         if to == _EXACT or self.kind == "exact":
-            dist[where] = self.exact(q)
+            if where.any():
+                dist[where] = self.exact(queries[where])
             level[where] = _EXACT
-        else:  # both are upper bounds: keep the tighter
-            dist[where] = np.minimum(dist[where], self.search(q)[0][:, 0])
+        else:
+            self.settle(queries, dist, where)
             level[where] = _APPROX
-
-    def settle_maps(self, queries: np.ndarray, dist: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Bring images ``rows`` of a shortlist-bounded result to approximate-index quality
-        everywhere (for anomaly maps). Exact entries stay; others take the tighter bound."""
-        where = np.zeros(dist.shape, dtype=bool)
-        where[rows] = True
-        return self.settle(queries, dist, where)
 
     def settle(self, queries: np.ndarray, dist: np.ndarray, where: np.ndarray) -> np.ndarray:
         """Search the patches ``where (B, P) bool`` with the index (exactly for a flat one)

@@ -294,13 +294,6 @@ def leave_one_out_neighbours(
     return scores, rows
 
 
-def leave_one_out_patch_scores(
-    index: KnnIndex, features: np.ndarray, bank_source: np.ndarray, k: int = 16
-) -> np.ndarray:
-    """The distances of :func:`leave_one_out_neighbours`, ``(N, P)``."""
-    return leave_one_out_neighbours(index, features, bank_source, k)[0]
-
-
 def positional_shortlist(neighbours: np.ndarray, size: int, radius: int = 1) -> np.ndarray:
     """Per grid position, the ``size`` bank rows most often nearest to OK patches at that
     position or within ``radius`` cells of it: ``(N, h, w)`` row ids -> ``(h*w, size)``.
@@ -322,13 +315,6 @@ def positional_shortlist(neighbours: np.ndarray, size: int, radius: int = 1) -> 
             out[y * w + x, : len(pick)] = pick
             out[y * w + x, len(pick) :] = pick[0]
     return out
-
-
-def leave_one_out_scores(
-    index: KnnIndex, features: np.ndarray, bank_source: np.ndarray, k: int = 8
-) -> np.ndarray:
-    """Image scores (max patch) of :func:`leave_one_out_patch_scores`."""
-    return leave_one_out_patch_scores(index, features, bank_source, k).max(axis=1)
 
 
 def nominal_map(loo_patches: np.ndarray) -> np.ndarray | None:

@@ -67,3 +67,47 @@ def test_accept_stamps_each_record_right_after_its_fetch_and_may_drop_it():
 
     assert run(src, accept=accept) == [10, 30]
     assert seen == [(1, 1), (2, 1), (3, 2)]
+
+
+class _PausableSource:
+    """Records per partition, like aiokafka: paused partitions return nothing."""
+
+    def __init__(self, records: dict[str, list[int]]) -> None:
+        self.records = records
+        self._paused: set[str] = set()
+        self.polls = 0
+
+    def assignment(self) -> set[str]:
+        return set(self.records)
+
+    def paused(self) -> set[str]:
+        return set(self._paused)
+
+    def pause(self, *partitions: str) -> None:
+        self._paused.update(partitions)
+
+    def resume(self, *partitions: str) -> None:
+        self._paused.difference_update(partitions)
+
+    async def getmany(self, *partitions, timeout_ms=0, max_records=None):
+        self.polls += 1
+        await asyncio.sleep(timeout_ms / 1000)
+        return {tp: recs for tp, recs in self.records.items() if tp not in self._paused}
+
+
+def test_keep_polling_pauses_polls_empty_and_resumes() -> None:
+    from consumers.batcher import keep_polling
+
+    source = _PausableSource({"p0": [1, 2], "p1": [3]})
+    source.pause("p1")  # paused by someone else: stays paused
+
+    async def scenario() -> list[int]:
+        carry: list[int] = []
+        until = asyncio.ensure_future(asyncio.sleep(0.05))
+        await keep_polling(source, until, lambda r: r, carry, poll_ms=5)
+        return carry
+
+    carry = asyncio.run(scenario())
+    assert carry == []  # nothing read ahead while paused
+    assert source.polls >= 2  # it kept fetching: the membership clock runs
+    assert source.paused() == {"p1"}  # what it paused is resumed, nothing else

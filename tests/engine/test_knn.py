@@ -181,12 +181,14 @@ def test_upper_bounds_search_only_what_decides_and_keep_the_max_exact(
     assert (got == upper).mean() > 0.5
 
 
-def test_settle_maps_brings_chosen_images_to_index_quality(
+def test_settle_brings_chosen_images_to_index_quality(
     ivf: KnnIndex, exact: KnnIndex, image_queries: np.ndarray
 ) -> None:
     true = exact.search_images(image_queries)
     upper = (true * 3).astype(np.float32)
-    settled = ivf.settle_maps(image_queries, upper.copy(), np.array([1, 4]))
+    chosen = np.zeros(true.shape, dtype=bool)
+    chosen[[1, 4]] = True
+    settled = ivf.settle(image_queries, upper.copy(), chosen)
     raw = ivf.search(image_queries.reshape(-1, 32))[0][:, 0].reshape(true.shape)
     np.testing.assert_array_equal(settled[[1, 4]], raw[[1, 4]])
     np.testing.assert_array_equal(settled[[0, 2, 3, 5]], upper[[0, 2, 3, 5]])
