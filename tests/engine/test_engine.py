@@ -313,16 +313,15 @@ def test_a_model_of_an_older_feature_layout_is_refused_clearly(
 def test_ng_frame_regions_are_unchanged_when_only_the_cells_near_them_are_searched(
     make_texture, add_defect, monkeypatch
 ) -> None:
-    """At 224 px (28 x 28 cells) an NG frame that wants no map is searched only within
-    ``region_reach`` of the cells that may reach the threshold; its regions must equal
-    those of the model without a shortlist, whose frames are searched everywhere."""
+    """At 224 px (28 x 28 cells) an NG frame that wants no map is searched only around the
+    pixels that may reach the threshold; its regions must equal those of the model without
+    a shortlist, whose frames are searched everywhere."""
     from tests.conftest import tiny_settings
 
     engine = Engine.from_settings(tiny_settings(image_size=224))
     train = [make_texture("stripes", 400 + i, 224, 224) for i in range(6)]
     model = engine.fit(train).model
     assert model.shortlist is not None and model.meta.grid == (28, 28)
-    assert engine.region_reach(model) < 28 // 2
     plain = PatchCoreModel(
         meta=model.meta, index=model.index, calibration=model.calibration,
         version=model.version, nominal=model.nominal,

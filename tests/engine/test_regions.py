@@ -81,6 +81,44 @@ def test_circle_area_matches_mask_pixel_count() -> None:
     assert region.area_mm2 == pytest.approx(int(mask.sum()) * 0.04)
 
 
+def _regions_of_whole_frame(amap: np.ndarray, threshold: float) -> list[tuple]:
+    """Reference: every component labelled on the whole frame, measured pixel by pixel."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(
+        (amap >= threshold).astype(np.uint8), connectivity=8
+    )
+    out = []
+    for label in range(1, n):
+        values = amap[labels == label]
+        x, y, w, h, area = (int(v) for v in stats[label])
+        out.append(((x, y, w, h), area, float(values.max()), float(values.mean())))
+    return sorted(out, key=lambda r: (-r[1], r[0]))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_regions_match_labelling_the_whole_frame(seed: int) -> None:
+    """Components are labelled inside the box around the pixels above the threshold only;
+    boxes (in frame coordinates), areas and scores must be those of the whole frame,
+    including blobs that touch its edges."""
+    rng = np.random.default_rng(seed)
+    amap = cv2.GaussianBlur(rng.random((90, 130)).astype(np.float32), (0, 0), 3)
+    amap[:, :3] += 0.2 * (seed % 2)  # sometimes a region along the left edge
+    threshold = float(np.quantile(amap, 0.9))
+    found = find_regions(amap, threshold)
+    got = sorted(
+        ((r.bbox, r.area_px, r.max_score, r.mean_score) for r in found),
+        key=lambda r: (-r[1], r[0]),
+    )
+    want = _regions_of_whole_frame(amap, threshold)
+    assert len(got) == len(want) > 0
+    for g, w in zip(got, want, strict=True):
+        assert g[:2] == w[:2]
+        assert g[2:] == pytest.approx(w[2:])
+
+
+def test_nothing_above_the_threshold_gives_no_region() -> None:
+    assert find_regions(np.zeros((40, 50), dtype=np.float32), 0.5) == []
+
+
 def test_to_dict_is_plain() -> None:
     region = Region((1, 2, 3, 4), 12, 0.5, 2.0, 1.5)
     assert region.to_dict() == {

@@ -1,0 +1,57 @@
+"""Anomaly maps: bilinear upsampling + Gaussian blur, applied as separable matrices."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from engine.anomaly_map import anomaly_maps, map_operator, reach_cells, resize_map
+
+
+def _opencv_map(grid: np.ndarray, size: int, sigma: float) -> np.ndarray:
+    """The definition, pixel by pixel: OpenCV resize, then a ±4σ reflected Gaussian blur."""
+    k = 2 * int(4.0 * sigma + 0.5) + 1
+    up = cv2.resize(grid, (size, size), interpolation=cv2.INTER_LINEAR)
+    return cv2.GaussianBlur(up, (k, k), sigma, borderType=cv2.BORDER_REFLECT)
+
+
+CASES = [(28, 28, 224, 4.0), (16, 16, 224, 4.0), (28, 20, 224, 2.0), (7, 9, 64, 1.5)]
+
+
+@pytest.mark.parametrize(("h", "w", "size", "sigma"), CASES)
+def test_maps_equal_upsampling_then_blurring(h: int, w: int, size: int, sigma: float) -> None:
+    rng = np.random.default_rng(h * w)
+    grids = (rng.random((3, h, w)) * 40).astype(np.float32)
+    maps = anomaly_maps(grids, size, sigma)
+    assert maps.shape == (3, size, size) and maps.dtype == np.float32
+    for grid, amap in zip(grids, maps, strict=True):
+        np.testing.assert_allclose(amap, _opencv_map(grid, size, sigma), rtol=1e-5, atol=1e-4)
+
+
+def test_a_map_is_a_weighted_average_of_its_cells() -> None:
+    """Weights are non-negative and sum to one: a map never leaves its grid's range."""
+    op = map_operator(28, 224, 4.0).numpy()
+    assert (op >= 0).all()
+    np.testing.assert_allclose(op.sum(axis=1), 1.0, atol=1e-5)
+    grid = np.random.default_rng(1).random((1, 28, 28)).astype(np.float32)
+    amap = anomaly_maps(grid, 224, 4.0)[0]
+    assert grid.min() - 1e-5 <= amap.min() and amap.max() <= grid.max() + 1e-5
+
+
+def test_reach_is_where_a_single_cell_still_shows() -> None:
+    """A pixel depends on no cell farther than ``reach_cells`` from its own, and on one at
+    that distance: a single hot cell lights up exactly that neighbourhood."""
+    reach = reach_cells(28, 224, 4.0)
+    assert 1 <= reach < 14
+    grid = np.zeros((1, 28, 28), dtype=np.float32)
+    grid[0, 14, 14] = 1.0
+    lit = anomaly_maps(grid, 224, 4.0)[0] > 0
+    cells = np.argwhere(lit.reshape(28, 8, 28, 8).any(axis=(1, 3)))
+    assert np.abs(cells - 14).max() == reach
+
+
+def test_resize_map_keeps_a_map_of_the_right_size() -> None:
+    amap = np.ones((10, 12), dtype=np.float32)
+    assert resize_map(amap, 10, 12) is amap
+    assert resize_map(amap, 20, 30).shape == (20, 30)
