@@ -46,8 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     eng.add_argument(
         "--rounds",
         type=int,
-        default=3,
-        help="alternating timed passes of backbone and engine; best of each",
+        default=5,
+        help="timed passes; each batch runs backbone then engine, fastest of each kept",
     )
     eng.add_argument("--json", action="store_true", help="print only the JSON line on stdout")
     eng.set_defaults(func=_cmd_bench_engine)

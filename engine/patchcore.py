@@ -103,7 +103,7 @@ class PatchCoreModel:
     _baselines: dict[tuple[int, float], np.ndarray] = field(
         default_factory=dict, repr=False, compare=False
     )
-    _candidates: tuple[torch.Tensor, torch.Tensor] | None = field(
+    _candidates: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = field(
         default=None, repr=False, compare=False
     )
 
@@ -145,17 +145,23 @@ class PatchCoreModel:
             return None
         if self._candidates is None:
             rows = torch.from_numpy(self.index.bank())[torch.from_numpy(self.shortlist).long()]
-            # (P, C, K) rows and (P, 1, K) squared norms, built once per model
-            self._candidates = (rows.transpose(1, 2).contiguous(), (rows * rows).sum(-1)[:, None])
-        cand_t, cand_sq = self._candidates
-        q = torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32)).transpose(0, 1)
+            # (P, C, K) rows, (P, 1, K) squared norms and (P, 1) their largest, built once
+            norms = (rows * rows).sum(-1)
+            self._candidates = (
+                rows.transpose(1, 2).contiguous(),
+                norms[:, None],
+                norms.amax(-1, keepdim=True),
+            )
+        cand_t, cand_sq, cand_sq_max = self._candidates
+        rows = torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32))
         with torch.inference_mode():
-            q_sq = (q * q).sum(-1, keepdim=True)  # (P, B, 1)
-            d2 = torch.baddbmm(cand_sq, q, cand_t, alpha=-2.0) + q_sq  # (P, B, K)
+            q_sq = (rows * rows).sum(-1).T  # (P, B)
+            d2 = torch.baddbmm(cand_sq, rows.transpose(0, 1), cand_t, alpha=-2.0)  # (P, B, K)
             # float32 rounding of this expansion is below ~1e-6 of |q|² + |m|²: a margin
-            # of twice that keeps every value a true upper bound
-            d2 += BOUND_MARGIN * (q_sq + cand_sq)
-            return d2.amin(dim=-1).clamp_min_(0.0).sqrt_().T.contiguous().numpy()
+            # of twice that, with the position's largest |m|², keeps every minimum a true
+            # upper bound
+            best = d2.amin(dim=-1).add_(q_sq).add_(BOUND_MARGIN * (q_sq + cand_sq_max))
+            return best.clamp_min_(0.0).sqrt_().T.contiguous().numpy()
 
     @property
     def threshold(self) -> float | None:
