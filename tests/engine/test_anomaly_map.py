@@ -6,7 +6,13 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.anomaly_map import anomaly_maps, map_operator, reach_cells, resize_map
+from engine.anomaly_map import (
+    anomaly_maps,
+    full_size_box,
+    map_operator,
+    reach_cells,
+    resize_map,
+)
 
 
 def _opencv_map(grid: np.ndarray, size: int, sigma: float) -> np.ndarray:
@@ -55,3 +61,31 @@ def test_resize_map_keeps_a_map_of_the_right_size() -> None:
     amap = np.ones((10, 12), dtype=np.float32)
     assert resize_map(amap, 10, 12) is amap
     assert resize_map(amap, 20, 30).shape == (20, 30)
+
+
+@pytest.mark.parametrize(
+    "size", [(512, 512), (400, 300), (224, 224), (1000, 37), (112, 112), (97, 150)]
+)
+def test_full_size_box_holds_every_pixel_that_reaches_the_threshold(size: tuple[int, int]) -> None:
+    """Regions are labelled inside this box only: no full-size pixel at or above the
+    threshold may lie outside it, whether the frame is larger or smaller than the map."""
+    height, width = size
+    rng = np.random.default_rng(height + width)
+    for _ in range(5):
+        grid = np.zeros((1, 28, 28), dtype=np.float32)
+        y, x = rng.integers(0, 28, 2)
+        grid[0, y, x] = 10.0  # one hot cell somewhere, the edges included
+        amap = anomaly_maps(grid, 224, 4.0)[0]
+        threshold = 0.3 * float(amap.max())
+        box = full_size_box(amap >= threshold, height, width)
+        full = resize_map(amap, height, width)
+        assert box is not None
+        inside = np.zeros(full.shape, dtype=bool)
+        inside[box] = True
+        assert (full >= threshold).any()
+        assert not ((full >= threshold) & ~inside).any()
+        assert inside.sum() < full.size or min(size) < 224  # it does leave pixels out
+
+
+def test_full_size_box_of_nothing_is_none() -> None:
+    assert full_size_box(np.zeros((224, 224), dtype=bool), 512, 512) is None

@@ -31,6 +31,19 @@ def test_aggregate_brings_every_map_onto_the_chosen_grid() -> None:
     torch.testing.assert_close(out[..., 7:], up.permute(0, 2, 3, 1))
 
 
+def test_a_map_twice_as_fine_is_pooled_then_area_averaged_everywhere() -> None:
+    """The fused stride-2 kernel equals 3x3 average then 2x2 area average at every cell,
+    the zero-padded borders included; a map three times finer takes the general path."""
+    fine, mid, _ = _maps()
+    out = aggregate([fine, mid], grid_map=1)
+    ref = F.adaptive_avg_pool2d(F.avg_pool2d(fine, 3, stride=1, padding=1), (8, 8))
+    torch.testing.assert_close(out[..., :3], ref.permute(0, 2, 3, 1))
+    finer = torch.randn(2, 3, 24, 24, generator=torch.Generator().manual_seed(1))
+    out3 = aggregate([finer, mid], grid_map=1)
+    ref3 = F.adaptive_avg_pool2d(F.avg_pool2d(finer, 3, stride=1, padding=1), (8, 8))
+    torch.testing.assert_close(out3[..., :3], ref3.permute(0, 2, 3, 1))
+
+
 def test_aggregate_is_the_same_for_channels_last_inputs() -> None:
     maps = _maps()
     cl = [m.contiguous(memory_format=torch.channels_last) for m in maps]
