@@ -43,11 +43,16 @@ def map_operator(cells: int, size: int, sigma: float) -> torch.Tensor:
 
 def anomaly_maps(patch_scores: np.ndarray, size: int, sigma: float = 4.0) -> np.ndarray:
     """``(B, h, w)`` patch scores -> ``(B, size, size)`` float32 maps, blurred with ``sigma``."""
+    return map_tensor(patch_scores, size, sigma).numpy()
+
+
+def map_tensor(patch_scores: np.ndarray, size: int, sigma: float = 4.0) -> torch.Tensor:
+    """:func:`anomaly_maps` as a CPU tensor ``(B, size, size)`` (no gradient)."""
     _, h, w = patch_scores.shape
     rows, cols = map_operator(h, size, sigma), map_operator(w, size, sigma)
     grids = torch.from_numpy(np.ascontiguousarray(patch_scores, dtype=np.float32))
     with torch.inference_mode():
-        return torch.matmul(torch.matmul(rows, grids), cols.T).numpy()
+        return torch.matmul(torch.matmul(rows, grids), cols.T)
 
 
 def reach_cells(cells: int, size: int, sigma: float) -> int:
