@@ -133,6 +133,7 @@ class FrameConsumer:
         self._processor: BatchProcessor | None = None
         self._fatal: PublishError | None = None  # raised by run() after a clean stop
         self._carry: list[Frame] = []  # records a keep-alive poll returned, for the next batch
+        self._pending_commit: asyncio.Future[None] | None = None  # a commit awaiting the broker
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="bdi-infer")
         self._decode_pool = ThreadPoolExecutor(
             min(4, os.cpu_count() or 1), thread_name_prefix="bdi-decode"
@@ -250,6 +251,9 @@ class FrameConsumer:
 
     # --- rebalances ----------------------------------------------------------------------
     async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
+        pending = self._pending_commit
+        if pending is not None and not pending.done():
+            pending.cancel()  # see _commit: what it held is returned by revoke() below
         offsets = self.tracker.revoke(revoked)
         if offsets and self._membership_lost():
             # The coordinator no longer knows this member (session expired, or a broker
@@ -413,13 +417,32 @@ class FrameConsumer:
         offsets = self.tracker.committable()
         if not offsets or self._consumer is None:
             return
+        # aiokafka retries a commit until the coordinator answers, and each retry carries
+        # the group generation current *then*: a commit that waited through a broker
+        # restart would land after the rejoin, past the new assignment's check of its
+        # positions (bug B1). ``_on_revoked`` cancels it; the revoke decides instead.
+        task = asyncio.ensure_future(self._consumer.commit(offsets))
+        self._pending_commit = task
         try:
-            await self._consumer.commit(offsets)
-        except KafkaError as exc:  # rebalanced meanwhile: the new owner redoes the frames
+            await asyncio.wait({task})
+        finally:
+            self._pending_commit = None
+            if not task.done():
+                task.cancel()  # this coroutine was cancelled (stop's grace ran out)
+        if task.cancelled():
+            log.warning(
+                "commit abandoned: partitions revoked while it waited",
+                extra={"offsets": _names_offsets(offsets)},
+            )
+            return
+        exc = task.exception()
+        if isinstance(exc, KafkaError):  # rebalanced meanwhile: the new owner redoes them
             log.warning(
                 "commit failed", extra={"error": repr(exc), "offsets": _names_offsets(offsets)}
             )
             return
+        if exc is not None:
+            raise exc
         self.tracker.committed(offsets)
         self._note_commit(offsets)
 
