@@ -250,3 +250,45 @@ def test_a_committed_offset_beyond_the_log_end_is_read_from_the_start(
     assert all(v["verdict"] == f.expect for v, f in zip(
         sorted(verdicts, key=lambda v: v["frame_id"]),
         sorted(frames, key=lambda f: f.frame_id), strict=True))  # fmt: skip
+
+
+def test_no_commit_leaves_a_consumer_whose_membership_was_lost(kafka_broker, make_topics, trained):
+    """B1: once the coordinator forgot the member, aiokafka resets it to generation -1, and
+    a commit sent then is a stand-alone commit that the broker accepts for an empty group
+    (after a broker restart that lost its log: positions of the old log). The consumer's
+    guard refuses it at aiokafka's own send step, before any request (this broker happens
+    to refuse it too while the group exists; after a restart it has no group). The guard's
+    logic on its own: tests/consumers/test_runner_revoke.py."""
+    from aiokafka import TopicPartition
+    from aiokafka.errors import CommitFailedError
+
+    topics = make_topics(partitions=1)
+    boot = kafka_broker.bootstrap
+    settings = trained.settings(**topics.settings(boot))
+    frames = disc_frames(2, SIZE, seed=83, tag="guard")
+
+    async def scenario() -> tuple[dict[int, int], dict[int, int]]:
+        await produce(boot, topics.frames, frames)
+        consumer = trained.consumer(settings)
+        async with running(consumer) as task:
+            await read_until(boot, topics.verdicts, answered({f.frame_id for f in frames}),
+                             watch=task)  # fmt: skip
+            await wait_all_committed(boot, topics.group, topics.frames, 30)
+            before = await committed(boot, topics.group, topics.frames)
+            client = consumer._consumer
+            assert client is not None
+            coordinator = client._coordinator
+            tp = TopicPartition(topics.frames, 0)
+            # the broker forgets the member (here: it leaves, so the group is empty, as
+            # after a restart) and aiokafka resets it to generation -1 (as on
+            # UnknownMemberId); the commit goes out before the rejoin completes
+            await coordinator._maybe_leave_group()
+            assert coordinator.generation < 0
+            with pytest.raises(CommitFailedError, match="not a member of the group"):
+                await client.commit({tp: 99})  # refused by the guard, before any request
+            after = await committed(boot, topics.group, topics.frames)
+        return before, after
+
+    before, after = asyncio.run(scenario())
+    assert before == {0: 2}
+    assert after == before  # the stand-alone commit of 99 never reached the broker

@@ -90,3 +90,36 @@ def test_a_commit_that_answers_is_recorded() -> None:
     assert client.landed == [{TP: 10}]
     assert consumer.stats.committed == {"frames:0": 10}
     assert consumer.tracker.committable() == {}
+
+
+def test_the_commit_guard_refuses_while_the_member_is_reset() -> None:
+    """``refuse_commits_outside_the_group`` wraps aiokafka's send step: with generation -1
+    or no member id (what aiokafka sets once the coordinator forgot the member) nothing is
+    sent; as a member, the send goes through unchanged."""
+    from aiokafka.errors import CommitFailedError
+
+    from consumers.runner import refuse_commits_outside_the_group
+
+    sent: list[object] = []
+
+    async def send(assignment: object, offsets: object) -> str:
+        sent.append(offsets)
+        return "sent"
+
+    coordinator = SimpleNamespace(generation=4, member_id="m-1", _do_commit_offsets=send)
+    client = SimpleNamespace(_coordinator=coordinator)
+    assert refuse_commits_outside_the_group(client)  # type: ignore[arg-type]
+
+    async def commit() -> object:
+        return await coordinator._do_commit_offsets(None, {TP: 3})
+
+    assert asyncio.run(commit()) == "sent"
+    coordinator.generation, coordinator.member_id = -1, ""
+    try:
+        asyncio.run(commit())
+    except CommitFailedError:
+        pass
+    else:
+        raise AssertionError("a commit went out without membership")
+    assert sent == [{TP: 3}]
+    assert not refuse_commits_outside_the_group(SimpleNamespace())  # type: ignore[arg-type]
