@@ -198,10 +198,9 @@ class GatedEngine(EngineProxy):
 @pytest.mark.xfail(
     strict=False,
     raises=ProductBug,
-    reason="B1, partly fixed: no commit once the membership is lost, and a committed offset "
-    "beyond the log end rewinds; a stale commit can still land in the new broker after the "
-    "assignment (seen in 1 of 2 full runs: partition 1 committed 10, log end 9, 2 frames "
-    "unanswered). Not strict: the race does not lose frames on every run",
+    reason="B1, partly fixed: no commit outside the group, none retried across a revoke, and a "
+    "committed offset beyond the log end rewinds; the rejoined consumer can still start past "
+    "2 new frames (3 of 29 runs, see docs/RELIABILITY.md). Not strict: most runs lose none",
 )
 def test_restart_with_a_batch_in_flight(tansu, trained, report):
     """After 8 frames answered and committed, the broker crashes while the next scored
