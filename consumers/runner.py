@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import KafkaError
 
 from consumers.batcher import collect, keep_polling
 from consumers.eos import TransactionalPublisher, check_transactions
@@ -32,6 +32,7 @@ from consumers.errors import (
     PublishError,
 )
 from consumers.frames import Decoded, Frame, KafkaRecord, frame_from_record
+from consumers.membership import membership_lost, refuse_commits_outside_the_group
 from consumers.models import ModelResolver
 from consumers.offsets import OffsetTracker
 from consumers.outcome import Outcome
@@ -67,33 +68,6 @@ def require_bootstrap(settings: Settings) -> str:
             "frames, verdicts, dead letters and heatmaps need distinct topics"
         )
     return settings.kafka_bootstrap
-
-
-def refuse_commits_outside_the_group(consumer: AIOKafkaConsumer) -> bool:
-    """Make ``consumer`` refuse to send a commit while it is not a group member.
-
-    Once the coordinator forgets a member (a broker restarted without its group state, a
-    session expired), aiokafka resets it to generation -1 and keeps retrying any commit it
-    holds; a commit with generation -1 is a stand-alone commit, which a broker accepts for
-    an empty group. After a broker restart that lost its log, such a commit writes
-    positions of the *old* log into the new one: the rejoining consumer then starts past
-    frames published since, and they are never answered (bug B1, measured: 2 frames in
-    about 1 of 5 runs of S2b). Refusing it only means the next owner answers those frames
-    again. Returns False (and logs) when this aiokafka version does not look as expected.
-    """
-    coordinator = getattr(consumer, "_coordinator", None)
-    send = getattr(coordinator, "_do_commit_offsets", None)
-    if coordinator is None or send is None or not hasattr(coordinator, "generation"):
-        log.warning("cannot guard commits against a lost membership: unknown aiokafka layout")
-        return False
-
-    async def member_only(assignment: Any, offsets: Any) -> Any:
-        if coordinator.generation < 0 or not coordinator.member_id:
-            raise CommitFailedError("not a member of the group (membership lost): not committed")
-        return await send(assignment, offsets)
-
-    coordinator._do_commit_offsets = member_only
-    return True
 
 
 def _tp(frame: Frame) -> TopicPartition:
@@ -283,7 +257,7 @@ class FrameConsumer:
         if pending is not None and not pending.done():
             pending.cancel()  # see _commit: what it held is returned by revoke() below
         offsets = self.tracker.revoke(revoked)
-        if offsets and self._membership_lost():
+        if offsets and membership_lost(self._consumer):
             # The coordinator no longer knows this member (session expired, or a broker
             # restarted without its state): these positions may belong to a log the broker
             # no longer has, and a real Kafka refuses the commit anyway. Not committing
@@ -305,12 +279,6 @@ class FrameConsumer:
             "partitions revoked",
             extra={"partitions": _names(revoked), "committed": _names_offsets(offsets)},
         )
-
-    def _membership_lost(self) -> bool:
-        """Whether aiokafka has reset this member's id (it does so before the revoke
-        callback when the coordinator answers UnknownMemberId / IllegalGeneration)."""
-        coordinator = getattr(self._consumer, "_coordinator", None)
-        return coordinator is not None and getattr(coordinator, "member_id", None) == ""
 
     async def _on_assigned(self, assigned: list[TopicPartition]) -> None:
         epoch = self.tracker.assign(assigned)

@@ -55,6 +55,7 @@ def map_tensor(patch_scores: np.ndarray, size: int, sigma: float = 4.0) -> torch
         return torch.matmul(torch.matmul(rows, grids), cols.T)
 
 
+@lru_cache(maxsize=32)
 def reach_cells(cells: int, size: int, sigma: float) -> int:
     """How many grid cells away a map pixel can still depend on a cell (along one axis)."""
     op = map_operator(cells, size, sigma).numpy()

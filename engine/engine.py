@@ -22,7 +22,6 @@ from engine.errors import EngineError
 from engine.heatmap import heatmap_png
 from engine.images import to_tensor
 from engine.patchcore import (
-    MAP_SLACK,
     MapSpec,
     ModelMeta,
     PatchCoreModel,
@@ -31,6 +30,7 @@ from engine.patchcore import (
     leave_one_out_neighbours,
     nominal_map,
     positional_shortlist,
+    region_floor,
     score,
 )
 from engine.regions import Region, find_regions, significant
@@ -356,8 +356,7 @@ class Engine:
             if needs_regions:
                 assert full is not None and judged is not None
                 # only the part of the full-size map that can reach the threshold is read
-                slack = MAP_SLACK * max(1.0, abs(threshold))
-                box = full_size_box(judged >= threshold - slack, h, w)
+                box = full_size_box(judged >= region_floor(threshold), h, w)
                 regions = find_regions(full, threshold, mm, within=box)
             min_area = self.settings.area_mm2_thr
             if verdict == "NG" and min_area > 0 and mm is not None and regions:

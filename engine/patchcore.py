@@ -28,7 +28,7 @@ NOMINAL_MIN_IMAGES = 16  # fewer leave-one-out images give too noisy a per-posit
 NOMINAL_PERCENTILE = 90.0
 NOMINAL_SIGMA = 1.0  # in token-grid cells
 BOUND_MARGIN = 2e-6  # relative slack on shortlist bounds (see PatchCoreModel.shortlist_bounds)
-MAP_SLACK = 1e-5  # relative slack on region thresholds (see _search_near_regions)
+MAP_SLACK = 1e-5  # relative slack on region thresholds (see region_floor)
 
 
 def aggregate(feature_maps: list[torch.Tensor], grid_map: int = 0) -> torch.Tensor:
@@ -277,6 +277,13 @@ def score(
     return Scores(image.astype(np.float64), patch.reshape(b, h, w))
 
 
+def region_floor(threshold: float) -> float:
+    """A hair below ``threshold``: where a map value can still reach it once drawn another
+    way (frame by frame, the baseline subtracted after), which may round differently. Both
+    the region search and the region box use it, so that they agree."""
+    return threshold - MAP_SLACK * max(1.0, abs(threshold))
+
+
 class MapSpec(NamedTuple):
     """How a frame's anomaly map is drawn from its patch scores (see engine.anomaly_map)."""
 
@@ -316,11 +323,9 @@ def _search_near_regions(
     while len(todo):
         judged = patch[todo].reshape(-1, h, w) - adj
         # the hottest pixel of each cell (a bin overlapping the next cell's pixels too
-        # when the map size is not a multiple of the grid: only ever more cells); a hair
-        # below the threshold: the map the regions are cut from is drawn frame by frame
-        # with the baseline subtracted after, which may round differently
+        # when the map size is not a multiple of the grid: only ever more cells)
         peak = F.adaptive_max_pool2d(map_tensor(judged, spec.size, spec.sigma), (h, w))
-        hot_cells = peak.numpy() >= threshold - MAP_SLACK * max(1.0, abs(threshold))
+        hot_cells = peak.numpy() >= region_floor(threshold)
         need = np.zeros(patch.shape, dtype=bool)
         for j, i in enumerate(todo):
             near = cv2.dilate(hot_cells[j].astype(np.uint8), kernel).ravel() > 0

@@ -98,7 +98,7 @@ def test_the_commit_guard_refuses_while_the_member_is_reset() -> None:
     sent; as a member, the send goes through unchanged."""
     from aiokafka.errors import CommitFailedError
 
-    from consumers.runner import refuse_commits_outside_the_group
+    from consumers.membership import refuse_commits_outside_the_group
 
     sent: list[object] = []
 
