@@ -64,6 +64,19 @@ def reach_cells(cells: int, size: int, sigma: float) -> int:
     return int(np.abs(used[1] - cell_of_pixel[used[0]]).max())
 
 
+@lru_cache(maxsize=32)
+def map_support(cells: int, size: int, sigma: float, widen: int = 0) -> torch.Tensor:
+    """``(size, cells)`` float 0/1 matrix: which cells pixel row (or column) ``y`` depends on
+    at all (where :func:`map_operator` is non-zero), or with ``widen``, any row within
+    ``widen`` pixels of ``y`` does."""
+    used = (map_operator(cells, size, sigma) != 0).numpy()
+    wide = used.copy()
+    for shift in range(1, widen + 1):
+        wide[shift:] |= used[:-shift]
+        wide[:-shift] |= used[shift:]
+    return torch.from_numpy(wide.astype(np.float32))
+
+
 def resize_map(amap: np.ndarray, height: int, width: int) -> np.ndarray:
     """One ``(S, S)`` map to the original image size ``(height, width)``."""
     if amap.shape == (height, width):

@@ -294,12 +294,32 @@ class Engine:
                     )  # fmt: skip
                 continue
             knn_ms = (time.perf_counter() - t1) * 1e3 / len(positions)
-            base = model.baseline(model.meta.image_size, self.settings.anomaly_sigma)
+            size, sigma = model.meta.image_size, self.settings.anomaly_sigma
+            base = model.baseline(size, sigma)
+            # the pixel maps of the frames that need one, drawn together
+            drawn = [
+                j
+                for j, pos in enumerate(positions)
+                if self._needs_map(items[members[pos]], model, float(scores.image[j]))
+            ]
+            amaps = dict(zip(drawn, anomaly_maps(scores.patches[drawn], size, sigma), strict=True))
             for j, pos in enumerate(positions):
                 i = members[pos]
-                res = self._decide(items[i], model, float(scores.image[j]), scores.patches[j], base)
+                res = self._decide(items[i], model, float(scores.image[j]), scores.patches[j],
+                                   base, amaps.get(j))  # fmt: skip
                 res.timings_ms.update({"embed": embed_ms, "knn": knn_ms})
                 results[i] = res
+
+    def _may_have_regions(self, model: PatchCoreModel, value: float) -> bool:
+        """Upsampling and blurring never exceed the grid's maximum, so without reweighting a
+        frame scored below the threshold has no region: most frames on a line are OK and
+        skip the pixel map entirely."""
+        threshold = model.threshold
+        return threshold is not None and (value >= threshold or self.settings.score_reweight)
+
+    def _needs_map(self, item: InferItem, model: PatchCoreModel, value: float) -> bool:
+        """Whether a frame's pixel map is drawn: it may have regions, or it is wanted."""
+        return self._may_have_regions(model, value) or item.want_map or item.want_heatmap
 
     def _decide(
         self,
@@ -308,10 +328,12 @@ class Engine:
         value: float,
         patches: np.ndarray,
         base: np.ndarray | None,
+        amap: np.ndarray | None,
     ) -> Inference:
         """Verdict and regions of one frame. ``patches (h, w)``: patch distances; ``base``:
         the model's per-position baseline map, subtracted where the threshold applies
-        (regions, heatmap) so that they agree with the image score."""
+        (regions, heatmap) so that they agree with the image score; ``amap``: the frame's
+        pixel map where :meth:`_needs_map` asks for one, else None."""
         random_bb = model.meta.backbone_weights == RANDOM_WEIGHTS
         threshold = model.threshold
         if not math.isfinite(value) or not np.isfinite(patches).all():
@@ -321,16 +343,7 @@ class Engine:
             )  # fmt: skip
         h, w = item.image.shape[:2]
         mm = item.mm_per_px if item.mm_per_px is not None else model.meta.mm_per_px
-        # Upsampling and blurring never exceed the grid's maximum, so without reweighting a
-        # frame scored below the threshold has no region: most frames on a line are OK and
-        # skip the pixel map entirely.
-        may_have_regions = threshold is not None and (
-            value >= threshold or self.settings.score_reweight
-        )
-        amap = None
-        if may_have_regions or item.want_map or item.want_heatmap:
-            size, sigma = model.meta.image_size, self.settings.anomaly_sigma
-            amap = anomaly_maps(patches[None], size, sigma)[0]
+        may_have_regions = self._may_have_regions(model, value)
         judged = None if amap is None else (amap if base is None else amap - base)
         regions: list[Region] = []
         error: str | None = None
