@@ -15,7 +15,7 @@ import numpy as np
 
 from configs.settings import Settings
 from engine import calibration as calib
-from engine.anomaly_map import anomaly_maps, full_size_box, resize_map
+from engine.anomaly_map import anomaly_maps, full_size_span, resize_map
 from engine.backbone import RANDOM_WEIGHTS, Backbone, load_backbone
 from engine.device import DeviceSpec, select_device
 from engine.errors import EngineError
@@ -131,6 +131,8 @@ class Engine:
             x = to_tensor(list(images[start : start + step]), size)
             out.append(aggregate(backbone(x), backbone.info.grid_map).cpu().numpy())
             progress("embed", min(start + step, len(images)), len(images))
+        if len(out) == 1:
+            return out[0]  # one forward (the usual batch): no copy
         return np.concatenate(out) if out else np.empty((0, 0, 0, 0), np.float32)
 
     # --- training -------------------------------------------------------------------------
@@ -282,8 +284,10 @@ class Engine:
                     [items[members[p]].want_map or items[members[p]].want_heatmap
                      for p in positions]
                 )  # fmt: skip
+                # one model for the whole group (the usual case): its features as they are
+                mine = feats if len(positions) == len(feats) else feats[positions]
                 scores = score(
-                    model, feats[positions], self.settings.score_reweight, wanted,
+                    model, mine, self.settings.score_reweight, wanted,
                     MapSpec(model.meta.image_size, self.settings.anomaly_sigma),
                 )  # fmt: skip
             except (EngineError, RuntimeError, ValueError) as exc:
@@ -350,11 +354,10 @@ class Engine:
         # full-resolution maps: only when someone needs them (most frames on a line are
         # OK). Bilinear upsampling never exceeds the source maximum, so a map below the
         # threshold at input size has no region at full size either.
+        # the map's peak per row: the map's maximum, and where it may reach the threshold
+        peak_rows = None if judged is None or not may_have_regions else judged.max(axis=1)
         needs_regions = (
-            threshold is not None
-            and may_have_regions
-            and judged is not None
-            and float(judged.max()) >= threshold
+            threshold is not None and peak_rows is not None and float(peak_rows.max()) >= threshold
         )
         full = (
             resize_map(judged, h, w)
@@ -367,9 +370,10 @@ class Engine:
         else:
             verdict = "NG" if value >= threshold else "OK"
             if needs_regions:
-                assert full is not None and judged is not None
+                assert full is not None and judged is not None and peak_rows is not None
                 # only the part of the full-size map that can reach the threshold is read
-                box = full_size_box(judged >= region_floor(threshold), h, w)
+                floor = region_floor(threshold)
+                box = full_size_span(peak_rows >= floor, judged.max(axis=0) >= floor, h, w)
                 regions = find_regions(full, threshold, mm, within=box)
             min_area = self.settings.area_mm2_thr
             if verdict == "NG" and min_area > 0 and mm is not None and regions:

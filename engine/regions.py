@@ -43,16 +43,34 @@ def find_regions(
     crop, inside = amap[outer][box], mask[box]
     origin = (box[1].start + (outer[1].start or 0), box[0].start + (outer[0].start or 0))
     px_area_mm2 = None if mm_per_px is None else mm_per_px * mm_per_px
+    # 16-bit labels where they cannot overflow: any two pixels of a 2x2 block touch, so
+    # no two components share one and there are at most as many as blocks
+    blocks = -(-crop.shape[0] // 2) * -(-crop.shape[1] // 2)
+    ltype = cv2.CV_16U if blocks < 65535 else cv2.CV_32S
+    n, labels = cv2.connectedComponents(inside, connectivity=8, ltype=ltype)
+    if n == 2:
+        # one region (the usual NG frame): it spans the trimmed box, and OpenCV measures
+        # it under the mask directly
+        height, width = inside.shape
+        area = int(cv2.countNonZero(inside))
+        return [
+            Region(
+                bbox=(origin[0], origin[1], width, height),
+                area_px=area,
+                area_mm2=None if px_area_mm2 is None else area * px_area_mm2,
+                max_score=float(cv2.minMaxLoc(crop, mask=inside)[1]),
+                mean_score=float(cv2.mean(crop, mask=inside)[0]),
+            )
+        ]
     # OpenCV's statistics cost about 4x its labelling: a frame holds one or a few regions,
     # measured here directly; many small ones take OpenCV's
-    n, labels = cv2.connectedComponents(inside, connectivity=8)
     stats = cv2.connectedComponentsWithStats(inside, connectivity=8)[2] if n > 4 else None
     regions = []
     for label in range(1, n):
         if stats is not None:
             x, y, w, h, _ = (int(v) for v in stats[label])
         else:
-            member = inside.view(bool) if n == 2 else labels == label
+            member = labels == label
             ys, xs = np.flatnonzero(member.any(axis=1)), np.flatnonzero(member.any(axis=0))
             x, y, w, h = int(xs[0]), int(ys[0]), int(xs[-1] - xs[0] + 1), int(ys[-1] - ys[0] + 1)
         # look inside the region's own box only: a mask per region is O(regions * HW)

@@ -10,7 +10,7 @@ from engine.anomaly_map import (
     anomaly_maps,
     full_size_box,
     map_operator,
-    reach_cells,
+    map_support,
     resize_map,
 )
 
@@ -45,16 +45,19 @@ def test_a_map_is_a_weighted_average_of_its_cells() -> None:
     assert grid.min() - 1e-5 <= amap.min() and amap.max() <= grid.max() + 1e-5
 
 
-def test_reach_is_where_a_single_cell_still_shows() -> None:
-    """A pixel depends on no cell farther than ``reach_cells`` from its own, and on one at
-    that distance: a single hot cell lights up exactly that neighbourhood."""
-    reach = reach_cells(28, 224, 4.0)
-    assert 1 <= reach < 14
+def test_support_is_where_a_single_cell_still_shows() -> None:
+    """A pixel depends on exactly the cells its support names: a single hot cell lights up
+    the pixels whose row and column supports both hold it, and no other; widened by a
+    pixel, the supports also hold the cells of the pixels next to it."""
+    rows = map_support(28, 224, 4.0).numpy()
+    assert 1 < rows.sum(axis=1).max() < 28
     grid = np.zeros((1, 28, 28), dtype=np.float32)
-    grid[0, 14, 14] = 1.0
+    grid[0, 14, 9] = 1.0
     lit = anomaly_maps(grid, 224, 4.0)[0] > 0
-    cells = np.argwhere(lit.reshape(28, 8, 28, 8).any(axis=(1, 3)))
-    assert np.abs(cells - 14).max() == reach
+    np.testing.assert_array_equal(lit, np.outer(rows[:, 14] > 0, rows[:, 9] > 0))
+    wide = map_support(28, 224, 4.0, widen=1).numpy()
+    for y in range(1, 223):
+        np.testing.assert_array_equal(wide[y] > 0, rows[y - 1 : y + 2].max(axis=0) > 0)
 
 
 def test_resize_map_keeps_a_map_of_the_right_size() -> None:

@@ -310,12 +310,14 @@ def test_a_model_of_an_older_feature_layout_is_refused_clearly(
     assert result.error is not None and "retrain" in result.error and "152" in result.error
 
 
+@pytest.mark.parametrize("frame", [(224, 224), (300, 260), (150, 170)])
 def test_ng_frame_regions_are_unchanged_when_only_the_cells_near_them_are_searched(
-    make_texture, add_defect, monkeypatch
+    make_texture, add_defect, monkeypatch, frame: tuple[int, int]
 ) -> None:
     """At 224 px (28 x 28 cells) an NG frame that wants no map is searched only around the
     pixels that may reach the threshold; its regions must equal those of the model without
-    a shortlist, whose frames are searched everywhere."""
+    a shortlist, whose frames are searched everywhere. Frames of another size are measured
+    on the map resized to them, whose pixels interpolate their neighbours too."""
     from tests.conftest import tiny_settings
 
     engine = Engine.from_settings(tiny_settings(image_size=224))
@@ -326,10 +328,16 @@ def test_ng_frame_regions_are_unchanged_when_only_the_cells_near_them_are_search
         meta=model.meta, index=model.index, calibration=model.calibration,
         version=model.version, nominal=model.nominal,
     )  # fmt: skip
+    height, width = frame
+
+    def sized(image: np.ndarray) -> np.ndarray:
+        # the same part seen at another resolution
+        return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+
     frames = [
-        add_defect(make_texture("stripes", 500, 224, 224), y=8, x=8, size=20),
-        add_defect(make_texture("stripes", 501, 224, 224), y=180, x=150, size=12),
-        make_texture("stripes", 502, 224, 224),
+        sized(add_defect(make_texture("stripes", 500, 224, 224), y=8, x=8, size=20)),
+        sized(add_defect(make_texture("stripes", 501, 224, 224), y=180, x=150, size=12)),
+        sized(make_texture("stripes", 502, 224, 224)),
     ]
     searched: list[int] = []
     settle = model.index.settle

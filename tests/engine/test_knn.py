@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.knn import MIN_IVF_BANK, KnnIndex
+from engine.knn import MIN_IVF_BANK, PRUNE_MIN_BANK, KnnIndex
 
 
 def _brute_force(bank: np.ndarray, queries: np.ndarray) -> np.ndarray:
@@ -200,3 +200,79 @@ def test_exact_distances_do_not_depend_on_the_batch(exact: KnnIndex, big_bank: n
     alone = np.array([exact.exact(q[i : i + 1])[0] for i in range(len(q))])
     np.testing.assert_array_equal(together, alone)
     np.testing.assert_allclose(together, _brute_force(big_bank, q).min(1), rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def low_rank_bank() -> np.ndarray:
+    """A bank large enough for pruned exact searches, varying mostly along few directions
+    (as patch features do) with a little noise in every other one."""
+    rng = np.random.default_rng(5)
+    directions = rng.standard_normal((24, 64))
+    rows = rng.standard_normal((PRUNE_MIN_BANK + 500, 24)) @ directions
+    return (rows + 0.3 * rng.standard_normal(rows.shape[:1] + (64,))).astype(np.float32)
+
+
+def test_pruned_exact_search_finds_the_nearest_row_even_at_a_tight_bound(
+    low_rank_bank: np.ndarray,
+) -> None:
+    """Given upper bounds, only rows a principal-direction lower bound cannot rule out are
+    measured; the nearest row is never ruled out, even when the bound is the nearest
+    distance itself (the tightest an upper bound can be)."""
+    index = KnnIndex("exact").fit(low_rank_bank)
+    assert index._pruner is not None
+    rng = np.random.default_rng(6)
+    queries = low_rank_bank[rng.choice(len(low_rank_bank), 40)] + rng.standard_normal(
+        (40, 64)
+    ).astype(np.float32)
+    true = _brute_force(low_rank_bank, queries).min(1)
+    plain = index.exact(queries)
+    np.testing.assert_allclose(plain, true, rtol=1e-5)
+    for slack in (1.0, 1.05, 2.0):
+        bound = (plain * slack).astype(np.float32)
+        np.testing.assert_array_equal(index.exact(queries, bound), plain)
+    # a query far from everything keeps every row: the plain product answers it
+    far = np.full((1, 64), 1e3, np.float32)
+    np.testing.assert_allclose(index.exact(far, np.array([np.inf])), index.exact(far), rtol=1e-6)
+
+
+def test_pruning_rules_out_most_rows_and_falls_back_when_it_cannot(
+    low_rank_bank: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index = KnnIndex("exact").fit(low_rank_bank)
+    pruner = index._pruner
+    assert pruner is not None
+    queries = low_rank_bank[:20] + 0.1
+    bound = index.exact(queries) * 1.01
+    measured: list[int] = []
+    einsum = np.einsum
+
+    def counting(spec: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        measured.append(len(a))
+        return einsum(spec, a, b)
+
+    monkeypatch.setattr(np, "einsum", counting)
+    assert pruner.nearest(queries, bound, index.bank()) is not None
+    assert 20 <= measured[-1] < 0.05 * 20 * len(low_rank_bank)
+    # no useful bound (infinite, or NaN from a broken frame): the caller's plain product
+    assert pruner.nearest(queries, np.full(20, np.inf, np.float32), index.bank()) is None
+    assert pruner.nearest(queries, np.full(20, np.nan, np.float32), index.bank()) is None
+
+
+def test_small_banks_are_not_pruned(big_bank: np.ndarray) -> None:
+    assert len(big_bank) < PRUNE_MIN_BANK
+    assert KnnIndex("exact").fit(big_bank)._pruner is None
+
+
+def test_image_scores_stay_exact_when_their_exact_searches_are_pruned(
+    low_rank_bank: np.ndarray,
+) -> None:
+    ivf = KnnIndex("ivf", nprobe=1).fit(low_rank_bank)
+    assert ivf.kind == "ivf" and ivf._pruner is not None
+    rng = np.random.default_rng(8)
+    picks = rng.choice(len(low_rank_bank), (4, 32))
+    queries = low_rank_bank[picks] + rng.standard_normal((4, 32, 64)).astype(np.float32)
+    true = _brute_force(low_rank_bank, queries.reshape(-1, 64)).min(1).reshape(4, 32)
+    upper = (true * (1 + rng.random(true.shape))).astype(np.float32)
+    got = ivf.search_images(queries, None, upper)
+    np.testing.assert_allclose(got.max(1), true.max(1), rtol=1e-5)
+    assert (got >= true * (1 - 1e-5)).all()

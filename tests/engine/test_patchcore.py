@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.patchcore import aggregate, positional_shortlist
+from engine.anomaly_map import anomaly_maps, resize_map
+from engine.patchcore import MapSpec, _search_near_regions, aggregate, positional_shortlist
 
 
 def _maps() -> list[torch.Tensor]:
@@ -92,3 +94,57 @@ def test_shortlist_bounds_are_upper_bounds_exact_when_the_neighbour_is_listed(
     listed = bank[model.shortlist[0, 0]]
     near = np.linalg.norm(flat[0, 0] - listed)
     assert bounds[0, 0] <= near + 1e-3
+
+
+FRAMES = 24
+
+
+class _TrueDistances:
+    """An index stand-in whose search answers the true distances ``truth (B, P)``."""
+
+    def __init__(self, truth: np.ndarray) -> None:
+        self.truth = truth
+        self.searched = 0
+
+    def settle(self, queries: object, dist: np.ndarray, where: np.ndarray) -> np.ndarray:
+        dist[where] = self.truth[where]
+        self.searched += int(where.sum())
+        return dist
+
+
+@pytest.mark.parametrize("loose", ["everywhere", "spikes"])
+@pytest.mark.parametrize("frame", [(224, 224), (512, 512), (300, 260), (97, 150)])
+def test_region_search_gives_the_fully_searched_map_wherever_it_reaches_the_threshold(
+    frame: tuple[int, int], loose: str
+) -> None:
+    """Patches start as upper bounds of their distances; after the region search every
+    full-size pixel that may reach the threshold holds the value of the map of the true
+    distances, so regions are the same. Bounds: up to twice the distance everywhere (most
+    patches are then never searched), or exact but for a few far too high ones, whose
+    faint reach into the pixels next to a region shows if any of them is left unsearched."""
+    height, width = frame
+    rng = np.random.default_rng(height * width)
+    truth = rng.random((FRAMES, 28 * 28)).astype(np.float32)
+    for i in range(FRAMES):  # a blob per frame, of a few cells
+        y, x, r = rng.integers(4, 24), rng.integers(4, 24), rng.integers(1, 4)
+        blob = truth[i].reshape(28, 28)
+        blob[y - r : y + r, x - r : x + r] += 3.0
+    if loose == "everywhere":
+        bounds = truth * (1.0 + rng.random(truth.shape).astype(np.float32))
+    else:
+        bounds = truth + 10.0 * (rng.random(truth.shape) < 0.1).astype(np.float32)
+    threshold = 2.0
+    index = _TrueDistances(truth)
+    patch, searched = bounds.copy(), np.zeros(truth.shape, dtype=bool)
+    frames = np.ones(FRAMES, dtype=bool)
+    _search_near_regions(index, None, patch, searched, frames, (28, 28), None, threshold,
+                         MapSpec(224, 4.0))  # type: ignore[arg-type]  # fmt: skip
+    fast = anomaly_maps(patch.reshape(FRAMES, 28, 28), 224, 4.0)
+    full = anomaly_maps(truth.reshape(FRAMES, 28, 28), 224, 4.0)
+    for i in range(FRAMES):
+        a, b = resize_map(fast[i], height, width), resize_map(full[i], height, width)
+        hot = b >= threshold
+        assert hot.any()
+        np.testing.assert_array_equal(a >= threshold, hot)
+        np.testing.assert_allclose(a[hot], b[hot], rtol=1e-6)
+    assert index.searched < (0.6 if loose == "everywhere" else 1.0) * truth.size
