@@ -6,6 +6,7 @@ import struct
 
 import cv2
 import numpy as np
+import simplejpeg
 import torch
 
 from engine.backbone import IMAGENET_MEAN, IMAGENET_STD
@@ -69,6 +70,8 @@ def decode_image(data: bytes, max_pixels: int = 40_000_000) -> np.ndarray:
             raise UnsupportedImageError(f"PNG bit depth {bit_depth} is not supported (8 only)")
         if colour_type in (4, 6):
             raise UnsupportedImageError("PNG with an alpha channel is not supported")
+    if fmt == "jpeg":
+        return _decode_jpeg(data)
     buf = np.frombuffer(data, dtype=np.uint8)
     image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if image is None:
@@ -82,6 +85,22 @@ def decode_image(data: bytes, max_pixels: int = 40_000_000) -> np.ndarray:
     else:
         raise UnsupportedImageError(f"{image.shape[2]}-channel images are not supported")
     return image
+
+
+def _decode_jpeg(data: bytes) -> np.ndarray:
+    """JPEG bytes -> ``(H, W, 3)`` uint8 RGB, refusing data that libjpeg only warns about.
+
+    A JPEG whose entropy-coded data is damaged (a broken transfer, a failing encoder) makes
+    libjpeg warn ("Corrupt JPEG data", "Premature end of data segment") and still return
+    pixels, part of them invented; OpenCV drops the warning. Such a frame must not be
+    scored, OK least of all: libjpeg-turbo is asked to treat every warning as an error.
+    Grey JPEGs come out as RGB; the pixels equal OpenCV's for sound data.
+    """
+    try:
+        image = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+    except ValueError as exc:
+        raise ImageDecodeError(f"corrupt JPEG data: {exc}") from exc
+    return np.ascontiguousarray(image)
 
 
 def read_image(path: str) -> np.ndarray:

@@ -184,3 +184,39 @@ def test_cmyk_jpeg_is_refused():
     Image.new("CMYK", (16, 16), (10, 20, 30, 40)).save(buf, format="JPEG")
     with pytest.raises(UnsupportedImageError, match="4 colour components"):
         decode_image(buf.getvalue())
+
+
+def _photo_jpeg(quality: int = 92) -> tuple[np.ndarray, bytes]:
+    rng = np.random.default_rng(11)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8), (0, 0), 2)
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                           [cv2.IMWRITE_JPEG_QUALITY, quality])  # fmt: skip
+    assert ok
+    return image, buf.tobytes()
+
+
+def test_a_sound_jpeg_decodes_to_the_pixels_opencv_gives() -> None:
+    _, data = _photo_jpeg()
+    reference = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), 1), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(decode_image(data), reference)
+    grey = cv2.imencode(".jpg", reference[..., 0])[1].tobytes()
+    out = decode_image(grey)
+    assert out.shape == (96, 128, 3) and (out[..., 0] == out[..., 2]).all()
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_a_jpeg_whose_damage_libjpeg_notices_is_refused(seed: int) -> None:
+    """libjpeg only warns about damaged entropy-coded data it notices and invents the pixels
+    it lost (OpenCV returns them); such a frame is refused rather than scored. (Damage that
+    decodes without a warning cannot be told from a sound image: baseline JPEG carries no
+    checksum.)"""
+    from engine.synthetic import encode_jpeg, make_ok
+
+    data = bytearray(encode_jpeg(make_ok(95_000 + seed, 224).image, 95))
+    at = len(data) // 3 + seed * len(data) // 24
+    data[at : at + 16] = bytes(16)
+    assert cv2.imdecode(np.frombuffer(bytes(data), np.uint8), 1) is not None
+    with pytest.raises(ImageDecodeError, match="corrupt JPEG"):
+        decode_image(bytes(data))
+    with pytest.raises(ImageDecodeError):
+        decode_image(bytes(data[: len(data) * 2 // 3]))  # cut short
