@@ -7,6 +7,7 @@ Both speak the contracts of ``docs/KAFKA.md`` over the wire, like any camera or 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -80,6 +81,8 @@ class Camera:
              "role_id": self.role_id, "roi_id": self.roi_id}  # fmt: skip
         if self.mm_per_px is not None:
             h["mm_per_px"] = str(self.mm_per_px)
+        # what left the camera: a frame damaged on the way is refused, not scored
+        h["content_sha256"] = hashlib.sha256(frame.value).hexdigest()
         return [(k, v.encode()) for k, v in h.items()]
 
     async def send(self, frame: Frame) -> asyncio.Future[Any]:

@@ -44,3 +44,7 @@ class InvalidHeaderError(FrameError):
 
 class FrameTooLargeError(FrameError):
     """The frame's value exceeds ``BDI_MAX_FRAME_MB``."""
+
+
+class ChecksumMismatchError(FrameError):
+    """The frame's bytes do not match its ``content_sha256`` header: damaged on the way."""

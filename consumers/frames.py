@@ -7,7 +7,9 @@ best-effort even when some are broken, so the ``ERROR`` verdict still names what
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,13 +17,20 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from consumers.errors import FrameTooLargeError, InvalidHeaderError, MissingHeaderError
+from consumers.errors import (
+    ChecksumMismatchError,
+    FrameTooLargeError,
+    InvalidHeaderError,
+    MissingHeaderError,
+)
 from engine.errors import ImageDecodeError
 from engine.images import decode_image
 
 FRAME_ID = "frame_id"
 ROUTING = ("recipe_id", "role_id", "roi_id")  # which model scores the frame
-OPTIONAL = ("part_id", "mm_per_px")
+CHECKSUM = "content_sha256"  # hex SHA-256 of the value, as the camera sent it
+OPTIONAL = ("part_id", "mm_per_px", CHECKSUM)
+_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 CONTRACT = (FRAME_ID, *ROUTING, *OPTIONAL)
 
 FailureVerdict = Literal["ERROR", "NO_MODEL"]
@@ -76,6 +85,7 @@ class FrameMeta:
     roi_id: str | None = None
     part_id: str | None = None
     mm_per_px: float | None = None
+    content_sha256: str | None = None  # lower-case hex, when the frame carries one
 
     @property
     def model_key(self) -> tuple[str, str, str] | None:
@@ -143,10 +153,20 @@ def _mm_per_px(text: str | None, problems: list[str]) -> float | None:
     return value
 
 
+def _checksum(text: str | None, problems: list[str]) -> str | None:
+    if text is None or text == "":
+        return None
+    if not _SHA256_HEX.fullmatch(text):
+        problems.append(f"header {CHECKSUM!r} must be 64 hex digits (SHA-256), got {text!r}")
+        return None
+    return text.lower()
+
+
 def read_meta(headers: Headers, source: Source) -> tuple[FrameMeta, Failure | None]:
     """Parse the contract headers; the first problem (if any) as a :class:`Failure`."""
     values, problems = _text_headers(headers)
     mm = _mm_per_px(values.get("mm_per_px"), problems)
+    checksum = _checksum(values.get(CHECKSUM), problems)
     frame_id = values.get(FRAME_ID) or None
     meta = FrameMeta(
         frame_id=frame_id or source.derived_frame_id(),
@@ -156,6 +176,7 @@ def read_meta(headers: Headers, source: Source) -> tuple[FrameMeta, Failure | No
         roi_id=values.get("roi_id") or None,
         part_id=values.get("part_id") or None,
         mm_per_px=mm,
+        content_sha256=checksum,
     )
     missing = [n for n in (FRAME_ID, *ROUTING) if not values.get(n)]
     if missing:
@@ -194,9 +215,14 @@ def decode_frame(frame: Frame, max_bytes: int, max_pixels: int) -> Decoded:
         return Decoded(frame, None, frame.failure)
     data = frame.value or b""
     if len(data) > max_bytes:
-        exc = FrameTooLargeError(f"frame of {len(data)} bytes exceeds {max_bytes} bytes")
-        return Decoded(frame, None, Failure.of(exc))
+        too_large = FrameTooLargeError(f"frame of {len(data)} bytes exceeds {max_bytes} bytes")
+        return Decoded(frame, None, Failure.of(too_large))
     t0 = time.perf_counter()
+    want = frame.meta.content_sha256
+    if want is not None and hashlib.sha256(data).hexdigest() != want:
+        # a damaged transfer that still decodes (a JPEG has no checksum of its own)
+        damaged = ChecksumMismatchError(f"frame bytes do not match their {CHECKSUM} header")
+        return Decoded(frame, None, Failure.of(damaged), (time.perf_counter() - t0) * 1e3)
     try:
         image = decode_image(data, max_pixels)
     except ImageDecodeError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import cv2
@@ -140,3 +141,33 @@ def test_a_header_failure_skips_decoding():
     f = frame(value=png(np.zeros((8, 8, 3), np.uint8)), headers=GOOD[1:])
     d = decode_frame(f, 1 << 20, 10_000)
     assert d.image is None and d.failure is f.failure
+
+
+def _with_checksum(value: bytes, digest: str) -> Frame:
+    return frame(value=value, headers=[*GOOD, ("content_sha256", digest.encode())])
+
+
+def test_a_frame_matching_its_checksum_is_decoded():
+    value = png(np.zeros((8, 8, 3), np.uint8))
+    f = _with_checksum(value, hashlib.sha256(value).hexdigest().upper())
+    assert f.failure is None and f.meta.content_sha256 == hashlib.sha256(value).hexdigest()
+    d = decode_frame(f, 1 << 20, 10_000)
+    assert d.failure is None and d.image is not None
+
+
+def test_a_frame_damaged_after_its_checksum_is_refused_though_it_decodes():
+    """A damaged transfer that still decodes (here: one pixel of a PNG re-encoded, a JPEG
+    with zeroed entropy data alike) is refused when the frame carries its checksum."""
+    value = png(np.zeros((8, 8, 3), np.uint8))
+    damaged = png(np.full((8, 8, 3), 1, np.uint8))
+    d = decode_frame(_with_checksum(damaged, hashlib.sha256(value).hexdigest()), 1 << 20, 10_000)
+    assert d.image is None and d.failure is not None
+    assert d.failure.error_class == "ChecksumMismatchError" and d.failure.verdict == "ERROR"
+    assert decode_frame(frame(value=damaged), 1 << 20, 10_000).image is not None
+
+
+@pytest.mark.parametrize("digest", ["abc", "z" * 64, "0" * 63, "0" * 65])
+def test_a_malformed_checksum_header_is_invalid(digest):
+    f = _with_checksum(b"", digest)
+    assert f.failure is not None and f.failure.error_class == "InvalidHeaderError"
+    assert "content_sha256" in f.failure.message

@@ -7,6 +7,7 @@ memory stays bounded (VmRSS / VmHWM of the process, from /proc)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import signal
 import threading
 import time
@@ -182,30 +183,28 @@ def test_1000_malformed_frames_interleaved_with_good_ones(
     assert growth < MEMORY_BOUND_MIB, memory
 
 
-def corrupt_jpegs(n: int) -> list[FrameSpec]:
+def corrupt_jpegs(n: int, checksum: bool = False) -> list[FrameSpec]:
     """Baseline JPEGs whose entropy-coded data has a run of bytes zeroed (a damaged
-    transfer or encoder): libjpeg warns "Corrupt JPEG data" and still returns pixels."""
+    transfer or encoder): libjpeg warns "Corrupt JPEG data" and still returns pixels, or
+    does not even notice. ``checksum``: each carries the SHA-256 of the sound JPEG, as a
+    camera computes it before the transfer."""
     out = []
     for i in range(n):
-        data = bytearray(encode_jpeg(make_ok(95_000 + i, SIZE).image, 95))
+        sound = encode_jpeg(make_ok(95_000 + i, SIZE).image, 95)
+        data = bytearray(sound)
         at = len(data) // 3 + i * len(data) // (3 * n)
         data[at : at + 16] = bytes(16)
         fid = f"corrupt-jpeg-{i}"
-        out.append(FrameSpec(fid, bytes(data), headers(fid), b"cj"))
+        digest = hashlib.sha256(sound).hexdigest() if checksum else None
+        out.append(FrameSpec(fid, bytes(data), headers(fid, content_sha256=digest), b"cj"))
     return out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ProductBug,
-    reason="B3, partly fixed: JPEGs whose damage libjpeg warns about are refused; a damaged "
-    "run that still decodes without a warning (baseline JPEG has no checksum) is scored",
-)
-def test_corrupt_jpeg_data_is_refused_not_scored(kafka_broker, make_topics, trained, report):
+def _verdicts_of(frames: list[FrameSpec], kafka_broker, make_topics, trained) -> TopicLog:
+    """Every verdict a consumer publishes for ``frames``, sent to a fresh topic."""
     topics = make_topics(partitions=1)
     boot = kafka_broker.bootstrap
     settings = trained.settings(**topics.settings(boot))
-    frames = corrupt_jpegs(8)
 
     async def scenario() -> TopicLog:
         log = await TopicLog(boot, topics.verdicts).start()
@@ -215,7 +214,18 @@ def test_corrupt_jpeg_data_is_refused_not_scored(kafka_broker, make_topics, trai
         await log.stop()
         return log
 
-    log = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ProductBug,
+    reason="B3, partly fixed: JPEGs whose damage libjpeg warns about are refused; a damaged "
+    "run that still decodes without a warning (baseline JPEG has no checksum) is scored",
+)
+def test_corrupt_jpeg_data_is_refused_not_scored(kafka_broker, make_topics, trained, report):
+    frames = corrupt_jpegs(8)
+    log = _verdicts_of(frames, kafka_broker, make_topics, trained)
     scored = [v for v in log.values if v["verdict"] in ("OK", "NG")]
     report(
         "S5", holds=not scored, corrupt_jpegs=len(frames), scored=len(scored),
@@ -224,3 +234,17 @@ def test_corrupt_jpeg_data_is_refused_not_scored(kafka_broker, make_topics, trai
     )  # fmt: skip
     if scored:
         raise ProductBug(f"{len(scored)} of {len(frames)} corrupt JPEGs were scored")
+
+
+def test_corrupt_jpegs_that_carry_their_checksum_are_all_refused(
+    kafka_broker, make_topics, trained, report
+):
+    """The same damaged JPEGs, each with the ``content_sha256`` of what left the camera:
+    every one is refused, including those libjpeg decodes without a warning."""
+    frames = corrupt_jpegs(8, checksum=True)
+    log = _verdicts_of(frames, kafka_broker, make_topics, trained)
+    classes = sorted({v["error_class"] for v in log.values if v["verdict"] == "ERROR"})
+    report("S5c", holds=len(log.values) == 8 and classes == ["ChecksumMismatchError"],
+           corrupt_jpegs=len(frames), refused=classes)  # fmt: skip
+    assert {v["verdict"] for v in log.values} == {"ERROR"}
+    assert classes == ["ChecksumMismatchError"]
