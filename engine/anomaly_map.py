@@ -75,21 +75,17 @@ def resize_map(amap: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(amap, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-def full_size_box(hot: np.ndarray, height: int, width: int) -> tuple[slice, slice] | None:
-    """The box of a ``(height, width)`` :func:`resize_map` of a map that can hold values at
-    or above a threshold only where ``hot (S, S)`` is set; None when nothing is set.
+def full_size_box(
+    hot_rows: np.ndarray, hot_cols: np.ndarray, height: int, width: int
+) -> tuple[slice, slice] | None:
+    """The box of a ``(height, width)`` :func:`resize_map` of an ``(S, S)`` map that can hold
+    values at or above a threshold only in the rows ``hot_rows (S,) bool`` and the columns
+    ``hot_cols (S,) bool``; None when none is set.
 
     A bilinear pixel is a weighted average of the two source rows (and columns) around
     its centre, so it reaches the threshold only next to a hot source pixel; the box holds
     every such pixel, with a pixel to spare each side.
     """
-    return full_size_span(np.any(hot, axis=1), np.any(hot, axis=0), height, width)
-
-
-def full_size_span(
-    hot_rows: np.ndarray, hot_cols: np.ndarray, height: int, width: int
-) -> tuple[slice, slice] | None:
-    """:func:`full_size_box` from which rows ``(S,)`` and columns ``(S,)`` hold a hot pixel."""
     rows, cols = np.flatnonzero(hot_rows), np.flatnonzero(hot_cols)
     if not len(rows):
         return None

@@ -15,7 +15,7 @@ import numpy as np
 
 from configs.settings import Settings
 from engine import calibration as calib
-from engine.anomaly_map import anomaly_maps, full_size_span, resize_map
+from engine.anomaly_map import anomaly_maps, full_size_box, resize_map
 from engine.backbone import RANDOM_WEIGHTS, Backbone, load_backbone
 from engine.device import DeviceSpec, select_device
 from engine.errors import EngineError
@@ -306,7 +306,11 @@ class Engine:
                 for j, pos in enumerate(positions)
                 if self._needs_map(items[members[pos]], model, float(scores.image[j]))
             ]
-            amaps = dict(zip(drawn, anomaly_maps(scores.patches[drawn], size, sigma), strict=True))
+            amaps = (
+                dict(zip(drawn, anomaly_maps(scores.patches[drawn], size, sigma), strict=True))
+                if drawn
+                else {}
+            )
             for j, pos in enumerate(positions):
                 i = members[pos]
                 res = self._decide(items[i], model, float(scores.image[j]), scores.patches[j],
@@ -373,7 +377,7 @@ class Engine:
                 assert full is not None and judged is not None and peak_rows is not None
                 # only the part of the full-size map that can reach the threshold is read
                 floor = region_floor(threshold)
-                box = full_size_span(peak_rows >= floor, judged.max(axis=0) >= floor, h, w)
+                box = full_size_box(peak_rows >= floor, judged.max(axis=0) >= floor, h, w)
                 regions = find_regions(full, threshold, mm, within=box)
             min_area = self.settings.area_mm2_thr
             if verdict == "NG" and min_area > 0 and mm is not None and regions:

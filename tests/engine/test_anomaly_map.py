@@ -80,7 +80,8 @@ def test_full_size_box_holds_every_pixel_that_reaches_the_threshold(size: tuple[
         grid[0, y, x] = 10.0  # one hot cell somewhere, the edges included
         amap = anomaly_maps(grid, 224, 4.0)[0]
         threshold = 0.3 * float(amap.max())
-        box = full_size_box(amap >= threshold, height, width)
+        hot = amap >= threshold
+        box = full_size_box(hot.any(axis=1), hot.any(axis=0), height, width)
         full = resize_map(amap, height, width)
         assert box is not None
         inside = np.zeros(full.shape, dtype=bool)
@@ -91,4 +92,4 @@ def test_full_size_box_holds_every_pixel_that_reaches_the_threshold(size: tuple[
 
 
 def test_full_size_box_of_nothing_is_none() -> None:
-    assert full_size_box(np.zeros((224, 224), dtype=bool), 512, 512) is None
+    assert full_size_box(np.zeros(224, dtype=bool), np.zeros(224, dtype=bool), 512, 512) is None

@@ -251,11 +251,11 @@ def test_pruning_rules_out_most_rows_and_falls_back_when_it_cannot(
         return einsum(spec, a, b)
 
     monkeypatch.setattr(np, "einsum", counting)
-    assert pruner.nearest(queries, bound, index.bank()) is not None
+    assert pruner.nearest(queries, bound) is not None
     assert 20 <= measured[-1] < 0.05 * 20 * len(low_rank_bank)
     # no useful bound (infinite, or NaN from a broken frame): the caller's plain product
-    assert pruner.nearest(queries, np.full(20, np.inf, np.float32), index.bank()) is None
-    assert pruner.nearest(queries, np.full(20, np.nan, np.float32), index.bank()) is None
+    assert pruner.nearest(queries, np.full(20, np.inf, np.float32)) is None
+    assert pruner.nearest(queries, np.full(20, np.nan, np.float32)) is None
 
 
 def test_small_banks_are_not_pruned(big_bank: np.ndarray) -> None:
