@@ -10,6 +10,21 @@ from configs.settings import SettingsError
 from engine.errors import EngineError
 
 
+def _count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``minimum`` (a clear usage error otherwise)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
+        return value
+
+    return parse
+
+
 def _cmd_bench_engine(args: argparse.Namespace) -> int:
     from engine.benchmark import run_engine_benchmark
 
@@ -36,7 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     eng.add_argument("--coreset-rate", type=float, default=0.1)
     eng.add_argument("--max-train", type=int, default=0, help="0 = all training images")
     eng.add_argument("--knn", choices=["exact", "ivf"], default=None)
-    eng.add_argument("--batch", type=int, default=16)
+    eng.add_argument("--batch", type=_count(1), default=16, help="frames per engine call")
+    eng.add_argument(
+        "--chunk",
+        type=_count(0),
+        default=0,
+        help="images per backbone forward (BDI_ENGINE_BATCH_SIZE; 0 = the device's default)",
+    )
     eng.add_argument(
         "--shortlist",
         type=int,
@@ -45,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     eng.add_argument(
         "--rounds",
-        type=int,
+        type=_count(1),
         default=5,
         help="timed passes; each batch runs backbone then engine, fastest of each kept",
     )

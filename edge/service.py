@@ -188,7 +188,7 @@ def infer_dataset(state: AppState, ref: ModelRef, label: str | None) -> InferDat
         decode(state, store.read_image(ref.recipe_id, ref.role_id, ref.roi_id, lab, name))
         for lab, name in names
     ]
-    step = max(1, state.settings.engine_batch_size)
+    step = state.engine.batch_size
     results: list[Inference] = []
     for start in range(0, len(images), step):
         results += state.engine.infer(

@@ -39,6 +39,12 @@ Verdict = Literal["OK", "NG", "ERROR", "NO_MODEL"]
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 # training images re-scored leave-one-out: the OK threshold and the per-position baseline
 CALIBRATION_IMAGES = 64
+# images per backbone forward when BDI_ENGINE_BATCH_SIZE is 0. On the CPU a forward of 8
+# keeps the backbone's activations in a 32 MiB L3 cache: measured on 2 EPYC cores, a batch of
+# 16 frames scored as two forwards of 8 and one search gives 3-22 % more img/s than one
+# forward of 16 (docs/BENCHMARKS.md). A GPU wants large forwards.
+CPU_BATCH = 8
+CUDA_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,13 @@ class Engine:
         self._fingerprints: dict[str, str] = {}
         self._lock = threading.Lock()
 
+    @property
+    def batch_size(self) -> int:
+        """Images per backbone forward (``BDI_ENGINE_BATCH_SIZE``, or the device's default)."""
+        if self.settings.engine_batch_size:
+            return self.settings.engine_batch_size
+        return CUDA_BATCH if self.spec.is_cuda else CPU_BATCH
+
     @classmethod
     def from_settings(cls, settings: Settings) -> Engine:
         spec = select_device(settings.require_cuda, settings.torch_threads)
@@ -125,7 +138,7 @@ class Engine:
         progress: Progress = _noop,
     ) -> np.ndarray:
         """RGB images -> patch features ``(B, h, w, C)`` float32, in device-sized batches."""
-        step = self.settings.engine_batch_size
+        step = self.batch_size
         out: list[np.ndarray] = []
         for start in range(0, len(images), step):
             x = to_tensor(list(images[start : start + step]), size)

@@ -31,3 +31,14 @@ def test_up_fails_before_starting_anything(monkeypatch, capsys, env, message):
 def test_bench_engine_rejects_non_mvtec_folder(tmp_path, capsys):
     assert main(["bench", "engine", "--data", str(tmp_path), "--json"]) == 2
     assert "MVTec" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--batch", "0"), ("--rounds", "0"), ("--chunk", "-1"), ("--batch", "x")]
+)
+def test_bench_engine_refuses_bad_counts_before_any_work(tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit) as stop:
+        main(["bench", "engine", "--data", str(tmp_path), flag, value])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}" in err and "Traceback" not in err

@@ -54,6 +54,46 @@ def test_fit_produces_a_calibrated_model(stripes: PatchCoreModel, checker: Patch
     assert stripes.version != checker.version
 
 
+@pytest.mark.parametrize(("setting", "device", "expected"), [
+    (0, "cpu", engine_module.CPU_BATCH), (0, "cuda", engine_module.CUDA_BATCH),
+    (5, "cpu", 5), (5, "cuda", 5),
+])  # fmt: skip
+def test_backbone_forward_size_is_the_setting_or_the_device_default(
+    setting: int, device: str, expected: int
+) -> None:
+    import torch
+
+    from engine.device import DeviceSpec
+    from tests.conftest import tiny_settings
+
+    spec = DeviceSpec(torch.device(device), torch.float32)  # nothing runs on it here
+    assert Engine(tiny_settings(engine_batch_size=setting), spec).batch_size == expected
+
+
+def test_one_call_runs_the_backbone_in_forwards_of_the_batch_size(
+    make_engine: Callable[..., Engine], make_texture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frames of one call go through the backbone in forwards of ``batch_size`` images and
+    are scored together: the same results as one forward of the whole call."""
+    images = [make_texture("stripes", 600 + i) for i in range(7)]
+    split, whole = make_engine(engine_batch_size=3), make_engine(engine_batch_size=7)
+    model = whole.fit(images[:4]).model
+    bb = split.backbone()
+    forward = bb.forward
+    sizes: list[int] = []
+
+    def counting(x):
+        sizes.append(len(x))
+        return forward(x)
+
+    monkeypatch.setattr(bb, "forward", counting)
+    a = split.infer([InferItem(model, im) for im in images])
+    b = whole.infer([InferItem(model, im) for im in images])
+    assert sizes == [3, 3, 1]
+    assert [r.verdict for r in a] == [r.verdict for r in b]
+    assert [r.score for r in a] == pytest.approx([r.score for r in b], rel=1e-5)
+
+
 def test_fit_without_images_is_refused(tiny_engine: Engine) -> None:
     with pytest.raises(EngineError):
         tiny_engine.fit([])
