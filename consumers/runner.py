@@ -32,6 +32,7 @@ from consumers.errors import (
     PublishError,
 )
 from consumers.frames import Decoded, Frame, KafkaRecord, frame_from_record
+from consumers.lineage import Lineage, rewind_replaced_logs
 from consumers.membership import membership_lost, refuse_commits_outside_the_group
 from consumers.models import ModelResolver
 from consumers.offsets import OffsetTracker
@@ -125,6 +126,7 @@ class FrameConsumer:
             self._consumer_kwargs().get("max_poll_interval_ms", DEFAULT_MAX_POLL_INTERVAL_MS)
         )
         self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
+        self.lineage: Lineage[TopicPartition] = Lineage()  # what each commit follows
         self.stats = Stats()
         self._stopping = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
@@ -238,6 +240,11 @@ class FrameConsumer:
         }
         return {**kwargs, **self.producer_options}
 
+    def _reader(self) -> AIOKafkaConsumer:
+        """A client outside the group, as this one connects (see consumers.lineage)."""
+        kwargs = {**self._consumer_kwargs(), "client_id": f"{self.client_id}-check"}
+        return AIOKafkaConsumer(**{**kwargs, "group_id": None})
+
     def _consumer_kwargs(self) -> dict[str, Any]:
         s = self.settings
         kwargs: dict[str, Any] = {
@@ -269,10 +276,12 @@ class FrameConsumer:
             offsets = {}
         if offsets and self._consumer is not None and self._publisher is not None:
             try:  # acknowledged work is kept; in-flight work is abandoned (redelivered)
+                self.lineage.committing(offsets)
                 await self._consumer.commit(offsets)
                 self._note_commit(offsets)
             except KafkaError as exc:
                 log.warning("commit on revoke failed", extra={"error": repr(exc)})
+        self.lineage.forget_fetched(revoked)
         if self._txn is not None:
             await self._txn.close(revoked)
         log.info(
@@ -284,7 +293,9 @@ class FrameConsumer:
         epoch = self.tracker.assign(assigned)
         log.info("partitions assigned", extra={"partitions": _names(assigned), "epoch": epoch})
         if self._consumer is not None:
-            await rewind_lost_logs(self._consumer, assigned)
+            beyond = await rewind_lost_logs(self._consumer, assigned)
+            rest = [tp for tp in assigned if tp not in beyond]
+            await rewind_replaced_logs(self._consumer, rest, self.lineage, self._reader)
         if self._txn is None:
             return
         try:
@@ -366,6 +377,7 @@ class FrameConsumer:
         epoch = self.tracker.epoch(tp)
         if epoch is None or not self.tracker.track(tp, epoch, record.offset):
             return None
+        self.lineage.fetched(tp, record)
         return frame_from_record(record, epoch)
 
     async def _handle(self, batch: list[Decoded]) -> None:
@@ -406,6 +418,7 @@ class FrameConsumer:
         for outcome in outcomes:
             self._on_delivered(outcome)
         self.tracker.committable()  # advance past the acknowledged frames
+        self.lineage.committing({tp: offset})
         self.tracker.committed({tp: offset})
         self._note_commit({tp: offset})
 
@@ -417,6 +430,7 @@ class FrameConsumer:
         # the group generation current *then*: a commit that waited through a broker
         # restart would land after the rejoin, past the new assignment's check of its
         # positions (bug B1). ``_on_revoked`` cancels it; the revoke decides instead.
+        self.lineage.committing(offsets)  # before sending: it may land unanswered
         task = asyncio.ensure_future(self._consumer.commit(offsets))
         self._pending_commit = task
         try:

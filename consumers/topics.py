@@ -28,16 +28,20 @@ async def start_client(bootstrap: str, client: Any) -> None:
         raise BrokerUnavailableError(f"cannot reach Kafka at {bootstrap}: {exc}") from None
 
 
-async def rewind_lost_logs(consumer: AIOKafkaConsumer, assigned: Iterable[TopicPartition]) -> None:
-    """Read from its start every partition whose committed offset lies beyond its end.
+async def rewind_lost_logs(
+    consumer: AIOKafkaConsumer, assigned: Iterable[TopicPartition]
+) -> list[TopicPartition]:
+    """Read from its start every partition whose committed offset lies beyond its end;
+    returns those partitions.
 
     That means the broker lost or truncated the log (ephemeral storage, a topic
     recreated). Kafka would reset such a position only once the new log grew past it,
     skipping every frame below it; answered twice is better than never.
     """
     tps = list(assigned)
+    rewound: list[TopicPartition] = []
     if not tps:
-        return
+        return rewound
     try:
         ends = await consumer.end_offsets(tps)
         for tp in tps:
@@ -49,8 +53,10 @@ async def rewind_lost_logs(consumer: AIOKafkaConsumer, assigned: Iterable[TopicP
                            "committed": committed, "log_end": ends[tp]},
                 )  # fmt: skip
                 await consumer.seek_to_beginning(tp)
+                rewound.append(tp)
     except KafkaError as exc:  # the regular reset policy still applies
         log.warning("cannot check committed offsets", extra={"error": repr(exc)})
+    return rewound
 
 
 async def ensure_topics(
