@@ -15,7 +15,7 @@ twice (identical verdicts) rather than never.
 
 A position committed by another member cannot be checked this way (Tansu drops commit
 metadata, so it cannot travel with the commit); the check of positions beyond the log
-end (:func:`consumers.topics.rewind_lost_logs`) still applies to it.
+end (:func:`consumers.topics.lost_logs`) still applies to it.
 """
 
 from __future__ import annotations
@@ -83,14 +83,14 @@ class Lineage(Generic[TP]):
         return None
 
 
-async def rewind_replaced_logs(
+async def replaced_logs(
     consumer: AIOKafkaConsumer,
     assigned: Iterable[TopicPartition],
     lineage: Lineage[TopicPartition],
     reader: Callable[[], AIOKafkaConsumer],
 ) -> list[TopicPartition]:
-    """Read from its start every assigned partition whose committed offset this consumer
-    committed after a record that is no longer at that place; returns those partitions.
+    """The assigned partitions whose committed offset this consumer committed after a
+    record that is no longer at that place, to be read from the start (the caller seeks).
 
     ``reader`` makes a client without a group (same connection settings) that reads the
     records to compare. A record that cannot be read (gone, or the broker not answering)
@@ -109,7 +109,7 @@ async def rewind_replaced_logs(
     if not checks:
         return []
     found = await _read_before(reader, {tp: c for tp, (c, _) in checks.items()})
-    rewound = []
+    replaced = []
     for tp, (committed, ident) in checks.items():
         record = found.get(tp)
         if record is None or identity(record) == ident:
@@ -118,9 +118,8 @@ async def rewind_replaced_logs(
             "committed offset belongs to another log: reading from the start",
             extra={"partition": f"{tp.topic}-{tp.partition}", "committed": committed},
         )
-        await consumer.seek_to_beginning(tp)
-        rewound.append(tp)
-    return rewound
+        replaced.append(tp)
+    return replaced
 
 
 async def _read_before(

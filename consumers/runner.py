@@ -32,14 +32,14 @@ from consumers.errors import (
     PublishError,
 )
 from consumers.frames import Decoded, Frame, KafkaRecord, frame_from_record
-from consumers.lineage import Lineage, rewind_replaced_logs
+from consumers.lineage import Lineage, replaced_logs
 from consumers.membership import membership_lost, refuse_commits_outside_the_group
 from consumers.models import ModelResolver
 from consumers.offsets import OffsetTracker
 from consumers.outcome import Outcome
 from consumers.pipeline import BatchProcessor
 from consumers.publish import Publisher
-from consumers.topics import rewind_lost_logs, start_client
+from consumers.topics import lost_logs, start_client
 
 if TYPE_CHECKING:
     from configs.settings import Settings
@@ -293,9 +293,11 @@ class FrameConsumer:
         epoch = self.tracker.assign(assigned)
         log.info("partitions assigned", extra={"partitions": _names(assigned), "epoch": epoch})
         if self._consumer is not None:
-            beyond = await rewind_lost_logs(self._consumer, assigned)
-            rest = [tp for tp in assigned if tp not in beyond]
-            await rewind_replaced_logs(self._consumer, rest, self.lineage, self._reader)
+            rewind = await lost_logs(self._consumer, assigned)
+            rest = [tp for tp in assigned if tp not in rewind]
+            rewind += await replaced_logs(self._consumer, rest, self.lineage, self._reader)
+            if rewind:
+                await self._rewind(rewind)
         if self._txn is None:
             return
         try:
@@ -305,6 +307,25 @@ class FrameConsumer:
             self._fatal = PublishError(message)
             log.error("stopping", extra={"error": message})
             self.request_stop()
+
+    async def _rewind(self, tps: list[TopicPartition]) -> None:
+        """Read ``tps`` from their start. The fetcher may already have returned records
+        from the committed position: they keep the epoch they were fetched in, which ends
+        here, so they are dropped and fetched again in order. The seek and the new epoch
+        happen with no await between them: no record fetched after the seek carries the
+        old epoch, and none from before it the new one."""
+        assert self._consumer is not None
+        try:
+            starts = await self._consumer.beginning_offsets(tps)
+        except KafkaError as exc:
+            log.warning("cannot rewind", extra={"error": repr(exc), "partitions": _names(tps)})
+            return
+        for tp in tps:
+            self._consumer.seek(tp, starts[tp])
+        epoch = self.tracker.assign(tps)
+        self.lineage.forget_fetched(tps)
+        log.info("partitions read from their start", extra={"partitions": _names(tps),
+                                                             "epoch": epoch})  # fmt: skip
 
     # --- the loop ------------------------------------------------------------------------
     async def _loop(self) -> None:

@@ -28,20 +28,20 @@ async def start_client(bootstrap: str, client: Any) -> None:
         raise BrokerUnavailableError(f"cannot reach Kafka at {bootstrap}: {exc}") from None
 
 
-async def rewind_lost_logs(
+async def lost_logs(
     consumer: AIOKafkaConsumer, assigned: Iterable[TopicPartition]
 ) -> list[TopicPartition]:
-    """Read from its start every partition whose committed offset lies beyond its end;
-    returns those partitions.
+    """The partitions whose committed offset lies beyond their end, to be read from the
+    start (the caller seeks).
 
     That means the broker lost or truncated the log (ephemeral storage, a topic
     recreated). Kafka would reset such a position only once the new log grew past it,
     skipping every frame below it; answered twice is better than never.
     """
     tps = list(assigned)
-    rewound: list[TopicPartition] = []
+    lost: list[TopicPartition] = []
     if not tps:
-        return rewound
+        return lost
     try:
         ends = await consumer.end_offsets(tps)
         for tp in tps:
@@ -52,11 +52,10 @@ async def rewind_lost_logs(
                     extra={"partition": f"{tp.topic}-{tp.partition}",
                            "committed": committed, "log_end": ends[tp]},
                 )  # fmt: skip
-                await consumer.seek_to_beginning(tp)
-                rewound.append(tp)
+                lost.append(tp)
     except KafkaError as exc:  # the regular reset policy still applies
         log.warning("cannot check committed offsets", extra={"error": repr(exc)})
-    return rewound
+    return lost
 
 
 async def ensure_topics(

@@ -14,7 +14,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from consumers.broker import LocalBroker, free_port
-from consumers.lineage import Lineage, identity, rewind_replaced_logs
+from consumers.lineage import Lineage, identity, replaced_logs
 from consumers.topics import ensure_topics
 
 
@@ -105,15 +105,12 @@ async def _read_all(bootstrap: str, tp: TopicPartition, n: int) -> list:
         await reader.stop()
 
 
-async def _assigned_position(
+async def _replaced(
     bootstrap: str, group: str, tp: TopicPartition, lineage: Lineage[TopicPartition]
-) -> tuple[list[TopicPartition], int]:
-    """A group member assigned ``tp`` runs the check; returns what it rewound and the
-    offset it would read first."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )  # fmt: skip
+) -> list[TopicPartition]:
+    """What a group member assigned ``tp`` finds to read from the start."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                                enable_auto_commit=False)  # fmt: skip
     await consumer.start()
     try:
         consumer.assign([tp])
@@ -121,8 +118,7 @@ async def _assigned_position(
         def reader() -> AIOKafkaConsumer:
             return AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
 
-        rewound = await rewind_replaced_logs(consumer, [tp], lineage, reader)
-        return rewound, await consumer.position(tp)
+        return await replaced_logs(consumer, [tp], lineage, reader)
     finally:
         await consumer.stop()
 
@@ -157,17 +153,17 @@ def test_a_position_from_a_lost_log_is_read_from_the_start(own_broker) -> None:
 
     asyncio.run(before())
     # the same log: the check finds the record it committed after, and keeps the position
-    assert asyncio.run(_assigned_position(bootstrap, group, tp, lineage)) == ([], 5)
+    assert asyncio.run(_replaced(bootstrap, group, tp, lineage)) == []
 
     bootstrap = restart()
 
-    async def after() -> tuple[list[TopicPartition], int]:
+    async def after() -> list[TopicPartition]:
         await ensure_topics(bootstrap, {"frames": 1})
         await _publish(bootstrap, "frames", [b"new-%d" % i for i in range(8)])
         await _commit(bootstrap, group, tp, 5)  # the stale position lands
-        return await _assigned_position(bootstrap, group, tp, lineage)
+        return await _replaced(bootstrap, group, tp, lineage)
 
-    assert asyncio.run(after()) == ([tp], 0)
+    assert asyncio.run(after()) == [tp]
 
 
 @pytest.mark.kafka
@@ -176,11 +172,11 @@ def test_a_position_committed_elsewhere_or_unreadable_is_kept(own_broker) -> Non
     tp, group = TopicPartition("frames", 0), "line-2"
     lineage: Lineage[TopicPartition] = Lineage()
 
-    async def run() -> tuple[tuple[list[TopicPartition], int], tuple[list[TopicPartition], int]]:
+    async def run() -> tuple[list[TopicPartition], list[TopicPartition]]:
         await ensure_topics(bootstrap, {"frames": 1})
         await _publish(bootstrap, "frames", [b"f-%d" % i for i in range(6)])
         await _commit(bootstrap, group, tp, 4)  # another member's commit: no anchor here
-        elsewhere = await _assigned_position(bootstrap, group, tp, lineage)
+        elsewhere = await _replaced(bootstrap, group, tp, lineage)
         # an anchor whose record cannot be read back (the reader reaches no broker)
         lineage.fetched(tp, Record(3, b"f-3", topic="frames"))
         lineage.committing({tp: 4})
@@ -194,12 +190,9 @@ def test_a_position_committed_elsewhere_or_unreadable_is_kept(own_broker) -> Non
         await consumer.start()
         try:
             consumer.assign([tp])
-            rewound = await rewind_replaced_logs(consumer, [tp], lineage, dead_reader)
-            unreadable = (rewound, await consumer.position(tp))
+            unreadable = await replaced_logs(consumer, [tp], lineage, dead_reader)
         finally:
             await consumer.stop()
         return elsewhere, unreadable
 
-    elsewhere, unreadable = asyncio.run(run())
-    assert elsewhere == ([], 4)
-    assert unreadable == ([], 4)
+    assert asyncio.run(run()) == ([], [])

@@ -24,7 +24,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from consumers import FrameConsumer
 from consumers.broker import LocalBroker, free_port
@@ -272,6 +273,87 @@ def test_restart_with_a_batch_in_flight(tansu, trained, report):
     assert sum(int(r["silent_ok"]) for r in results) == 0
     if lost or early:
         raise ProductBug(f"{lost} frames never answered, {early} offsets committed early")
+
+
+STALE_TRIES = 3  # the consumer may rejoin before the stale position lands: then try again
+
+
+def test_a_stale_position_on_the_restarted_broker_is_read_from_the_start(
+    tansu, trained, report, caplog
+):
+    """B1's path, made deterministic: 6 frames answered and position 6 committed; the
+    broker restarts empty; the consumer's old position lands on the new broker before the
+    consumer rejoins (as a commit held up through the restart would), and 10 new frames
+    arrive. The record before that position is not the one the consumer committed after,
+    so it must read the partition from its start and answer all 10; started at 6, it
+    would never answer new frames 0-5."""
+    caplog.set_level("WARNING", logger="consumers.lineage")
+    outcomes: list[dict[str, int]] = []
+
+    async def trial(n: int) -> bool:
+        topics = fresh_topics()
+        one = {topics.frames: 1, topics.verdicts: 1, topics.dlq: 1}
+        await ensure_topics(tansu.bootstrap, one)
+        settings = trained.settings(**topics.settings(tansu.bootstrap))
+        # slow retries: the consumer finds the new broker after the stale position landed
+        options = {**GROUP, "retry_backoff_ms": 3000}
+        consumer = FrameConsumer(settings, engine=trained.engine, consumer_options=options)
+        cam = await camera(tansu.bootstrap)
+        caplog.clear()
+        try:
+            async with running(consumer) as task:
+                log = await TopicLog(tansu.bootstrap, topics.verdicts).start()
+                first = disc_frames(6, SIZE, seed=5000 + n, tag=f"s{n}")
+                await publish(cam, topics.frames, first)
+                missing, _ = await settle(log, {f.frame_id for f in first}, tansu.bootstrap,
+                                          topics, 60)  # fmt: skip
+                assert not missing
+                stale = await wait_all_committed(tansu.bootstrap, topics.group, topics.frames)
+                assert stale == {0: 6}
+                await log.stop()
+                tansu.crash()
+                await asyncio.sleep(OUTAGE_S)
+                tansu.start()
+                await ensure_topics(tansu.bootstrap, one)
+                landed = await _commit_alone(tansu.bootstrap, topics.group, topics.frames, 6)
+                after = disc_frames(10, SIZE, seed=5000 + n + 50, tag=f"t{n}")
+                await publish(cam, topics.frames, after)
+                log = await TopicLog(tansu.bootstrap, topics.verdicts).start()
+                missing, _ = await settle(log, {f.frame_id for f in after}, tansu.bootstrap,
+                                          topics, 30)  # fmt: skip
+                await log.stop()
+                assert not task.done()
+        finally:
+            await cam.stop()
+        rewound = any("another log" in r.getMessage() for r in caplog.records)
+        outcomes.append({"landed": int(landed), "rewound": int(rewound),
+                         "missing": len(missing)})  # fmt: skip
+        return landed and rewound or bool(missing)
+
+    for n in range(STALE_TRIES):
+        if asyncio.run(trial(n)):
+            break
+    report("S2", holds=not any(o["missing"] for o in outcomes), stale_position=True,
+           tries=len(outcomes), outcomes=outcomes)  # fmt: skip
+    assert all(o["missing"] == 0 for o in outcomes), outcomes
+    if not any(o["landed"] and o["rewound"] for o in outcomes):
+        pytest.skip(f"the consumer rejoined before the stale position landed: {outcomes}")
+
+
+async def _commit_alone(bootstrap: str, group: str, topic: str, offset: int) -> bool:
+    """Commit ``offset`` for partition 0 as a client outside the group (generation -1);
+    whether the broker took it."""
+    client = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                              enable_auto_commit=False)  # fmt: skip
+    await client.start()
+    try:
+        client.assign([TopicPartition(topic, 0)])
+        await client.commit({TopicPartition(topic, 0): offset})
+        return True
+    except KafkaError:
+        return False
+    finally:
+        await client.stop()
 
 
 def _run(command: str) -> None:
