@@ -38,7 +38,7 @@ from tests.consumers.kafka_io import (
     running,
     wait_all_committed,
 )
-from tests.reliability.probes import EngineProxy, ProductBug, TopicLog, early_commits
+from tests.reliability.probes import EngineProxy, TopicLog, early_commits
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -196,13 +196,6 @@ class GatedEngine(EngineProxy):
         return results
 
 
-@pytest.mark.xfail(
-    strict=False,
-    raises=ProductBug,
-    reason="B1, partly fixed: no commit outside the group, none retried across a revoke, and a "
-    "committed offset beyond the log end rewinds; the rejoined consumer can still start past "
-    "2 new frames (3 of 29 runs, see docs/RELIABILITY.md). Not strict: most runs lose none",
-)
 def test_restart_with_a_batch_in_flight(tansu, trained, report):
     """After 8 frames answered and committed, the broker crashes while the next scored
     batch waits for publication (in flight); after the restart the camera publishes 12 new
@@ -271,8 +264,7 @@ def test_restart_with_a_batch_in_flight(tansu, trained, report):
     )  # fmt: skip
     assert all(r["alive"] for r in results), "the consumer stopped: not a recovery"
     assert sum(int(r["silent_ok"]) for r in results) == 0
-    if lost or early:
-        raise ProductBug(f"{lost} frames never answered, {early} offsets committed early")
+    assert (lost, early) == (0, 0), f"{lost} frames never answered, {early} committed early"
 
 
 STALE_TRIES = 3  # the consumer may rejoin before the stale position lands: then try again
