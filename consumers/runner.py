@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from consumers.batcher import collect, keep_polling
@@ -32,14 +32,15 @@ from consumers.errors import (
     PublishError,
 )
 from consumers.frames import Decoded, Frame, KafkaRecord, frame_from_record
-from consumers.lineage import Lineage, replaced_logs
-from consumers.membership import membership_lost, refuse_commits_outside_the_group
+from consumers.lineage import Lineage
+from consumers.membership import refuse_commits_outside_the_group
 from consumers.models import ModelResolver
 from consumers.offsets import OffsetTracker
 from consumers.outcome import Outcome
 from consumers.pipeline import BatchProcessor
 from consumers.publish import Publisher
-from consumers.topics import lost_logs, start_client
+from consumers.rebalance import Rebalancing, names, names_offsets
+from consumers.topics import start_client
 
 if TYPE_CHECKING:
     from configs.settings import Settings
@@ -88,18 +89,7 @@ class Stats:
     committed: dict[str, int] = field(default_factory=dict)  # "topic:partition" -> offset
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, owner: FrameConsumer) -> None:
-        self.owner = owner
-
-    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        await self.owner._on_revoked(list(revoked))
-
-    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-        await self.owner._on_assigned(list(assigned))
-
-
-class FrameConsumer:
+class FrameConsumer(Rebalancing):
     """One member of the ``BDI_KAFKA_GROUP`` consumer group.
 
     ``engine`` / ``store`` default to ones built from ``settings``; ``consumer_options`` /
@@ -176,7 +166,7 @@ class FrameConsumer:
             self._publisher = Publisher(self._producer)
         self._processor = await self._build_processor()
         self._consumer = AIOKafkaConsumer(**self._consumer_kwargs())
-        self._consumer.subscribe([s.kafka_topic_frames], listener=_Rebalance(self))
+        self._consumer.subscribe([s.kafka_topic_frames], listener=self.listener())
         await start_client(self.bootstrap, self._consumer)
         refuse_commits_outside_the_group(self._consumer)
         self.stats.started_at = time.time()
@@ -240,11 +230,6 @@ class FrameConsumer:
         }
         return {**kwargs, **self.producer_options}
 
-    def _reader(self) -> AIOKafkaConsumer:
-        """A client outside the group, as this one connects (see consumers.lineage)."""
-        kwargs = {**self._consumer_kwargs(), "client_id": f"{self.client_id}-check"}
-        return AIOKafkaConsumer(**{**kwargs, "group_id": None})
-
     def _consumer_kwargs(self) -> dict[str, Any]:
         s = self.settings
         kwargs: dict[str, Any] = {
@@ -257,75 +242,6 @@ class FrameConsumer:
             "isolation_level": "read_committed" if s.kafka_exactly_once else "read_uncommitted",
         }
         return {**kwargs, **self.consumer_options}
-
-    # --- rebalances ----------------------------------------------------------------------
-    async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
-        pending = self._pending_commit
-        if pending is not None and not pending.done():
-            pending.cancel()  # see _commit: what it held is returned by revoke() below
-        offsets = self.tracker.revoke(revoked)
-        if offsets and membership_lost(self._consumer):
-            # The coordinator no longer knows this member (session expired, or a broker
-            # restarted without its state): these positions may belong to a log the broker
-            # no longer has, and a real Kafka refuses the commit anyway. Not committing
-            # only means the next owner answers these frames again (identical verdicts).
-            log.warning(
-                "group membership lost: acknowledged offsets not committed",
-                extra={"offsets": _names_offsets(offsets)},
-            )
-            offsets = {}
-        if offsets and self._consumer is not None and self._publisher is not None:
-            try:  # acknowledged work is kept; in-flight work is abandoned (redelivered)
-                self.lineage.committing(offsets)
-                await self._consumer.commit(offsets)
-                self._note_commit(offsets)
-            except KafkaError as exc:
-                log.warning("commit on revoke failed", extra={"error": repr(exc)})
-        self.lineage.forget_fetched(revoked)
-        if self._txn is not None:
-            await self._txn.close(revoked)
-        log.info(
-            "partitions revoked",
-            extra={"partitions": _names(revoked), "committed": _names_offsets(offsets)},
-        )
-
-    async def _on_assigned(self, assigned: list[TopicPartition]) -> None:
-        epoch = self.tracker.assign(assigned)
-        log.info("partitions assigned", extra={"partitions": _names(assigned), "epoch": epoch})
-        if self._consumer is not None:
-            rewind = await lost_logs(self._consumer, assigned)
-            rest = [tp for tp in assigned if tp not in rewind]
-            rewind += await replaced_logs(self._consumer, rest, self.lineage, self._reader)
-            if rewind:
-                await self._rewind(rewind)
-        if self._txn is None:
-            return
-        try:
-            await self._txn.open(assigned)
-        except Exception as exc:  # aiokafka would only log it: the partitions would stall
-            message = f"cannot open transactional producers: {type(exc).__name__}: {exc}"
-            self._fatal = PublishError(message)
-            log.error("stopping", extra={"error": message})
-            self.request_stop()
-
-    async def _rewind(self, tps: list[TopicPartition]) -> None:
-        """Read ``tps`` from their start. The fetcher may already have returned records
-        from the committed position: they keep the epoch they were fetched in, which ends
-        here, so they are dropped and fetched again in order. The seek and the new epoch
-        happen with no await between them: no record fetched after the seek carries the
-        old epoch, and none from before it the new one."""
-        assert self._consumer is not None
-        try:
-            starts = await self._consumer.beginning_offsets(tps)
-        except KafkaError as exc:
-            log.warning("cannot rewind", extra={"error": repr(exc), "partitions": _names(tps)})
-            return
-        for tp in tps:
-            self._consumer.seek(tp, starts[tp])
-        epoch = self.tracker.assign(tps)
-        self.lineage.forget_fetched(tps)
-        log.info("partitions read from their start", extra={"partitions": _names(tps),
-                                                             "epoch": epoch})  # fmt: skip
 
     # --- the loop ------------------------------------------------------------------------
     async def _loop(self) -> None:
@@ -463,13 +379,13 @@ class FrameConsumer:
         if task.cancelled():
             log.warning(
                 "commit abandoned: partitions revoked while it waited",
-                extra={"offsets": _names_offsets(offsets)},
+                extra={"offsets": names_offsets(offsets)},
             )
             return
         exc = task.exception()
         if isinstance(exc, KafkaError):  # rebalanced meanwhile: the new owner redoes them
             log.warning(
-                "commit failed", extra={"error": repr(exc), "offsets": _names_offsets(offsets)}
+                "commit failed", extra={"error": repr(exc), "offsets": names_offsets(offsets)}
             )
             return
         if exc is not None:
@@ -479,7 +395,7 @@ class FrameConsumer:
 
     def _note_commit(self, offsets: dict[TopicPartition, int]) -> None:
         self.stats.last_commit_at = time.time()
-        self.stats.committed.update(_names_offsets(offsets))
+        self.stats.committed.update(names_offsets(offsets))
 
     # --- health --------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
@@ -501,7 +417,7 @@ class FrameConsumer:
             "ready": running and self.stats.started_at is not None,
             "group": self.settings.kafka_group,
             "client_id": self.client_id,
-            "partitions": _names(assigned),
+            "partitions": names(assigned),
             "lag": lag,
             "lag_total": sum(lag.values()),
             "verdicts": dict(self.stats.verdicts),
@@ -510,11 +426,3 @@ class FrameConsumer:
             "committed": dict(self.stats.committed),
             "models": resolver.versions() if resolver is not None else {},
         }
-
-
-def _names(tps: Sequence[TopicPartition]) -> list[str]:
-    return sorted(f"{tp.topic}:{tp.partition}" for tp in tps)
-
-
-def _names_offsets(offsets: dict[TopicPartition, int]) -> dict[str, int]:
-    return {f"{tp.topic}:{tp.partition}": value for tp, value in offsets.items()}

@@ -109,7 +109,7 @@ def test_a_batch_wait_longer_than_the_poll_interval_is_harmless(
     not: the wait is spent inside ``getmany``, which aiokafka does not count as idle. Only
     the scoring of a batch (measured above) runs outside it; nothing relates that to
     ``max_poll_interval_ms``, at start-up or at run time."""
-    caplog.set_level(logging.INFO, logger="consumers.runner")
+    caplog.set_level(logging.INFO, logger="consumers")
     topics = make_topics(partitions=1)
     boot = kafka_broker.bootstrap
     settings = trained.settings(batch_wait_ms=3000, batch_max=64, **topics.settings(boot))
