@@ -84,39 +84,34 @@ class Lineage(Generic[TP]):
 
 
 async def replaced_logs(
-    consumer: AIOKafkaConsumer,
-    assigned: Iterable[TopicPartition],
+    committed: Mapping[TopicPartition, int | None],
     lineage: Lineage[TopicPartition],
     reader: Callable[[], AIOKafkaConsumer],
 ) -> list[TopicPartition]:
-    """The assigned partitions whose committed offset this consumer committed after a
-    record that is no longer at that place, to be read from the start (the caller seeks).
+    """The partitions of ``committed`` (their committed offsets) whose offset this consumer
+    committed after a record that is no longer at that place, to be read from the start
+    (the caller seeks).
 
     ``reader`` makes a client without a group (same connection settings) that reads the
     records to compare. A record that cannot be read (gone, or the broker not answering)
     proves nothing, and the committed offset is kept.
     """
     checks: dict[TopicPartition, tuple[int, Identity]] = {}
-    try:
-        for tp in assigned:
-            committed = await consumer.committed(tp)
-            ident = lineage.anchor(tp, committed)
-            if committed and ident is not None:
-                checks[tp] = (committed, ident)
-    except KafkaError as exc:
-        log.warning("cannot check committed offsets", extra={"error": repr(exc)})
-        return []
+    for tp, offset in committed.items():
+        ident = lineage.anchor(tp, offset)
+        if offset and ident is not None:
+            checks[tp] = (offset, ident)
     if not checks:
         return []
     found = await _read_before(reader, {tp: c for tp, (c, _) in checks.items()})
     replaced = []
-    for tp, (committed, ident) in checks.items():
+    for tp, (offset, ident) in checks.items():
         record = found.get(tp)
         if record is None or identity(record) == ident:
             continue
         log.warning(
             "committed offset belongs to another log: reading from the start",
-            extra={"partition": f"{tp.topic}-{tp.partition}", "committed": committed},
+            extra={"partition": f"{tp.topic}-{tp.partition}", "committed": offset},
         )
         replaced.append(tp)
     return replaced

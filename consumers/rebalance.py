@@ -18,7 +18,7 @@ from consumers.lineage import Lineage, replaced_logs
 from consumers.membership import membership_lost
 from consumers.offsets import OffsetTracker
 from consumers.publish import Publisher
-from consumers.topics import lost_logs
+from consumers.topics import committed_offsets, lost_logs
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +82,10 @@ class Rebalancing:
         epoch = self.tracker.assign(assigned)
         log.info("partitions assigned", extra={"partitions": names(assigned), "epoch": epoch})
         if self._consumer is not None:
-            rewind = await lost_logs(self._consumer, assigned)
-            rest = [tp for tp in assigned if tp not in rewind]
-            rewind += await replaced_logs(self._consumer, rest, self.lineage, self._reader)
+            committed = await committed_offsets(self._consumer, assigned)
+            rewind = await lost_logs(self._consumer, committed)
+            rest = {tp: c for tp, c in committed.items() if tp not in rewind}
+            rewind += await replaced_logs(rest, self.lineage, self._reader)
             if rewind:
                 await self._rewind(rewind)
         if self._txn is None:

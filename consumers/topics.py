@@ -28,8 +28,20 @@ async def start_client(bootstrap: str, client: Any) -> None:
         raise BrokerUnavailableError(f"cannot reach Kafka at {bootstrap}: {exc}") from None
 
 
-async def lost_logs(
+async def committed_offsets(
     consumer: AIOKafkaConsumer, assigned: Iterable[TopicPartition]
+) -> dict[TopicPartition, int | None]:
+    """The group's committed offset of each partition (None: none committed); empty when
+    the broker does not answer (the regular reset policy then applies)."""
+    try:
+        return {tp: await consumer.committed(tp) for tp in assigned}
+    except KafkaError as exc:
+        log.warning("cannot check committed offsets", extra={"error": repr(exc)})
+        return {}
+
+
+async def lost_logs(
+    consumer: AIOKafkaConsumer, committed: Mapping[TopicPartition, int | None]
 ) -> list[TopicPartition]:
     """The partitions whose committed offset lies beyond their end, to be read from the
     start (the caller seeks).
@@ -38,23 +50,22 @@ async def lost_logs(
     recreated). Kafka would reset such a position only once the new log grew past it,
     skipping every frame below it; answered twice is better than never.
     """
-    tps = list(assigned)
     lost: list[TopicPartition] = []
-    if not tps:
+    if not committed:
         return lost
     try:
-        ends = await consumer.end_offsets(tps)
-        for tp in tps:
-            committed = await consumer.committed(tp)
-            if committed is not None and tp in ends and committed > ends[tp]:
-                log.warning(
-                    "committed offset beyond the end of the log: reading from the start",
-                    extra={"partition": f"{tp.topic}-{tp.partition}",
-                           "committed": committed, "log_end": ends[tp]},
-                )  # fmt: skip
-                lost.append(tp)
+        ends = await consumer.end_offsets(list(committed))
     except KafkaError as exc:  # the regular reset policy still applies
-        log.warning("cannot check committed offsets", extra={"error": repr(exc)})
+        log.warning("cannot read the ends of the logs", extra={"error": repr(exc)})
+        return lost
+    for tp, offset in committed.items():
+        if offset is not None and tp in ends and offset > ends[tp]:
+            log.warning(
+                "committed offset beyond the end of the log: reading from the start",
+                extra={"partition": f"{tp.topic}-{tp.partition}",
+                       "committed": offset, "log_end": ends[tp]},
+            )  # fmt: skip
+            lost.append(tp)
     return lost
 
 

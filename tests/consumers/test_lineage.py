@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from consumers.broker import LocalBroker, free_port
 from consumers.lineage import Lineage, identity, replaced_logs
-from consumers.topics import ensure_topics
+from consumers.topics import committed_offsets, ensure_topics
 
 
 @dataclass
@@ -118,7 +118,7 @@ async def _replaced(
         def reader() -> AIOKafkaConsumer:
             return AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
 
-        return await replaced_logs(consumer, [tp], lineage, reader)
+        return await replaced_logs(await committed_offsets(consumer, [tp]), lineage, reader)
     finally:
         await consumer.stop()
 
@@ -190,7 +190,8 @@ def test_a_position_committed_elsewhere_or_unreadable_is_kept(own_broker) -> Non
         await consumer.start()
         try:
             consumer.assign([tp])
-            unreadable = await replaced_logs(consumer, [tp], lineage, dead_reader)
+            committed = await committed_offsets(consumer, [tp])
+            unreadable = await replaced_logs(committed, lineage, dead_reader)
         finally:
             await consumer.stop()
         return elsewhere, unreadable
