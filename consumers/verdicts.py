@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import orjson
 
 from consumers.frames import Decoded, Failure, Source
+from engine.errors import NON_FINITE
 
 if TYPE_CHECKING:
     from engine import Inference
@@ -114,13 +115,15 @@ def region_dict(region: Region) -> dict[str, Any]:
 def inference_failure(inference: Inference) -> Failure | None:
     """Why an engine answer must not stand as OK/NG (``None``: it may)."""
     if inference.verdict == "ERROR":
-        return Failure("InferenceError", inference.error or "inference failed")
+        # the engine's own finding of a non-finite score keeps its policy name
+        kind = NON_FINITE if inference.error_kind == NON_FINITE else "InferenceError"
+        return Failure(kind, inference.error or "inference failed")
     if inference.verdict == "NO_MODEL":
         return Failure("UncalibratedModelError", inference.error or "no model", "NO_MODEL")
     if inference.verdict not in ("OK", "NG"):
         return Failure("InferenceError", f"unknown engine verdict {inference.verdict!r}")
     if finite(inference.score) is None:
-        return Failure("NonFiniteScoreError", f"anomaly score {inference.score!r} is not finite")
+        return Failure(NON_FINITE, f"anomaly score {inference.score!r} is not finite")
     if finite(inference.threshold) is None:
         return Failure("InvalidThresholdError", f"threshold {inference.threshold!r} is unusable")
     return None

@@ -18,7 +18,7 @@ from engine import calibration as calib
 from engine.anomaly_map import anomaly_maps, full_size_box, resize_map
 from engine.backbone import RANDOM_WEIGHTS, Backbone, load_backbone
 from engine.device import DeviceSpec, select_device
-from engine.errors import EngineError
+from engine.errors import NON_FINITE, EngineError
 from engine.heatmap import heatmap_png
 from engine.images import to_tensor
 from engine.patchcore import (
@@ -360,7 +360,8 @@ class Engine:
         if not math.isfinite(value) or not np.isfinite(patches).all():
             return Inference(
                 "ERROR", None, threshold, model_version=model.version,
-                error="non-finite anomaly score", random_backbone=random_bb,
+                error="non-finite anomaly score", error_kind=NON_FINITE,
+                random_backbone=random_bb,
             )  # fmt: skip
         h, w = item.image.shape[:2]
         mm = item.mm_per_px if item.mm_per_px is not None else model.meta.mm_per_px

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+# ``Inference.error_kind`` of a frame whose score or patch scores came out NaN or infinite
+# (NaN / inf features, a broken index): the error class the front doors report for it
+NON_FINITE = "NonFiniteScoreError"
+
 
 class EngineError(Exception):
     """Base class of every error the engine raises on purpose."""

@@ -70,6 +70,18 @@ def test_a_non_finite_score_is_an_error_never_ok(engine_verdict, score):
     assert orjson.loads(v.to_json())["score"] is None  # valid JSON: no NaN literal
 
 
+def test_the_engines_own_non_finite_finding_keeps_its_error_class():
+    inf = Inference("ERROR", None, 24.0, error="non-finite anomaly score",
+                    error_kind="NonFiniteScoreError", model_version="m")  # fmt: skip
+    v = build_verdict(decoded(), inf, None, T)
+    assert (v.verdict, v.error_class, v.error) == (
+        "ERROR", "NonFiniteScoreError", "non-finite anomaly score")  # fmt: skip
+    assert v.dead_lettered
+    other = Inference("ERROR", None, 24.0, error="GridMismatchError: 16x16",
+                      error_kind="GridMismatchError")  # fmt: skip
+    assert build_verdict(decoded(), other, None, T).error_class == "InferenceError"
+
+
 def test_a_missing_threshold_is_an_error():
     v = build_verdict(decoded(), Inference("OK", 3.0, math.nan, model_version="m"), None, T)
     assert v.verdict == "ERROR" and v.error_class == "InvalidThresholdError"

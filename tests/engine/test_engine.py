@@ -193,6 +193,7 @@ def test_non_finite_score_is_an_error_never_ok(
         assert result.verdict == "ERROR"
         assert result.score is None
         assert result.error and "non-finite" in result.error
+        assert result.error_kind == "NonFiniteScoreError"
 
 
 def test_grid_mismatch_is_confined_to_its_frames(

@@ -166,6 +166,8 @@ def test_nan_inf_and_engine_exceptions_mid_batch(
             assert v["verdict"] == "ERROR" and v["dead_lettered"], v
             assert v["score"] is None or math.isfinite(v["score"])
             assert fid in dead
+            if fault in (NAN_FEATURES, INF_FEATURES, OK_NAN_SCORE):  # KAFKA.md's policy
+                assert v["error_class"] == "NonFiniteScoreError", v
     for group in failed_groups:  # a failed batch holds a batch-level fault
         assert {fault_of[f] for f in group} & set(BATCH_FAULTS), group
         assert all(by_id[f][0]["verdict"] == "ERROR" for f in group)
