@@ -20,7 +20,7 @@ from edge.deps import AppState, require_api_key
 from edge.diagnostics import Diagnostics
 from edge.errors import as_bdi_error, error_body
 from edge.metrics import ApiMetrics
-from edge.middleware import ApiMiddleware
+from edge.middleware import ApiMiddleware, BodyDeadline
 from edge.routes import datasets, health, inference, models, training
 from engine import Engine
 from store import ModelStore
@@ -29,6 +29,7 @@ _HTTP_CODES = {
     401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "payload_too_large",
     415: "unsupported_media_type",
 }
@@ -178,5 +179,6 @@ def create_app(
         max_body=int(settings.max_upload_mb * 1024 * 1024),
         metrics=state.metrics,
         diagnostics=state.diagnostics,
+        deadline=BodyDeadline(settings.body_timeout_s, settings.body_min_rate_kb_s),
     )
     return app

@@ -1,5 +1,5 @@
-"""The API's outer ASGI layer: request ids, the request-body bound, metrics, the access
-log, and the last line of defence against unexpected exceptions.
+"""The API's outer ASGI layer: request ids, the request-body bound and deadline, metrics,
+the access log, and the last line of defence against unexpected exceptions.
 
 Pure ASGI rather than ``BaseHTTPMiddleware``: the body bound has to sit between the
 socket and the form parser, so that a too-large upload is refused after at most
@@ -8,11 +8,12 @@ socket and the form parser, so that a too-large upload is refused after at most
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import traceback
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from starlette.exceptions import HTTPException
@@ -35,6 +36,34 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"request body exceeds {limit} bytes (BDI_MAX_UPLOAD_MB)")
 
 
+class BodyTimeout(HTTPException):
+    """Raised from ``receive`` when a body arrives too slowly (see :class:`BodyDeadline`);
+    an ``HTTPException`` for the same reason as :class:`BodyTooLarge`. The connection is
+    closed with the answer: the rest of the body is never read."""
+
+    def __init__(self, received: int, seconds: float) -> None:
+        super().__init__(
+            408,
+            f"request body too slow: {received} bytes in {seconds:.1f} s "
+            "(BDI_BODY_TIMEOUT_S, BDI_BODY_MIN_RATE_KB_S)",
+            headers={"Connection": "close"},
+        )
+
+
+class BodyDeadline(NamedTuple):
+    """How long a request body may take: ``timeout_s`` to start with, plus a second for
+    every ``min_rate_kb_s`` KiB received (a large upload on a slow link keeps going; a body
+    trickled a few bytes at a time is cut). ``timeout_s`` 0: no deadline."""
+
+    timeout_s: float = 30.0
+    min_rate_kb_s: float = 64.0
+
+    def allowance(self, received: int) -> float:
+        """Seconds a body may have taken by the time ``received`` bytes have arrived."""
+        rate = self.min_rate_kb_s * 1024.0
+        return self.timeout_s + (received / rate if rate > 0 else 0.0)
+
+
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", []):
         if key == name:
@@ -51,10 +80,16 @@ def _route_of(scope: Scope) -> str:
 
 class ApiMiddleware:
     def __init__(
-        self, app: ASGIApp, max_body: int, metrics: ApiMetrics, diagnostics: Diagnostics
+        self,
+        app: ASGIApp,
+        max_body: int,
+        metrics: ApiMetrics,
+        diagnostics: Diagnostics,
+        deadline: BodyDeadline | None = None,
     ) -> None:
         self.app = app
         self.max_body = max_body
+        self.deadline = deadline or BodyDeadline()
         self.metrics = metrics
         self.diag = diagnostics
 
@@ -103,6 +138,15 @@ class ApiMiddleware:
         except BodyTooLarge as exc:  # raised outside FastAPI's body parsing
             if not status["sent"]:
                 await _send_json(send, 413, error_body("payload_too_large", exc.detail, rid))
+        except BodyTimeout as exc:  # raised outside FastAPI's body parsing
+            self.diag.log(
+                "error", level="warning", status=408, error="request_timeout",
+                message=exc.detail, method=scope.get("method"), path=scope.get("path"),
+            )  # fmt: skip
+            if not status["sent"]:
+                await _send_json(
+                    send, 408, error_body("request_timeout", exc.detail, rid), close=True
+                )
         except Exception as exc:  # noqa: BLE001 - no traceback ever reaches a client
             self.diag.log(
                 "error", level="error", status=500, error="internal_error",
@@ -115,15 +159,28 @@ class ApiMiddleware:
                 )
 
     def _bounded(self, receive: Receive) -> Receive:
+        """``receive`` with the body's size bound and deadline (until its last chunk)."""
         seen = 0
+        complete = self.deadline.timeout_s <= 0
+        started = time.monotonic()
 
         async def bounded() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, complete
+            if complete:
+                message = await receive()
+            else:
+                left = started + self.deadline.allowance(seen) - time.monotonic()
+                try:
+                    message = await asyncio.wait_for(receive(), max(left, 0.0))
+                except TimeoutError:
+                    raise BodyTimeout(seen, time.monotonic() - started) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_body:
                     raise BodyTooLarge(self.max_body)
+                complete = complete or not message.get("more_body", False)
+            else:  # the client went away: nothing more to wait for
+                complete = True
             return message
 
         return bounded
@@ -147,16 +204,13 @@ class ApiMiddleware:
         )
 
 
-async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
+async def _send_json(send: Send, status: int, body: dict[str, Any], close: bool = False) -> None:
     payload = orjson.dumps(body)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-            ],
-        }
-    )
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+    ]
+    if close:  # part of the request is still unread: the connection cannot be reused
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})

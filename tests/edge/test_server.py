@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import select
 import socket
 import threading
 import time
@@ -135,3 +136,78 @@ def test_oversized_upload_is_refused_before_it_is_sent(live_server):
     assert reply.startswith("HTTP/1.1 413"), reply[:100]
     # (the loop above gives up after 10 s: an answer means it came without the body)
     assert "payload_too_large" in reply and "x-request-id" in reply.lower()
+
+
+def _multipart_infer(image: bytes) -> tuple[bytes, bytes]:
+    """Request head and body of a multipart ``/infer`` upload, for raw sockets."""
+    boundary = b"BDIBOUNDARY"
+    parts = [(f'Content-Disposition: form-data; name="{k}"'.encode(), v.encode())
+             for k, v in IDS.items()]  # fmt: skip
+    parts.append((b'Content-Disposition: form-data; name="image"; filename="f.png"\r\n'
+                  b"Content-Type: image/png", image))  # fmt: skip
+    body = b"".join(b"--" + boundary + b"\r\n" + h + b"\r\n\r\n" + c + b"\r\n" for h, c in parts)
+    body += b"--" + boundary + b"--\r\n"
+    head = (
+        b"POST /infer HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary="
+        + boundary + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+    )  # fmt: skip
+    return head, body
+
+
+def _answer(sock: socket.socket, limit_s: float) -> tuple[str, bool, float]:
+    """Read until the server closes or ``limit_s`` passes: (reply, closed, seconds)."""
+    start = time.monotonic()
+    reply, closed = b"", False
+    sock.settimeout(0.2)
+    while time.monotonic() - start < limit_s:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            continue
+        if not chunk:
+            closed = True
+            break
+        reply += chunk
+    return reply.decode("latin-1"), closed, time.monotonic() - start
+
+
+def test_slow_bodies_are_cut_and_timely_ones_are_read(live_server):
+    """A body that stalls, or trickles below the minimum rate, gets 408 and a closed
+    connection once its allowance is spent; one that keeps the rate is read whole."""
+    server = live_server(body_timeout_s=1.0, body_min_rate_kb_s=1.0)
+    port = urlparse(server.url).port
+    head, body = _multipart_infer(ok_png(5))
+    assert len(body) > 2048
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as stalled:
+        stalled.sendall(head + body[:100])  # then nothing
+        reply, closed, seconds = _answer(stalled, 10)
+    assert reply.startswith("HTTP/1.1 408"), reply[:200]
+    assert '"error":"request_timeout"' in reply and "x-request-id" in reply.lower()
+    assert closed and 0.9 < seconds < 5, (closed, seconds)
+
+    # 10 bytes every 50 ms (200 B/s) against 1 s + 1 s per KiB: cut after about 1.2 s
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as trickle:
+        trickle.sendall(head)
+        start, sent = time.monotonic(), 0
+        while sent < len(body) and not select.select([trickle], [], [], 0)[0]:
+            trickle.sendall(body[sent : sent + 10])
+            sent += 10
+            time.sleep(0.05)
+        reply, closed, _ = _answer(trickle, 10)
+    assert reply.startswith("HTTP/1.1 408"), reply[:200]
+    assert closed and sent < len(body) and time.monotonic() - start < 6
+
+    # the whole body in three pieces, 0.3 s apart: within the allowance, read and answered
+    # (no model was trained here: the answer names the missing model, so the form was read)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as timely:
+        timely.sendall(head)
+        third = len(body) // 3
+        for piece in (body[:third], body[third : 2 * third], body[2 * third :]):
+            time.sleep(0.3)
+            timely.sendall(piece)
+        reply, _, _ = _answer(timely, 3)
+    assert reply.startswith("HTTP/1.1 400"), reply[:300]
+    assert '"error":"missing_memory"' in reply, reply
+    # the server still answers everyone else
+    assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200

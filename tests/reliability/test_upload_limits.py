@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[2]
 BOUND_MB = 8
 MEMORY_BOUND_MIB = 200  # the body bound is 8 MiB; buffering a 200 MB body would show
 SLOW_S = 4.0
+BODY_TIMEOUT_S = 8.0  # BDI_BODY_TIMEOUT_S: past the slow valid upload's 4 s at 100 B/s
 SLOWLORIS = 32  # connections trickling their bodies at the same time
 
 
@@ -41,7 +42,8 @@ def server(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BDI_", "BRAKEDISC_"))}
     env.update({f"BDI_{k.upper()}": str(v) for k, v in TINY.items()})
-    env.update(BDI_MODELS_DIR=str(tmp_path / "models"), BDI_MAX_UPLOAD_MB=str(BOUND_MB))
+    env.update(BDI_MODELS_DIR=str(tmp_path / "models"), BDI_MAX_UPLOAD_MB=str(BOUND_MB),
+               BDI_BODY_TIMEOUT_S=str(BODY_TIMEOUT_S))  # fmt: skip
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "edge.cli", "serve", "--port", str(port)],
@@ -89,6 +91,23 @@ def raw(port: int, head: bytes, chunks, *, pause_s: float = 0.0) -> tuple[str, i
                 break
             reply += data
     return reply.decode("latin-1"), sent
+
+
+def read_until_closed(sock: socket.socket, deadline: float) -> tuple[str, bool]:
+    """Everything the server sends until it closes, or until ``deadline`` (monotonic)."""
+    reply = b""
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            break
+        except ConnectionResetError:
+            return reply.decode("latin-1"), True
+        if not data:
+            return reply.decode("latin-1"), True
+        reply += data
+    return reply.decode("latin-1"), False
 
 
 def multipart(parts: list[tuple[bytes, bytes]], boundary: bytes = b"BDIBOUNDARY") -> bytes:
@@ -177,6 +196,7 @@ def test_upload_limits_and_slow_bodies(server, report):
     valid = multipart([*id_parts(), (image + b"\r\nContent-Type: image/png", ok_png(2))])
     slow_replies: list[str] = []
     idle: list[socket.socket] = []
+    stalled_at = time.monotonic()
     for _ in range(SLOWLORIS - 1):
         sock = socket.create_connection(("127.0.0.1", port), timeout=30)
         sock.sendall(post_head("/infer", len(valid)) + valid[:100])
@@ -192,7 +212,13 @@ def test_upload_limits_and_slow_bodies(server, report):
     during = infer_latencies(url, 20)
     uploader.join(60)
     still_open = sum(1 for s in idle if not select.select([s], [], [], 0)[0])
+    # the stalled bodies' deadline: each is answered 408 and closed, none is left open
+    cut, cut_after = 0, 0.0
     for sock in idle:
+        reply, closed = read_until_closed(sock, stalled_at + BODY_TIMEOUT_S + 10)
+        if reply.startswith("HTTP/1.1 408") and "request_timeout" in reply and closed:
+            cut += 1
+            cut_after = max(cut_after, time.monotonic() - stalled_at)
         sock.close()
     memory_after = proc_memory(proc.pid)
     answers["slow_valid_upload"] = status(slow_replies[0]) if slow_replies else 0
@@ -209,9 +235,12 @@ def test_upload_limits_and_slow_bodies(server, report):
         growth_mib=growth, infer_baseline=percentiles_ms(baseline),
         infer_during_slow_uploads=percentiles_ms(during), slow_connections=SLOWLORIS,
         slow_connections_still_open_after_s=(still_open, SLOW_S),
+        stalled_bodies_cut_408=(cut, len(idle)), last_cut_after_s=round(cut_after, 1),
+        body_timeout_s=BODY_TIMEOUT_S,
     )  # fmt: skip
     assert all(code < 500 for code in answers.values()), answers
     for name, codes in expected.items():
         assert answers[name] in codes, (name, answers)
     assert sent["chunked_200MB"] < 4 * BOUND_MB * 2**20, sent  # cut near the bound
     assert growth < MEMORY_BOUND_MIB, (memory_before, memory_after)
+    assert cut == len(idle), (cut, len(idle))
