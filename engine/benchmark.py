@@ -13,6 +13,7 @@ import torch
 
 from configs.settings import load_settings
 from engine.engine import Engine, InferItem
+from engine.errors import EngineError
 from engine.images import read_image, to_tensor
 from engine.metrics import auroc
 
@@ -21,6 +22,14 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 def _images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _read(path: Path) -> np.ndarray:
+    """An image of the data set; a file that cannot be read is named in the error."""
+    try:
+        return read_image(str(path))
+    except (OSError, EngineError) as exc:
+        raise ValueError(f"{path}: {exc}") from exc
 
 
 def _progress(stage: str, done: int, total: int) -> None:
@@ -34,14 +43,21 @@ def load_mvtec(
     train_dir = root / "train" / "good"
     if not train_dir.is_dir():
         raise FileNotFoundError(f"{train_dir} not found: --data must be an MVTec-layout folder")
+    test_dir = root / "test"
+    if not test_dir.is_dir():
+        raise FileNotFoundError(f"{test_dir} not found: --data must be an MVTec-layout folder")
     train = _images(train_dir)
+    if not train:
+        raise ValueError(f"no PNG/JPEG images in {train_dir}")
     if max_train:
         train = train[:max_train]
     tests = []
-    for sub in sorted(p for p in (root / "test").iterdir() if p.is_dir()):
+    for sub in sorted(p for p in test_dir.iterdir() if p.is_dir()):
         for path in _images(sub):
             mask = root / "ground_truth" / sub.name / f"{path.stem}_mask.png"
             tests.append((path, int(sub.name != "good"), mask if mask.is_file() else None))
+    if not tests:
+        raise ValueError(f"no PNG/JPEG images in the folders of {test_dir} (good, <defect>...)")
     return train, tests
 
 
@@ -67,8 +83,8 @@ def evaluate(
     """Fit on ``root/train/good``, score ``root/test``; the numbers as a dict."""
     settings = engine.settings
     train_paths, tests = load_mvtec(root, max_train)
-    train = [read_image(str(p)) for p in train_paths]
-    test_images = [read_image(str(p)) for p, _, _ in tests]
+    train = [_read(p) for p in train_paths]
+    test_images = [_read(p) for p, _, _ in tests]
     print(f"{len(train)} train / {len(test_images)} test images on {engine.spec.describe()}",
           file=sys.stderr)  # fmt: skip
 

@@ -34,6 +34,29 @@ def test_bench_engine_rejects_non_mvtec_folder(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        (["train/good"], "test not found"),  # no test folder
+        (["train/good", "test/good"], "no PNG/JPEG images in"),  # no training image
+        (["train/good/a.png", "test/good"], "no PNG/JPEG images in the folders of"),
+        (["train/good/a.png", "test/good/b.png"], "a.png: empty image"),
+    ],
+)
+def test_bench_engine_refuses_empty_sets_with_a_message(tmp_path, capsys, layout, message):
+    for entry in layout:
+        path = tmp_path / entry
+        if path.suffix:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"")  # an empty file: not an image
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+    assert main(["bench", "engine", "--data", str(tmp_path), "--json"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bdi: error:") and message in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
     ("flag", "value"), [("--batch", "0"), ("--rounds", "0"), ("--chunk", "-1"), ("--batch", "x")]
 )
 def test_bench_engine_refuses_bad_counts_before_any_work(tmp_path, capsys, flag, value):
