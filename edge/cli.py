@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     eng.add_argument("--weights", default=None, help="backbone weights file, or 'random'")
     eng.add_argument("--size", type=int, default=224)
     eng.add_argument("--coreset-rate", type=float, default=0.1)
-    eng.add_argument("--max-train", type=int, default=0, help="0 = all training images")
+    eng.add_argument("--max-train", type=_count(0), default=0, help="0 = all training images")
     eng.add_argument("--knn", choices=["exact", "ivf"], default=None)
     eng.add_argument("--batch", type=_count(1), default=16, help="frames per engine call")
     eng.add_argument(

@@ -57,7 +57,14 @@ def test_bench_engine_refuses_empty_sets_with_a_message(tmp_path, capsys, layout
 
 
 @pytest.mark.parametrize(
-    ("flag", "value"), [("--batch", "0"), ("--rounds", "0"), ("--chunk", "-1"), ("--batch", "x")]
+    ("flag", "value"),
+    [
+        ("--max-train", "-1"),
+        ("--batch", "0"),
+        ("--rounds", "0"),
+        ("--chunk", "-1"),
+        ("--batch", "x"),
+    ],
 )
 def test_bench_engine_refuses_bad_counts_before_any_work(tmp_path, capsys, flag, value):
     with pytest.raises(SystemExit) as stop:
