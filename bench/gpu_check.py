@@ -1,6 +1,6 @@
 """CUDA path check: prints one JSON object of numbers. Run on a GPU machine:
 
-    python bench/gpu_check.py [--sizes 1,32,256] [--fit-images 200]
+    python bench/gpu_check.py [--sizes 1,32,256] [--fit-images 200] [--bank-images 200]
 
 bf16 backbone throughput of dinov2_vits14 (random weights: speed only) at several batch
 sizes, GPU coreset time, exact GPU kNN time, and a full fit of 200 synthetic images.
@@ -45,6 +45,8 @@ def main() -> int:
     parser.add_argument("--sizes", default="1,32,256")
     parser.add_argument("--fit-images", type=int, default=200)
     parser.add_argument("--image-size", type=int, default=224)
+    # images of 256 patches behind the coreset and kNN timings
+    parser.add_argument("--bank-images", type=int, default=200)
     args = parser.parse_args()
     settings = load_settings(backbone="dinov2_vits14", backbone_weights="random",
                              require_cuda=False, image_size=args.image_size)  # fmt: skip
@@ -57,11 +59,12 @@ def main() -> int:
         x = torch.randn(b, 3, args.image_size, args.image_size)
         out[f"backbone_img_per_s_b{b}"] = round(b / _timed(lambda x=x: bb(x)), 1)
     rng = np.random.default_rng(0)
-    feats = torch.from_numpy(rng.standard_normal((200 * 256, 384), dtype=np.float32))
+    n = args.bank_images * 256
+    feats = torch.from_numpy(rng.standard_normal((n, 384), dtype=np.float32))
     feats = feats.to(engine.spec.device)
-    t = _timed(lambda: greedy_coreset(feats, len(feats) // 10), repeat=1)
-    out["coreset_s_51200_to_5120"] = round(t, 3)
-    bank = rng.standard_normal((5120, 384), dtype=np.float32)
+    t = _timed(lambda: greedy_coreset(feats, n // 10), repeat=1)
+    out[f"coreset_s_{n}_to_{n // 10}"] = round(t, 3)
+    bank = rng.standard_normal((n // 10, 384), dtype=np.float32)
     index = KnnIndex("exact", use_gpu=True).fit(bank)
     queries = rng.standard_normal((32, 256, 384), dtype=np.float32)
     out["knn_gpu_index"] = index.use_gpu
@@ -73,7 +76,9 @@ def main() -> int:
     out[f"fit_s_{args.fit_images}_images"] = round(time.perf_counter() - t0, 2)
     out["fit_timings_s"] = {k: round(v, 3) for k, v in fit.timings_s.items()}
     items = [InferItem(fit.model, img) for img in images[:64]]
-    out["infer_img_per_s_b64"] = round(64 / _timed(lambda: engine.infer(items)), 1)
+    out[f"infer_img_per_s_b{len(items)}"] = round(
+        len(items) / _timed(lambda: engine.infer(items)), 1
+    )
     print(orjson.dumps(out).decode())
     return 0
 
