@@ -45,23 +45,28 @@ def identity(record: KafkaRecord) -> Identity:
 
 
 class Lineage(Generic[TP]):
-    """Identities of fetched records, and of the record before each position committed.
-    Not thread-safe: used from the event loop only."""
+    """Fetched records not yet behind a commit, and the identity of the record before each
+    position committed. Not thread-safe: used from the event loop only.
+
+    A record's identity (a CRC of its value) is taken only for the one record each commit
+    follows, not for every frame fetched; until then the record is held, as the batch that
+    scores it holds it anyway."""
 
     def __init__(self) -> None:
-        self._fetched: dict[TP, dict[int, Identity]] = {}
+        self._fetched: dict[TP, dict[int, KafkaRecord]] = {}
         self._anchors: dict[TP, deque[tuple[int, Identity]]] = {}
 
     def fetched(self, tp: TP, record: KafkaRecord) -> None:
-        self._fetched.setdefault(tp, {})[record.offset] = identity(record)
+        self._fetched.setdefault(tp, {})[record.offset] = record
 
     def committing(self, offsets: Mapping[TP, int]) -> None:
         """Call before sending a commit (it may land even if its answer is lost)."""
         for tp, offset in offsets.items():
             seen = self._fetched.get(tp, {})
-            before = seen.get(offset - 1)
-            if before is None:
+            record = seen.get(offset - 1)
+            if record is None:
                 continue
+            before = identity(record)
             anchors = self._anchors.setdefault(tp, deque(maxlen=ANCHORS_KEPT))
             if (offset, before) not in anchors:
                 anchors.append((offset, before))
