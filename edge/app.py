@@ -20,7 +20,7 @@ from edge.deps import AppState, require_api_key
 from edge.diagnostics import Diagnostics
 from edge.errors import as_bdi_error, error_body
 from edge.metrics import ApiMetrics
-from edge.middleware import ApiMiddleware, BodyDeadline
+from edge.middleware import ApiMiddleware, BodyDeadline, BodyError
 from edge.routes import datasets, health, inference, models, training
 from engine import Engine
 from store import ModelStore
@@ -29,8 +29,6 @@ _HTTP_CODES = {
     401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
-    408: "request_timeout",
-    413: "payload_too_large",
     415: "unsupported_media_type",
 }
 
@@ -96,7 +94,12 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
-        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        # a body bound (size, deadline) names its own code
+        code = (
+            exc.code
+            if isinstance(exc, BodyError)
+            else _HTTP_CODES.get(exc.status_code, "http_error")
+        )
         headers = dict(exc.headers) if exc.headers else None
         return _error_response(request, exc.status_code, code, str(exc.detail), headers)
 

@@ -13,6 +13,7 @@ import re
 import time
 import traceback
 import uuid
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import orjson
@@ -28,18 +29,28 @@ REQUEST_ID_HEADER = "x-request-id"
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
-class BodyTooLarge(HTTPException):
-    """Raised from ``receive`` once the body passes the bound. An ``HTTPException`` so that
-    FastAPI's body parsing re-raises it as it is instead of answering 400."""
+class BodyError(HTTPException):
+    """Raised from ``receive`` when a request body breaks a bound: an ``HTTPException`` so
+    that FastAPI's body parsing re-raises it as it is instead of answering 400. ``code``:
+    the error code of the answer."""
+
+    code = "bad_request"
+
+
+class BodyTooLarge(BodyError):
+    """The body passed ``BDI_MAX_UPLOAD_MB``."""
+
+    code = "payload_too_large"
 
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"request body exceeds {limit} bytes (BDI_MAX_UPLOAD_MB)")
 
 
-class BodyTimeout(HTTPException):
-    """Raised from ``receive`` when a body arrives too slowly (see :class:`BodyDeadline`);
-    an ``HTTPException`` for the same reason as :class:`BodyTooLarge`. The connection is
-    closed with the answer: the rest of the body is never read."""
+class BodyTimeout(BodyError):
+    """The body arrives too slowly (see :class:`BodyDeadline`). The connection is closed
+    with the answer: the rest of the body is never read."""
+
+    code = "request_timeout"
 
     def __init__(self, received: int, seconds: float) -> None:
         super().__init__(
@@ -135,18 +146,14 @@ class ApiMiddleware:
             return
         try:
             await self.app(scope, self._bounded(receive), send)
-        except BodyTooLarge as exc:  # raised outside FastAPI's body parsing
-            if not status["sent"]:
-                await _send_json(send, 413, error_body("payload_too_large", exc.detail, rid))
-        except BodyTimeout as exc:  # raised outside FastAPI's body parsing
+        except BodyError as exc:  # raised outside FastAPI's body parsing
             self.diag.log(
-                "error", level="warning", status=408, error="request_timeout",
+                "error", level="warning", status=exc.status_code, error=exc.code,
                 message=exc.detail, method=scope.get("method"), path=scope.get("path"),
             )  # fmt: skip
             if not status["sent"]:
-                await _send_json(
-                    send, 408, error_body("request_timeout", exc.detail, rid), close=True
-                )
+                body = error_body(exc.code, exc.detail, rid)
+                await _send_json(send, exc.status_code, body, exc.headers)
         except Exception as exc:  # noqa: BLE001 - no traceback ever reaches a client
             self.diag.log(
                 "error", level="error", status=500, error="internal_error",
@@ -204,13 +211,14 @@ class ApiMiddleware:
         )
 
 
-async def _send_json(send: Send, status: int, body: dict[str, Any], close: bool = False) -> None:
+async def _send_json(
+    send: Send, status: int, body: dict[str, Any], headers: Mapping[str, str] | None = None
+) -> None:
     payload = orjson.dumps(body)
-    headers = [
+    raw = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(payload)).encode()),
+        *((k.lower().encode(), v.encode()) for k, v in (headers or {}).items()),
     ]
-    if close:  # part of the request is still unread: the connection cannot be reused
-        headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": payload})

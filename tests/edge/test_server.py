@@ -15,7 +15,16 @@ import httpx
 import pytest
 
 from engine.images import PNG_MAGIC
-from tests.edge.conftest import IDS, files, ng_png, ok_png
+from tests.edge.conftest import (
+    IDS,
+    files,
+    id_parts,
+    multipart,
+    ng_png,
+    ok_png,
+    post_head,
+    read_until_closed,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -138,50 +147,21 @@ def test_oversized_upload_is_refused_before_it_is_sent(live_server):
     assert "payload_too_large" in reply and "x-request-id" in reply.lower()
 
 
-def _multipart_infer(image: bytes) -> tuple[bytes, bytes]:
-    """Request head and body of a multipart ``/infer`` upload, for raw sockets."""
-    boundary = b"BDIBOUNDARY"
-    parts = [(f'Content-Disposition: form-data; name="{k}"'.encode(), v.encode())
-             for k, v in IDS.items()]  # fmt: skip
-    parts.append((b'Content-Disposition: form-data; name="image"; filename="f.png"\r\n'
-                  b"Content-Type: image/png", image))  # fmt: skip
-    body = b"".join(b"--" + boundary + b"\r\n" + h + b"\r\n\r\n" + c + b"\r\n" for h, c in parts)
-    body += b"--" + boundary + b"--\r\n"
-    head = (
-        b"POST /infer HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary="
-        + boundary + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
-    )  # fmt: skip
-    return head, body
-
-
-def _answer(sock: socket.socket, limit_s: float) -> tuple[str, bool, float]:
-    """Read until the server closes or ``limit_s`` passes: (reply, closed, seconds)."""
-    start = time.monotonic()
-    reply, closed = b"", False
-    sock.settimeout(0.2)
-    while time.monotonic() - start < limit_s:
-        try:
-            chunk = sock.recv(65536)
-        except TimeoutError:
-            continue
-        if not chunk:
-            closed = True
-            break
-        reply += chunk
-    return reply.decode("latin-1"), closed, time.monotonic() - start
-
-
 def test_slow_bodies_are_cut_and_timely_ones_are_read(live_server):
     """A body that stalls, or trickles below the minimum rate, gets 408 and a closed
     connection once its allowance is spent; one that keeps the rate is read whole."""
     server = live_server(body_timeout_s=1.0, body_min_rate_kb_s=1.0)
     port = urlparse(server.url).port
-    head, body = _multipart_infer(ok_png(5))
+    image = b'Content-Disposition: form-data; name="image"; filename="f.png"'
+    body = multipart([*id_parts(), (image + b"\r\nContent-Type: image/png", ok_png(5))])
+    head = post_head("/infer", len(body))
     assert len(body) > 2048
 
     with socket.create_connection(("127.0.0.1", port), timeout=10) as stalled:
         stalled.sendall(head + body[:100])  # then nothing
-        reply, closed, seconds = _answer(stalled, 10)
+        start = time.monotonic()
+        reply, closed = read_until_closed(stalled, start + 10)
+        seconds = time.monotonic() - start
     assert reply.startswith("HTTP/1.1 408"), reply[:200]
     assert '"error":"request_timeout"' in reply and "x-request-id" in reply.lower()
     assert closed and 0.9 < seconds < 5, (closed, seconds)
@@ -194,7 +174,7 @@ def test_slow_bodies_are_cut_and_timely_ones_are_read(live_server):
             trickle.sendall(body[sent : sent + 10])
             sent += 10
             time.sleep(0.05)
-        reply, closed, _ = _answer(trickle, 10)
+        reply, closed = read_until_closed(trickle, time.monotonic() + 10)
     assert reply.startswith("HTTP/1.1 408"), reply[:200]
     assert closed and sent < len(body) and time.monotonic() - start < 6
 
@@ -206,7 +186,7 @@ def test_slow_bodies_are_cut_and_timely_ones_are_read(live_server):
         for piece in (body[:third], body[third : 2 * third], body[2 * third :]):
             time.sleep(0.3)
             timely.sendall(piece)
-        reply, _, _ = _answer(timely, 3)
+        reply, _ = read_until_closed(timely, time.monotonic() + 3)
     assert reply.startswith("HTTP/1.1 400"), reply[:300]
     assert '"error":"missing_memory"' in reply, reply
     # the server still answers everyone else

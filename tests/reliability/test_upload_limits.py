@@ -24,7 +24,15 @@ import pytest
 
 from consumers.broker import free_port
 from tests.conftest import TINY
-from tests.edge.conftest import IDS, files, ok_png
+from tests.edge.conftest import (
+    IDS,
+    files,
+    id_parts,
+    multipart,
+    ok_png,
+    post_head,
+    read_until_closed,
+)
 from tests.reliability.probes import percentiles_ms, proc_memory
 
 pytestmark = pytest.mark.slow
@@ -91,42 +99,6 @@ def raw(port: int, head: bytes, chunks, *, pause_s: float = 0.0) -> tuple[str, i
                 break
             reply += data
     return reply.decode("latin-1"), sent
-
-
-def read_until_closed(sock: socket.socket, deadline: float) -> tuple[str, bool]:
-    """Everything the server sends until it closes, or until ``deadline`` (monotonic)."""
-    reply = b""
-    while (left := deadline - time.monotonic()) > 0:
-        sock.settimeout(left)
-        try:
-            data = sock.recv(65536)
-        except TimeoutError:
-            break
-        except ConnectionResetError:
-            return reply.decode("latin-1"), True
-        if not data:
-            return reply.decode("latin-1"), True
-        reply += data
-    return reply.decode("latin-1"), False
-
-
-def multipart(parts: list[tuple[bytes, bytes]], boundary: bytes = b"BDIBOUNDARY") -> bytes:
-    """``parts``: (part headers, content) -> body."""
-    out = b"".join(b"--" + boundary + b"\r\n" + h + b"\r\n\r\n" + c + b"\r\n" for h, c in parts)
-    return out + b"--" + boundary + b"--\r\n"
-
-
-def post_head(path: str, length: int | None, boundary: bytes = b"BDIBOUNDARY") -> bytes:
-    size = f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked"
-    return (
-        f"POST {path} HTTP/1.1\r\nHost: bdi\r\nContent-Type: multipart/form-data; "
-        f"boundary={boundary.decode()}\r\n{size}\r\n\r\n"
-    ).encode()
-
-
-def id_parts() -> list[tuple[bytes, bytes]]:
-    return [(f'Content-Disposition: form-data; name="{k}"'.encode(), v.encode())
-            for k, v in IDS.items()]  # fmt: skip
 
 
 def chunked(first: bytes, rest) -> Iterator[bytes]:
