@@ -55,6 +55,27 @@ SLOW_BATCH_SHARE = 0.5  # warn when scoring a batch takes this share of max_poll
 DEFAULT_MAX_POLL_INTERVAL_MS = 300_000  # aiokafka's
 
 
+def check_batch_time(per_frame_s: float, batch_max: int, max_poll_interval_ms: int) -> bool:
+    """At start-up, relate the backbone's measured time per frame (:meth:`Engine.warm_up`)
+    to the poll interval: a full batch whose backbone alone takes more than
+    ``SLOW_BATCH_SHARE`` of ``max_poll_interval_ms`` will be a "slow batch" every time.
+    Logs the estimate, warns when it does not fit; True when it fits."""
+    batch_s = per_frame_s * batch_max
+    limit_s = SLOW_BATCH_SHARE * max_poll_interval_ms / 1000
+    fits = batch_s <= limit_s
+    figures = {"frames": batch_max, "backbone_ms_per_frame": round(per_frame_s * 1e3, 2),
+               "backbone_s_per_batch": round(batch_s, 3),
+               "max_poll_interval_ms": max_poll_interval_ms}  # fmt: skip
+    if fits:
+        log.info("engine warmed up", extra=figures)
+    else:
+        log.warning(
+            "full batch too slow for the poll interval",
+            extra={**figures, "frames_that_fit": int(limit_s / per_frame_s)},
+        )
+    return fits
+
+
 def require_bootstrap(settings: Settings) -> str:
     """The bootstrap servers; also refuses topic settings that would feed outputs back in."""
     if not settings.kafka_bootstrap:
@@ -217,6 +238,10 @@ class FrameConsumer(Rebalancing):
             )
         # load the backbone now: missing weights fail start-up, not the first frame
         await loop.run_in_executor(self._infer_pool, self.engine.backbone)
+        per_frame_s = await loop.run_in_executor(
+            self._infer_pool, self.engine.warm_up, self.settings.batch_max
+        )
+        check_batch_time(per_frame_s, self.settings.batch_max, self._max_poll_interval_ms)
         if self.store is None:
             self.store = ModelStore(self.settings, use_gpu=self.engine.spec.is_cuda)
         resolver = ModelResolver(self.store, self.settings.model_poll_s)

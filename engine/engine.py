@@ -148,6 +148,22 @@ class Engine:
             return out[0]  # one forward (the usual batch): no copy
         return np.concatenate(out) if out else np.empty((0, 0, 0, 0), np.float32)
 
+    def warm_up(self, frames: int) -> float:
+        """Run the configured backbone twice on one forward of ``min(frames, batch_size)``
+        synthetic images at the configured input size, and return the second run's seconds
+        per frame. The first run pays for lazy set-up (kernel selection, allocator growth),
+        so the first real batch does not; the second is a lower bound of what a frame
+        costs (decoding, resizing and the kNN come on top)."""
+        size = self.settings.image_size
+        n = max(1, min(frames, self.batch_size))
+        noise = np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+        images = list(noise)
+        bb = self.backbone()
+        self.embed(images, bb, size)
+        t0 = time.perf_counter()
+        self.embed(images, bb, size)
+        return (time.perf_counter() - t0) / n
+
     # --- training -------------------------------------------------------------------------
     def fit(
         self,

@@ -402,3 +402,25 @@ def test_ng_frame_regions_are_unchanged_when_only_the_cells_near_them_are_search
             assert ra.mean_score == pytest.approx(rb.mean_score, rel=1e-5, abs=1e-5)
     # fewer than every patch of the two NG frames was searched
     assert 0 < sum(searched) < 2 * 28 * 28
+
+
+def test_warm_up_runs_one_forward_twice_and_times_the_second(
+    make_engine: Callable[..., Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = make_engine(engine_batch_size=3)
+    bb = engine.backbone()
+    forward = bb.forward
+    sizes: list[tuple[int, ...]] = []
+
+    def counting(x):
+        sizes.append(tuple(x.shape))
+        return forward(x)
+
+    monkeypatch.setattr(bb, "forward", counting)
+    size = engine.settings.image_size
+    per_frame = engine.warm_up(16)
+    assert sizes == [(3, 3, size, size)] * 2  # one forward of the engine's size, twice
+    assert 0 < per_frame < 10
+    sizes.clear()
+    engine.warm_up(2)
+    assert sizes == [(2, 3, size, size)] * 2  # a smaller batch than a forward: its own size
