@@ -113,6 +113,8 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = _env("shutdown_grace_s", default=10.0, ge=0.0, le=3600.0)
     model_poll_s: float = _env("model_poll_s", default=2.0, gt=0.0, le=3600.0)
     max_frame_mb: float = _env("max_frame_mb", default=16.0, gt=0.0, le=1024.0)
+    # refuse frames without a content_sha256 header (JPEG has no checksum of its own)
+    require_checksum: bool = _env("require_checksum", default=False)
     consumer_health_port: int = _env("consumer_health_port", default=0, ge=0, le=65535)
     consumer_health_host: str = _env("consumer_health_host", default="127.0.0.1")
 

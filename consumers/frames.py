@@ -205,14 +205,23 @@ def frame_from_record(record: KafkaRecord, epoch: int, fetched_at: float | None 
     )
 
 
-def decode_frame(frame: Frame, max_bytes: int, max_pixels: int) -> Decoded:
+def decode_frame(
+    frame: Frame, max_bytes: int, max_pixels: int, require_checksum: bool = False
+) -> Decoded:
     """Bound and decode one frame; runs in a worker thread (OpenCV releases the GIL).
 
     A frame that already failed on its headers is not decoded: its verdict is ``ERROR``
-    whatever the pixels say.
+    whatever the pixels say. ``require_checksum`` (``BDI_REQUIRE_CHECKSUM``): a frame
+    without a ``content_sha256`` header is refused, so no damaged transfer that still
+    decodes can be scored.
     """
     if frame.failure is not None:
         return Decoded(frame, None, frame.failure)
+    if require_checksum and frame.meta.content_sha256 is None:
+        missing = MissingHeaderError(
+            f"missing header(s): {CHECKSUM} (required: BDI_REQUIRE_CHECKSUM=1)"
+        )
+        return Decoded(frame, None, Failure.of(missing))
     data = frame.value or b""
     if len(data) > max_bytes:
         too_large = FrameTooLargeError(f"frame of {len(data)} bytes exceeds {max_bytes} bytes")

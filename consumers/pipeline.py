@@ -47,8 +47,11 @@ class BatchProcessor:
     async def decode(self, frames: Sequence[Frame], pool: Executor) -> list[Decoded]:
         """Decode a batch in ``pool``'s threads, order kept."""
         loop = asyncio.get_running_loop()
-        max_px = self.settings.max_image_pixels
-        jobs = [loop.run_in_executor(pool, decode_frame, f, self.max_bytes, max_px) for f in frames]
+        max_px, checksum = self.settings.max_image_pixels, self.settings.require_checksum
+        jobs = [
+            loop.run_in_executor(pool, decode_frame, f, self.max_bytes, max_px, checksum)
+            for f in frames
+        ]
         return list(await asyncio.gather(*jobs))
 
     def infer(self, batch: Sequence[Decoded]) -> list[Outcome]:

@@ -166,6 +166,19 @@ def test_a_frame_damaged_after_its_checksum_is_refused_though_it_decodes():
     assert decode_frame(frame(value=damaged), 1 << 20, 10_000).image is not None
 
 
+def test_a_frame_without_a_checksum_is_refused_when_one_is_required():
+    value = png(np.zeros((8, 8, 3), np.uint8))
+    d = decode_frame(frame(value=value), 1 << 20, 10_000, require_checksum=True)
+    assert d.image is None and d.failure is not None
+    assert d.failure.error_class == "MissingHeaderError" and d.failure.verdict == "ERROR"
+    assert "content_sha256" in d.failure.message and "BDI_REQUIRE_CHECKSUM" in d.failure.message
+    sound = decode_frame(
+        _with_checksum(value, hashlib.sha256(value).hexdigest()), 1 << 20, 10_000, True
+    )
+    assert sound.failure is None and sound.image is not None
+    assert decode_frame(frame(value=value), 1 << 20, 10_000).image is not None  # default: off
+
+
 @pytest.mark.parametrize("digest", ["abc", "z" * 64, "0" * 63, "0" * 65])
 def test_a_malformed_checksum_header_is_invalid(digest):
     f = _with_checksum(b"", digest)

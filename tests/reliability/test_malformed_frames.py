@@ -183,7 +183,7 @@ def test_1000_malformed_frames_interleaved_with_good_ones(
     assert growth < MEMORY_BOUND_MIB, memory
 
 
-def corrupt_jpegs(n: int, checksum: bool = False) -> list[FrameSpec]:
+def corrupt_jpegs(n: int, checksum: bool = False, tag: str = "corrupt-jpeg") -> list[FrameSpec]:
     """Baseline JPEGs whose entropy-coded data has a run of bytes zeroed (a damaged
     transfer or encoder): libjpeg warns "Corrupt JPEG data" and still returns pixels, or
     does not even notice. ``checksum``: each carries the SHA-256 of the sound JPEG, as a
@@ -194,17 +194,19 @@ def corrupt_jpegs(n: int, checksum: bool = False) -> list[FrameSpec]:
         data = bytearray(sound)
         at = len(data) // 3 + i * len(data) // (3 * n)
         data[at : at + 16] = bytes(16)
-        fid = f"corrupt-jpeg-{i}"
+        fid = f"{tag}-{i}"
         digest = hashlib.sha256(sound).hexdigest() if checksum else None
         out.append(FrameSpec(fid, bytes(data), headers(fid, content_sha256=digest), b"cj"))
     return out
 
 
-def _verdicts_of(frames: list[FrameSpec], kafka_broker, make_topics, trained) -> TopicLog:
+def _verdicts_of(
+    frames: list[FrameSpec], kafka_broker, make_topics, trained, **overrides: object
+) -> TopicLog:
     """Every verdict a consumer publishes for ``frames``, sent to a fresh topic."""
     topics = make_topics(partitions=1)
     boot = kafka_broker.bootstrap
-    settings = trained.settings(**topics.settings(boot))
+    settings = trained.settings(**topics.settings(boot), **overrides)
 
     async def scenario() -> TopicLog:
         log = await TopicLog(boot, topics.verdicts).start()
@@ -248,3 +250,31 @@ def test_corrupt_jpegs_that_carry_their_checksum_are_all_refused(
            corrupt_jpegs=len(frames), refused=classes)  # fmt: skip
     assert {v["verdict"] for v in log.values} == {"ERROR"}
     assert classes == ["ChecksumMismatchError"]
+
+
+def test_with_checksums_required_no_corrupt_jpeg_is_scored(
+    kafka_broker, make_topics, trained, report
+):
+    """S5d: a line that sets ``BDI_REQUIRE_CHECKSUM=1``. The damaged JPEGs of S5b without a
+    checksum are refused (``MissingHeaderError``), those with one are verified
+    (``ChecksumMismatchError``), and a sound frame that carries its checksum is scored."""
+    bare, signed = corrupt_jpegs(4), corrupt_jpegs(4, checksum=True, tag="signed-jpeg")
+    value = encode_jpeg(make_ok(95_100, SIZE).image, 95)
+    digest = hashlib.sha256(value).hexdigest()
+    sound = FrameSpec("sound-jpeg", value, headers("sound-jpeg", content_sha256=digest), b"cj")
+    frames = [*bare, *signed, sound]
+    log = _verdicts_of(frames, kafka_broker, make_topics, trained, require_checksum=True)
+    by_id = {v["frame_id"]: v for v in log.values}
+    refused = {fid: (v["verdict"], v.get("error_class")) for fid, v in by_id.items()}
+    report("S5d", holds=len(by_id) == len(frames)
+           and all(refused[f.frame_id] == ("ERROR", "MissingHeaderError") for f in bare)
+           and all(refused[f.frame_id] == ("ERROR", "ChecksumMismatchError") for f in signed)
+           and by_id["sound-jpeg"]["verdict"] in ("OK", "NG"),
+           corrupt_jpegs=len(bare) + len(signed),
+           scored=sum(1 for v in log.values if v["verdict"] in ("OK", "NG")))  # fmt: skip
+    assert len(by_id) == len(frames)
+    for f in bare:
+        assert refused[f.frame_id] == ("ERROR", "MissingHeaderError"), refused
+    for f in signed:
+        assert refused[f.frame_id] == ("ERROR", "ChecksumMismatchError"), refused
+    assert by_id["sound-jpeg"]["verdict"] in ("OK", "NG"), by_id["sound-jpeg"]
