@@ -9,10 +9,53 @@ batch without delaying a lone frame by more than ``BDI_BATCH_WAIT_MS``.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+SLOW_BATCH_SHARE = 0.5  # warn when scoring a batch takes this share of max_poll_interval_ms
+DEFAULT_MAX_POLL_INTERVAL_MS = 300_000  # aiokafka's
+
+
+def _slow_s(max_poll_interval_ms: int) -> float:
+    """Scoring time past which a batch counts as slow."""
+    return SLOW_BATCH_SHARE * max_poll_interval_ms / 1000
+
+
+def check_batch_time(per_frame_s: float, batch_max: int, max_poll_interval_ms: int) -> bool:
+    """At start-up, relate the backbone's measured time per frame (:meth:`Engine.warm_up`)
+    to the poll interval: a full batch whose backbone alone takes more than
+    ``SLOW_BATCH_SHARE`` of ``max_poll_interval_ms`` will be a "slow batch" every time.
+    Logs the estimate, warns when it does not fit; True when it fits."""
+    batch_s = per_frame_s * batch_max
+    limit_s = _slow_s(max_poll_interval_ms)
+    fits = batch_s <= limit_s
+    figures = {"frames": batch_max, "backbone_ms_per_frame": round(per_frame_s * 1e3, 2),
+               "backbone_s_per_batch": round(batch_s, 3),
+               "max_poll_interval_ms": max_poll_interval_ms}  # fmt: skip
+    if fits:
+        log.info("engine warmed up", extra=figures)
+    else:
+        log.warning(
+            "full batch too slow for the poll interval",
+            extra={**figures, "frames_that_fit": int(limit_s / per_frame_s)},
+        )
+    return fits
+
+
+def note_batch_time(scoring_s: float, frames: int, max_poll_interval_ms: int) -> None:
+    """At run time, warn of a batch scored for more than ``SLOW_BATCH_SHARE`` of the poll
+    interval: :func:`keep_polling` keeps the member in the group, but the line is falling
+    behind its camera."""
+    if scoring_s > _slow_s(max_poll_interval_ms):
+        log.warning(
+            "slow batch",
+            extra={"frames": frames, "scoring_s": round(scoring_s, 3),
+                   "max_poll_interval_ms": max_poll_interval_ms},
+        )  # fmt: skip
 
 
 class RecordSource(Protocol):

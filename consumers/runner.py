@@ -24,7 +24,13 @@ from typing import TYPE_CHECKING, Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from consumers.batcher import collect, keep_polling
+from consumers.batcher import (
+    DEFAULT_MAX_POLL_INTERVAL_MS,
+    check_batch_time,
+    collect,
+    keep_polling,
+    note_batch_time,
+)
 from consumers.eos import TransactionalPublisher, check_transactions
 from consumers.errors import (
     ConsumerError,
@@ -51,29 +57,6 @@ log = logging.getLogger(__name__)
 
 HEADROOM = 256 * 1024  # dead letters carry the frame plus error headers
 KEEPALIVE_POLL_MS = 100  # empty polls of paused partitions while a long batch is scored
-SLOW_BATCH_SHARE = 0.5  # warn when scoring a batch takes this share of max_poll_interval_ms
-DEFAULT_MAX_POLL_INTERVAL_MS = 300_000  # aiokafka's
-
-
-def check_batch_time(per_frame_s: float, batch_max: int, max_poll_interval_ms: int) -> bool:
-    """At start-up, relate the backbone's measured time per frame (:meth:`Engine.warm_up`)
-    to the poll interval: a full batch whose backbone alone takes more than
-    ``SLOW_BATCH_SHARE`` of ``max_poll_interval_ms`` will be a "slow batch" every time.
-    Logs the estimate, warns when it does not fit; True when it fits."""
-    batch_s = per_frame_s * batch_max
-    limit_s = SLOW_BATCH_SHARE * max_poll_interval_ms / 1000
-    fits = batch_s <= limit_s
-    figures = {"frames": batch_max, "backbone_ms_per_frame": round(per_frame_s * 1e3, 2),
-               "backbone_s_per_batch": round(batch_s, 3),
-               "max_poll_interval_ms": max_poll_interval_ms}  # fmt: skip
-    if fits:
-        log.info("engine warmed up", extra=figures)
-    else:
-        log.warning(
-            "full batch too slow for the poll interval",
-            extra={**figures, "frames_that_fit": int(limit_s / per_frame_s)},
-        )
-    return fits
 
 
 def require_bootstrap(settings: Settings) -> str:
@@ -347,15 +330,7 @@ class FrameConsumer(Rebalancing):
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         outcomes = await loop.run_in_executor(self._infer_pool, self._processor.infer, batch)
-        took_s = time.monotonic() - started
-        limit_s = self._max_poll_interval_ms / 1000
-        if took_s > SLOW_BATCH_SHARE * limit_s:
-            # kept in the group by keep_polling, but the line is falling behind its camera
-            log.warning(
-                "slow batch",
-                extra={"frames": len(batch), "scoring_s": round(took_s, 3),
-                       "max_poll_interval_ms": self._max_poll_interval_ms},
-            )  # fmt: skip
+        note_batch_time(time.monotonic() - started, len(batch), self._max_poll_interval_ms)
         live = [o for o in outcomes if self.tracker.is_current(_tp(o.frame), o.frame.epoch)]
         self.stats.dropped_revoked += len(outcomes) - len(live)
         self.stats.batches += 1

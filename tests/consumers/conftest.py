@@ -8,6 +8,7 @@ a testcontainers Apache Kafka when a Docker engine answers, else the Tansu binar
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -140,6 +141,16 @@ class Trained:
     def consumer(self, settings: Settings) -> FrameConsumer:
         """An in-process group member sharing the session's engine."""
         return FrameConsumer(settings, engine=self.engine, consumer_options=dict(GROUP_OPTIONS))
+
+
+TOO_SLOW = "full batch too slow for the poll interval"  # consumers.batcher.check_batch_time
+
+
+def batcher_logs(caplog: pytest.LogCaptureFixture, message: str) -> list[logging.LogRecord]:
+    """What ``consumers.batcher`` logged as ``message`` (its pacing warnings and notes)."""
+    return [
+        r for r in caplog.records if r.name == "consumers.batcher" and r.getMessage() == message
+    ]
 
 
 def train_model(engine: Engine, seeds: range) -> tuple[object, float]:

@@ -4,6 +4,12 @@ the first; records stamped as they arrive."""
 from __future__ import annotations
 
 import asyncio
+import logging
+
+import pytest
+
+from consumers.batcher import SLOW_BATCH_SHARE, check_batch_time, note_batch_time
+from tests.consumers.conftest import TOO_SLOW, batcher_logs
 
 
 class Source:
@@ -111,3 +117,38 @@ def test_keep_polling_pauses_polls_empty_and_resumes() -> None:
     assert carry == []  # nothing read ahead while paused
     assert source.polls >= 2  # it kept fetching: the membership clock runs
     assert source.paused() == {"p1"}  # what it paused is resumed, nothing else
+
+
+def test_a_batch_within_the_share_of_the_interval_fits(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="consumers")
+    # 16 frames at 10 ms: 0.16 s, against half of a 1 s interval
+    assert check_batch_time(0.010, 16, 1000)
+    [record] = batcher_logs(caplog, "engine warmed up")
+    assert record.levelno == logging.INFO
+    assert record.backbone_s_per_batch == pytest.approx(0.16)
+    assert not batcher_logs(caplog, TOO_SLOW)
+
+
+def test_a_batch_past_the_share_of_the_interval_is_warned_with_what_fits(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="consumers")
+    # 64 frames at 20 ms: 1.28 s, against half of a 2 s interval: 50 frames fit
+    assert not check_batch_time(0.020, 64, 2000)
+    [record] = batcher_logs(caplog, TOO_SLOW)
+    assert record.levelno == logging.WARNING
+    assert record.frames == 64 and record.max_poll_interval_ms == 2000
+    assert record.frames_that_fit == 50 == int(SLOW_BATCH_SHARE * 2.0 / 0.020)
+    assert not batcher_logs(caplog, "engine warmed up")
+
+
+def test_a_batch_scored_past_the_share_of_the_interval_is_a_slow_batch(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="consumers")
+    note_batch_time(0.4, 16, 1000)  # within half of 1 s
+    assert not batcher_logs(caplog, "slow batch")
+    note_batch_time(0.6, 16, 1000)
+    [record] = batcher_logs(caplog, "slow batch")
+    assert record.levelno == logging.WARNING and record.frames == 16
+    assert record.scoring_s == 0.6 and record.max_poll_interval_ms == 1000

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from consumers import FrameConsumer
-from tests.consumers.conftest import SIZE
+from tests.consumers.conftest import SIZE, TOO_SLOW
 from tests.consumers.kafka_io import committed, disc_frames, produce, running
 from tests.reliability.probes import EngineProxy, ProductBug, TopicLog
 
@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 GROUP = {"session_timeout_ms": 1000, "heartbeat_interval_ms": 200, "rebalance_timeout_ms": 1000}
 OBSERVE_S = 15.0
-STARTUP_CHECK = ("engine warmed up", "full batch too slow for the poll interval")
+STARTUP_CHECK = ("engine warmed up", TOO_SLOW)
 
 
 class SlowEngine(EngineProxy):
