@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = _env("api_key", default=None)
     max_upload_mb: float = _env("max_upload_mb", default=64.0, gt=0.0, le=4096.0)
     # a request body must arrive within this many seconds, plus one per BODY_MIN_RATE_KB_S
-    # KiB received; 0 = no deadline (edge.middleware.BodyDeadline)
+    # KiB received; 0 = no deadline (edge.api.middleware.BodyDeadline)
     body_timeout_s: float = _env("body_timeout_s", default=30.0, ge=0.0, le=3600.0)
     body_min_rate_kb_s: float = _env("body_min_rate_kb_s", default=64.0, ge=0.0)
     max_concurrent_fits: int = _env("max_concurrent_fits", default=1, ge=1, le=64)

@@ -23,8 +23,8 @@ from configs.settings import Settings
 from consumers import FrameConsumer
 from consumers.broker import LocalBroker
 from consumers.topics import ensure_topics
+from edge.simulator.discs import make_ng, make_ok
 from engine import Engine
-from engine.synthetic import make_ng, make_ok
 from store import ModelStore
 from tests.conftest import tiny_settings
 from tests.consumers.kafka_io import supports_transactions

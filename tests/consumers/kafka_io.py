@@ -17,7 +17,7 @@ from aiokafka.structs import ConsumerRecord
 
 from consumers import FrameConsumer
 from consumers.topics import topic_partitions
-from engine.synthetic import encode_jpeg, encode_png, make_ng, make_ok
+from edge.simulator.discs import encode_jpeg, encode_png, make_ng, make_ok
 
 RECIPE, ROLE, ROI = "disc-a", "Master1", "inspection-1"
 WAIT_S = 120.0  # a generous deadline for *arrival*; nothing asserts on durations

@@ -13,7 +13,7 @@ import pytest
 
 from consumers.dlq import dead_letter
 from consumers.frames import Failure, frame_from_record
-from engine.synthetic import encode_jpeg, encode_png, make_ng, make_ok
+from edge.simulator.discs import encode_jpeg, encode_png, make_ng, make_ok
 from tests.consumers.conftest import SIZE, noise_png
 from tests.consumers.kafka_io import (
     FrameSpec,

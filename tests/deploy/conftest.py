@@ -146,7 +146,7 @@ def parse_bdi(argv: list[str]) -> argparse.Namespace:
 @pytest.fixture(scope="session")
 def served_paths(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
     """Every path the REST API serves (its OpenAPI paths; /health and /metrics among them)."""
-    from edge.app import create_app
+    from edge.api.app import create_app
     from tests.conftest import tiny_settings
 
     app = create_app(tiny_settings(models_dir=tmp_path_factory.mktemp("models")))

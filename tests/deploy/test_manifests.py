@@ -284,7 +284,7 @@ def test_probe_paths_answer_without_the_api_key(tmp_path: Path) -> None:
     """Probes and scrapers send no X-API-Key: their paths must stay open."""
     from fastapi.testclient import TestClient
 
-    from edge.app import create_app
+    from edge.api.app import create_app
     from tests.conftest import tiny_settings
 
     app = create_app(tiny_settings(models_dir=tmp_path / "models", api_key="secret"))

@@ -16,8 +16,8 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from edge.app import create_app
-from engine.synthetic import encode_jpeg, encode_png, make_ng, make_ok
+from edge.api.app import create_app
+from edge.simulator.discs import encode_jpeg, encode_png, make_ng, make_ok
 from tests.conftest import tiny_settings
 
 SIZE = 96  # synthetic ROI size: small enough for seconds-long tests

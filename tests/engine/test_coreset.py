@@ -44,9 +44,26 @@ def _exact_greedy(z: torch.Tensor, k: int, start: int) -> tuple[np.ndarray, floa
     return idx.numpy(), float(radius)
 
 
+def _greedy_gaps(z: torch.Tensor, idx: torch.Tensor) -> list[float]:
+    """For each step after the first, how far (relative, in float64) the picked point is
+    from the farthest point at that step: 0 for an exact greedy pick."""
+    z = z.double()
+    nearest = (z - z[idx[0]]).norm(dim=1)
+    gaps = []
+    for i in idx[1:].tolist():
+        farthest = float(nearest.max())
+        gaps.append((farthest - float(nearest[i])) / farthest)
+        nearest = torch.minimum(nearest, (z - z[i]).norm(dim=1))
+    return gaps
+
+
 @pytest.mark.parametrize("kind", sorted(DATA))
 @pytest.mark.parametrize("seed", [0, 1])
 def test_cpu_selection_equals_dense_rule(kind: str, seed: int) -> None:
+    """Every pick is the farthest point of its step by the float64 rule; on well-spread
+    data the whole sequence equals it. On the clustered data genuine near-ties (float64
+    gaps of ~1e-5 relative) fall either way with the CPU's float32 kernels (seen on an AMD
+    EPYC), so there each pick must be farthest within float32 rounding."""
     features = DATA[kind](seed)
     coreset = greedy_coreset(features, K, projection_dim=PROJ, seed=seed)
     z = random_projection(features, PROJ, seed)
@@ -56,8 +73,12 @@ def test_cpu_selection_equals_dense_rule(kind: str, seed: int) -> None:
 
     assert coreset.indices.dtype == torch.int64
     assert coreset.indices.shape == (K,)
-    np.testing.assert_array_equal(coreset.indices.numpy(), ref_idx)
     assert len(set(coreset.indices.tolist())) == K  # no point picked twice
+    assert max(_greedy_gaps(z, coreset.indices)) < 5e-5
+    if kind == "gaussian":
+        np.testing.assert_array_equal(coreset.indices.numpy(), ref_idx)
+    else:  # near-ties swap neighbouring picks, they do not change what is covered
+        assert len(set(coreset.indices.tolist()) ^ set(ref_idx.tolist())) <= 0.02 * K
 
 
 @pytest.mark.parametrize("seed", [0, 3])

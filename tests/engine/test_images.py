@@ -210,7 +210,7 @@ def test_a_jpeg_whose_damage_libjpeg_notices_is_refused(seed: int) -> None:
     it lost (OpenCV returns them); such a frame is refused rather than scored. (Damage that
     decodes without a warning cannot be told from a sound image: baseline JPEG carries no
     checksum.)"""
-    from engine.synthetic import encode_jpeg, make_ok
+    from edge.simulator.discs import encode_jpeg, make_ok
 
     data = bytearray(encode_jpeg(make_ok(95_000 + seed, 224).image, 95))
     at = len(data) // 3 + seed * len(data) // 24

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from engine.synthetic import encode_jpeg, encode_png, make_ok
+from edge.simulator.discs import encode_jpeg, encode_png, make_ok
 
 PNG_SIG = b"\x89PNG\r\n\x1a\n"
 

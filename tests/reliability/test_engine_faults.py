@@ -24,7 +24,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from engine.synthetic import encode_png, make_ng, make_ok
+from edge.simulator.discs import encode_png, make_ng, make_ok
 from tests.consumers.conftest import SIZE
 from tests.consumers.kafka_io import FrameSpec, committed, headers, produce, running
 from tests.reliability.probes import EngineProxy, TopicLog, early_commits

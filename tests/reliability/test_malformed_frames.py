@@ -14,9 +14,9 @@ import time
 
 import pytest
 
+from edge.simulator.discs import encode_jpeg, encode_png, make_ng, make_ok
 from engine import InferItem
 from engine.images import decode_image
-from engine.synthetic import encode_jpeg, encode_png, make_ng, make_ok
 from store import ModelStore
 from tests.consumers.conftest import RECIPE, ROI, ROLE, SIZE
 from tests.consumers.kafka_io import FrameSpec, headers, produce, running

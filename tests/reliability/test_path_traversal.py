@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from engine.synthetic import encode_png, make_ng
+from edge.simulator.discs import encode_png, make_ng
 from store import ModelStore
 from tests.edge.conftest import files, ok_png
 from tests.reliability.api_requests import PATH_LIKE, VALID, operations, send

@@ -30,8 +30,8 @@ import cv2
 import numpy as np
 import pytest
 
+from edge.simulator.discs import make_ok
 from engine.patchcore import content_version
-from engine.synthetic import make_ok
 from store import ModelStore, atomic
 from tests.consumers.conftest import SIZE
 from tests.reliability.probes import ProductBug

@@ -1,0 +1,422 @@
+"""``bdi bench pipeline``: camera -> Kafka -> ``bdi consume`` -> verdicts, end to end.
+
+One run, one JSON object:
+
+1. a broker (``BDI_KAFKA_BOOTSTRAP``, else a local Tansu), fresh uniquely named topics, a
+   model trained here on synthetic OK discs and calibrated with held-out OK / NG discs,
+   saved into a temporary store;
+2. ``--consumers`` real ``bdi consume`` processes on that store; the run waits until they
+   own every partition and have answered warm-up frames (not counted);
+3. ``--rounds`` times: an **engine-only baseline** (the same frames, decoded, through
+   ``Engine.infer`` in batches of ``--batch`` in this process, the consumers idle), then a
+   **max-rate run** (all frames published at once as pre-encoded PNGs, the consumers drain
+   the backlog; ``pipeline_img_per_s`` = frames / (first send -> last verdict));
+4. **paced**: as many new frames at 70 % of the best max rate; send -> verdict latency.
+
+Every process and the local broker are stopped at the end, on errors and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from configs.settings import load_settings
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from consumers import LocalBroker
+    from edge.bench.consumers import ConsumerGroup, PhaseResult
+    from edge.simulator.camera import Frame
+    from engine import Engine
+    from engine.patchcore import PatchCoreModel
+
+RECIPE, ROLE, ROI = "bench", "Master1", "inspection-1"
+HELD_OUT_SEED = 3_000_000  # calibration discs: seeds neither training nor cameras use
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    frames: int = 400
+    batch: int = 16
+    size: int = 224
+    consumers: int = 1
+    train_images: int = 30
+    ng_fraction: float = 0.05
+    paced_share: float = 0.7  # of the measured maximum rate
+    bootstrap: str | None = None  # None: BDI_KAFKA_BOOTSTRAP, else a local broker
+    consumer_options: tuple[str, ...] = ()  # KEY=VALUE, as `bdi consume --consumer-option`
+    rounds: int = 1  # engine-only + max-rate pairs; the best of each is reported
+
+    @property
+    def partitions(self) -> int:
+        return max(4, self.consumers)
+
+    @property
+    def timeout_s(self) -> float:
+        """Deadline for a phase's verdicts to *arrive* (nothing is judged on it)."""
+        return 120.0 + self.frames
+
+
+def add_bench_pipeline_command(bench_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = bench_sub.add_parser(
+        "pipeline",
+        help="frames -> Kafka -> bdi consume -> verdicts: throughput vs engine, latency",
+        description="End-to-end benchmark over a real broker (BDI_KAFKA_BOOTSTRAP, else a "
+        "local one): max-rate and paced runs through `bdi consume` processes, with an "
+        "engine-only baseline in the same run. See docs/BENCHMARKS.md.",
+    )
+    p.add_argument("--frames", type=int, default=400, help="frames per run (default 400)")
+    p.add_argument("--batch", type=int, default=16, help="BDI_BATCH_MAX and engine batch")
+    p.add_argument("--size", type=int, default=224, help="ROI and model input size (px)")
+    p.add_argument("--consumers", type=int, default=1, help="bdi consume processes")
+    p.add_argument("--train", type=int, default=30, help="OK images to train from")
+    p.add_argument(
+        "--rounds", type=int, default=1,
+        help="engine-only + max-rate pairs, best of each reported (noisy machines)",
+    )  # fmt: skip
+    p.add_argument(
+        "--consumer-option", action="append", default=[], metavar="KEY=VALUE",
+        help="passed to each bdi consume (repeatable)",
+    )  # fmt: skip
+    p.add_argument("--json", action="store_true", help="only the JSON line on stdout")
+    p.set_defaults(func=cmd_bench_pipeline)
+
+
+def cmd_bench_pipeline(args: argparse.Namespace) -> int:
+    if min(args.frames, args.batch, args.consumers, args.rounds) < 1 or args.train < 2:
+        raise ValueError("--frames, --batch, --consumers and --rounds must be >= 1, --train >= 2")
+    cfg = BenchConfig(
+        frames=args.frames, batch=args.batch, size=args.size, consumers=args.consumers,
+        train_images=args.train, consumer_options=tuple(args.consumer_option),
+        rounds=args.rounds,
+    )  # fmt: skip
+    result = run_pipeline_benchmark(cfg)
+    print(orjson.dumps(result, option=0 if args.json else orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def _say(message: str) -> None:
+    print(f"[bench pipeline] {message}", file=sys.stderr, flush=True)
+
+
+# --- the run -------------------------------------------------------------------------------
+def run_pipeline_benchmark(cfg: BenchConfig, say: Say = _say) -> dict[str, Any]:
+    """The whole benchmark; the JSON object as a dict."""
+    return PipelineRun(cfg, say).run()
+
+
+@dataclass
+class Streams:
+    """Pre-encoded frames (generated before anything is timed) and the burst's images."""
+
+    warm: list[Frame]
+    burst: list[Frame]
+    paced: list[Frame]
+    images: list[np.ndarray]  # ``burst`` decoded, for the engine-only baseline
+
+
+class PipelineRun:
+    def __init__(self, cfg: BenchConfig, say: Say = _say) -> None:
+        self.cfg = cfg
+        self.say = say
+        self.tag = uuid.uuid4().hex[:10]
+        self.topics = {k: f"bench-{self.tag}.{k}" for k in ("frames", "verdicts", "dlq")}
+        self.bootstrap = cfg.bootstrap or os.environ.get("BDI_KAFKA_BOOTSTRAP", "").strip()
+        self.broker: LocalBroker | None = None
+        self.group: ConsumerGroup | None = None
+
+    def run(self) -> dict[str, Any]:
+        load_avg = round(os.getloadavg()[0], 2)
+        with tempfile.TemporaryDirectory(prefix="bdi-bench-") as tmp:
+            try:
+                engine, runs = self._run(Path(tmp))
+            finally:  # errors and Ctrl-C too
+                if self.group is not None:
+                    self.group.stop()
+                if self.broker is not None:
+                    self.broker.stop()
+        broker = "local tansu" if self.broker is not None else self.bootstrap
+        return _result(self.cfg, engine, broker, runs, load_avg)
+
+    def _run(self, tmp: Path) -> tuple[Engine, dict[str, Any]]:
+        from consumers import LocalBroker
+        from edge.bench.consumers import ConsumerGroup
+        from engine import Engine
+        from store import ModelStore
+
+        cfg, say = self.cfg, self.say
+        if not self.bootstrap:
+            self.broker = LocalBroker().start()
+            self.bootstrap = self.broker.bootstrap
+            say(f"local broker at {self.bootstrap}")
+        overrides = _overrides(cfg, self.bootstrap, self.topics, tmp / "models", self.tag)
+        settings = load_settings(**overrides)
+        _create_topics(self.bootstrap, self.topics, cfg.partitions)
+        threads = _consumer_threads(cfg.consumers)
+        env = consumer_env({**overrides, **({"torch_threads": threads} if threads else {})})
+        options = [f"--consumer-option={o}" for o in cfg.consumer_options]
+        command = [sys.executable, "-m", "edge.cli", "consume", *options]
+        self.group = ConsumerGroup(command, env, tmp, settings.shutdown_grace_s, say)
+        self.group.start(cfg.consumers)  # they import and load the backbone meanwhile
+        say(f"{cfg.consumers} consumer(s) starting; training on {cfg.train_images} OK discs")
+        engine = Engine.from_settings(settings)
+        model = train_model(engine, cfg.size, cfg.train_images)
+        ModelStore(settings).save_model(RECIPE, ROLE, ROI, model)
+        say(f"model {model.version} saved, threshold {model.threshold:.3f}")
+        return engine, asyncio.run(self._measure(engine, model, self._streams()))
+
+    def _streams(self) -> Streams:
+        from edge.simulator.camera import synthetic_frames
+        from engine.images import decode_image
+
+        cfg, tag = self.cfg, self.tag
+        n_warm = 2 * cfg.batch * cfg.consumers
+        burst = synthetic_frames(cfg.frames, cfg.size, 1, cfg.ng_fraction, f"max-{tag}")
+        return Streams(
+            warm=synthetic_frames(n_warm, cfg.size, 7, cfg.ng_fraction, f"warm-{tag}"),
+            burst=burst,
+            paced=synthetic_frames(cfg.frames, cfg.size, 2, cfg.ng_fraction, f"paced-{tag}"),
+            images=[decode_image(f.value) for f in burst],
+        )
+
+    async def _measure(
+        self, engine: Engine, model: PatchCoreModel, streams: Streams
+    ) -> dict[str, Any]:
+        from edge.bench.consumers import recount, run_phase
+        from edge.simulator.camera import Camera, VerdictReader
+
+        cfg, say, group = self.cfg, self.say, self.group
+        assert group is not None
+        camera = await Camera(self.bootstrap, self.topics["frames"], RECIPE, ROLE, ROI).start()
+        reader = await VerdictReader(self.bootstrap, self.topics["verdicts"]).start()
+        timeout = cfg.timeout_s
+
+        async def phase(frames: list[Frame], fps: float | None = None) -> PhaseResult:
+            return await run_phase(camera, reader, frames, fps=fps, timeout_s=timeout,
+                                   check=group.check)  # fmt: skip
+
+        try:
+            await group.wait_assigned(cfg.partitions, timeout)
+            warm = await phase(streams.warm)
+            if warm.lost or warm.wrong:
+                raise RuntimeError(f"warm-up: {warm.lost} unanswered, {warm.wrong} wrong")
+            say("consumers warm")
+            rounds = []
+            for index in range(cfg.rounds):
+                frames = streams.burst
+                if index:  # same images, new ids: every round's frames are new to the group
+                    frames = [replace(f, frame_id=f"{f.frame_id}-r{index}") for f in frames]
+                rounds.append(await self._round(engine, model, streams.images, frames, phase))
+            fps = cfg.paced_share * max(r.result.img_per_s for r in rounds)
+            say(f"paced run at {fps:.1f} img/s")
+            paced = await phase(streams.paced, fps)
+            t_end = time.monotonic() + 1.0  # late duplicates (a redelivery) still count
+            while time.monotonic() < t_end:
+                await reader.poll(timeout_ms=100)
+        finally:
+            await camera.stop()
+            await reader.stop()
+        for r in rounds:
+            r.result = recount(r.result, r.frames, reader)
+        return {"rounds": rounds, "paced": recount(paced, streams.paced, reader), "paced_fps": fps}
+
+    async def _round(
+        self,
+        engine: Engine,
+        model: PatchCoreModel,
+        images: list[np.ndarray],
+        frames: list[Frame],
+        phase: Callable[[list[Frame]], Awaitable[PhaseResult]],
+    ) -> Round:
+        """Engine-only baseline (consumers idle), then the max-rate run, back to back."""
+        from edge.bench.consumers import cpu_seconds
+
+        assert self.group is not None
+        engine_s, engine_cpu = await asyncio.to_thread(
+            engine_baseline, engine, model, images, self.cfg.batch
+        )
+        broker = self.broker.process if self.broker is not None else None
+        pids = self.group.pids + ([broker.pid] if broker is not None else [])
+        cpu0 = cpu_seconds(pids)
+        result = await phase(frames)
+        cpu = [b - a for a, b in zip(cpu0, cpu_seconds(pids), strict=True)]
+        self.say(
+            f"engine {len(frames) / engine_s:.1f} img/s, pipeline {result.img_per_s:.1f} img/s"
+        )
+        return Round(engine_s, engine_cpu, frames, result, cpu)
+
+
+@dataclass
+class Round:
+    """One engine-only run and one max-rate run."""
+
+    engine_s: float
+    engine_cpu_s: float  # CPU seconds of this process during the engine-only run
+    frames: list[Frame]
+    result: PhaseResult
+    cpu_s: list[float]  # during the max-rate run: per consumer, the broker, this process
+
+
+def _overrides(
+    cfg: BenchConfig, bootstrap: str, topics: dict[str, str], models_dir: Path, tag: str
+) -> dict[str, Any]:
+    """The settings both the consumers and the baseline run with."""
+    return {
+        "backbone": "efficientnet_lite0",
+        "backbone_weights": "",  # the packaged weights, whatever the environment says
+        "require_cuda": False,
+        "image_size": cfg.size,
+        "batch_max": cfg.batch,
+        "engine_batch_size": cfg.batch,  # one backbone call per consumer batch
+        "models_dir": models_dir,
+        "kafka_bootstrap": bootstrap,
+        "kafka_group": f"bench-{tag}",
+        "kafka_topic_frames": topics["frames"],
+        "kafka_topic_verdicts": topics["verdicts"],
+        "kafka_topic_dlq": topics["dlq"],
+        "kafka_topic_heatmaps": "",
+        "kafka_exactly_once": False,
+    }
+
+
+def _consumer_threads(consumers: int) -> int | None:
+    """Several consumers on one CPU box share its cores instead of each taking all."""
+    if consumers == 1 or os.environ.get("BDI_TORCH_THREADS"):
+        return None
+    return max(1, (os.cpu_count() or 1) // consumers)
+
+
+def consumer_env(overrides: dict[str, Any]) -> dict[str, str]:
+    """This process's environment with ``BDI_*`` set from ``overrides`` (legacy aliases of
+    the same settings removed, so they cannot win over ours)."""
+    from configs.settings import env_names
+
+    env = dict(os.environ)
+    for name, value in overrides.items():
+        for var in env_names(name).split(" / "):
+            env.pop(var, None)
+        text = ("1" if value else "0") if isinstance(value, bool) else str(value)
+        env[f"BDI_{name.upper()}"] = text
+    return env
+
+
+def _create_topics(bootstrap: str, topics: dict[str, str], partitions: int) -> None:
+    from consumers import ensure_topics
+
+    wanted = {topics["frames"]: partitions, topics["verdicts"]: partitions, topics["dlq"]: 1}
+    asyncio.run(ensure_topics(bootstrap, wanted))
+
+
+def train_model(engine: Engine, size: int, n_train: int) -> PatchCoreModel:
+    """Fit on synthetic OK discs; calibrate with leave-one-out OK scores plus held-out OK
+    and NG discs (every defect kind), so that the cameras' NG discs come out NG."""
+    from edge.simulator.camera import training_images
+    from edge.simulator.discs import make_ng, make_ok
+    from engine.images import decode_image
+
+    fit = engine.fit([decode_image(b) for b in training_images(n_train, size)])
+    model = fit.model
+    held_ok = [make_ok(HELD_OUT_SEED + i, size).image for i in range(12)]
+    held_ng = [make_ng(HELD_OUT_SEED + 100 + i, size).image for i in range(12)]
+    ok = [*fit.ok_scores.tolist(), *engine.image_scores(model, held_ok).tolist()]
+    model.calibration = engine.calibrate(model, ok, engine.image_scores(model, held_ng).tolist())
+    return model
+
+
+def engine_baseline(
+    engine: Engine, model: PatchCoreModel, images: Sequence[np.ndarray], batch: int
+) -> tuple[float, float]:
+    """``Engine.infer`` over ``images`` in batches, as a consumer calls it: wall seconds,
+    and CPU seconds of this process meanwhile."""
+    from engine import InferItem
+
+    batches = [images[i : i + batch] for i in range(0, len(images), batch)]
+    engine.infer([InferItem(model, im) for im in batches[0]])  # warm-up
+    c0, t0 = os.times(), time.perf_counter()
+    for chunk in batches:
+        engine.infer([InferItem(model, im) for im in chunk])
+    wall, c1 = time.perf_counter() - t0, os.times()
+    return wall, (c1.user + c1.system) - (c0.user + c0.system)
+
+
+def _result(
+    cfg: BenchConfig, engine: Engine, broker: str, runs: dict[str, Any], load_avg: float
+) -> dict[str, Any]:
+    """The JSON object. With several rounds the rates are each one's best round (the VM's
+    neighbours only ever slow a run down); correctness counts cover every round."""
+    import torch
+
+    from edge.bench.consumers import batch_profile
+
+    rounds: list[Round] = runs["rounds"]
+    paced: PhaseResult = runs["paced"]
+    best = max(rounds, key=lambda r: r.result.img_per_s)
+    fastest = min(rounds, key=lambda r: r.engine_s)
+    maxed = best.result
+    engine_rate = cfg.frames / fastest.engine_s
+    batches, infer_s = batch_profile(maxed.timings)
+    n = cfg.consumers
+    max_rate_cpu = {"consumers": sum(best.cpu_s[:n]), "bench": best.cpu_s[-1]}
+    if broker == "local tansu":
+        max_rate_cpu["broker"] = best.cpu_s[n]
+    return {
+        "frames": sum(r.result.frames for r in rounds),
+        "verdicts": sum(r.result.answered for r in rounds),
+        "lost": sum(r.result.lost for r in rounds),
+        "duplicates": sum(r.result.duplicates for r in rounds),
+        "wrong": sum(r.result.wrong for r in rounds),
+        "pipeline_img_per_s": round(maxed.img_per_s, 2),
+        "engine_img_per_s": round(engine_rate, 2),
+        "efficiency": round(maxed.img_per_s / engine_rate, 3),
+        "latency_ms_p50": maxed.percentile_ms(50),
+        "latency_ms_p99": maxed.percentile_ms(99),
+        "paced_rate_img_per_s": round(runs["paced_fps"], 2),
+        "paced_latency_ms_p50": paced.percentile_ms(50),
+        "paced_latency_ms_p99": paced.percentile_ms(99),
+        "paced_verdicts": paced.answered,
+        "paced_lost": paced.lost,
+        "paced_duplicates": paced.duplicates,
+        "paced_wrong": paced.wrong,
+        "batch": cfg.batch,
+        "size": cfg.size,
+        "consumers": cfg.consumers,
+        "partitions": cfg.partitions,
+        "backbone": engine.settings.backbone,
+        "device": engine.spec.describe(),
+        "engine_threads": torch.get_num_threads(),
+        "consumer_threads": _consumer_threads(cfg.consumers) or torch.get_num_threads(),
+        "broker": broker,
+        "rounds": [
+            {
+                "engine_img_per_s": round(cfg.frames / r.engine_s, 2),
+                "pipeline_img_per_s": round(r.result.img_per_s, 2),
+            }
+            for r in rounds
+        ],  # fmt: skip
+        # where the (best) max-rate run's time went (see docs/BENCHMARKS.md, Pipeline)
+        "max_rate_s": round(maxed.window_s, 3),
+        "publish_s": round(maxed.publish_s, 3),
+        "consumer_batches": batches,
+        "consumer_infer_s": round(infer_s, 3),
+        # CPU seconds (user + system) while the engine-only run and the max-rate run went
+        # on: the engine alone, and everything the pipeline ran on this machine
+        "cpu_s": {
+            "engine_only": round(fastest.engine_cpu_s, 2),
+            "max_rate": {k: round(v, 2) for k, v in max_rate_cpu.items()},
+        },
+        "load_avg_1m": load_avg,
+    }
