@@ -3,10 +3,12 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# the local settings file every `bdi` command reads (bdi reads the same BDI_ENV_FILE)
+BDI_ENV_FILE ?= bdi.env
 
-.PHONY: install run demo test test-fast lint bench clean
+.PHONY: install dev run demo test test-fast lint bench clean
 
-install: $(STAMP)
+install: $(STAMP) $(BDI_ENV_FILE)
 
 # Reinstall only when the dependency list changes; otherwise `make install` is a no-op.
 $(STAMP): pyproject.toml
@@ -15,12 +17,22 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# the whole service on embedded defaults: local broker, REST API, consumers. `bdi up` fills
-# in the dev defaults (BDI_REQUIRE_CUDA=0, packaged EfficientNet-Lite0) where unset.
+# Written once, never overwritten: on a machine without CUDA it chooses the dev profile (the
+# CPU allowed, packaged EfficientNet-Lite0) for every `bdi` command run from here.
+$(BDI_ENV_FILE): | $(STAMP)
+	$(PY) -m configs auto
+
+# the dev profile for this checkout, whatever the machine (edit bdi.env to change it back)
+dev: install
+	$(PY) -m configs dev
+
+# the whole service on embedded defaults: local broker, REST API, consumers; Ctrl-C stops
+# it. `bdi up` takes the dev profile unless bdi.env or BDI_PROFILE chose one.
 run: install
 	$(VENV)/bin/bdi up
 
-# a trained demo recipe and a synthetic camera streaming through the running line
+# a trained demo recipe and a synthetic camera streaming through the running line (or one it
+# starts), until Ctrl-C
 demo: install
 	$(VENV)/bin/bdi demo
 

@@ -1,8 +1,9 @@
 """One settings model for the whole service.
 
-Precedence: environment (``BDI_*``, legacy ``BRAKEDISC_*``) > ``configs/app.yaml`` > defaults.
-An invalid value stops start-up with :class:`SettingsError`, naming the variable and the
-accepted values.
+Precedence: environment (``BDI_*``, legacy ``BRAKEDISC_*``) > the local settings file
+(``./bdi.env`` or ``BDI_ENV_FILE``) > the profile's values (``BDI_PROFILE``, see
+:mod:`configs.profile`) > ``configs/app.yaml`` (or ``BDI_CONFIG``) > defaults. An invalid
+value stops start-up with :class:`SettingsError`, naming the variable and the accepted values.
 """
 
 from __future__ import annotations
@@ -20,12 +21,20 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from configs.profile import Profile, local_file, profile_values
 
 DEFAULT_YAML = Path(__file__).with_name("app.yaml")
 
 BackboneName = Literal["dinov2_vits14", "efficientnet_lite0"]
-KnnMode = Literal["exact", "ivf"]
+KnnMode = Literal["exact", "ivf"]  # engine.knn.KnnIndex's modes (the one definition)
 
 # Legacy names of the original backend that are still accepted.
 LEGACY_ALIASES = {
@@ -48,13 +57,32 @@ class SettingsError(ValueError):
     """A setting has an invalid value; the message names the variable and what is accepted."""
 
 
-class Settings(BaseSettings):
+class _BdiSources(BaseSettings):
+    """Where every settings class here reads from: the arguments, the environment, the local
+    settings file, the profile, ``configs/app.yaml`` (see the module docstring)."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return _sources(settings_cls, init_settings, env_settings)
+
+
+class Settings(_BdiSources):
     model_config = SettingsConfigDict(
         extra="ignore",
         populate_by_name=True,
         case_sensitive=False,
         frozen=True,
     )
+
+    # production: CUDA required, DINOv2; dev: the CPU allowed and EfficientNet-Lite0 where unset
+    profile: Profile = _env("profile", default="production")
 
     # --- original backend -------------------------------------------------------------
     backend_host: str = _env("backend_host", default="127.0.0.1")
@@ -67,6 +95,9 @@ class Settings(BaseSettings):
     train_dataset_only: bool = _env("train_dataset_only", default=False)
     require_cuda: bool = _env("require_cuda", default=True)
     cache_max_entries: int = _env("cache_max_entries", default=16, ge=1)
+    # revisions of each model kept on disk; 2 = the current and the previous one, which
+    # readers and crash recovery rely on (store.retention.REVISIONS_KEPT is the default)
+    model_revisions_kept: int = _env("model_revisions_kept", default=5, ge=2)
     cors_origins: Annotated[list[str], NoDecode] = _env("cors_origins", default_factory=list)
     gui_log_dir: Path | None = _env("gui_log_dir", default=None)
 
@@ -125,6 +156,11 @@ class Settings(BaseSettings):
             return [o.strip() for o in value.split(",") if o.strip()]
         return value
 
+    @field_validator("profile", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
     @field_validator(
         "backbone_weights", "api_key", "kafka_bootstrap", "kafka_topic_heatmaps", mode="before"
     )
@@ -141,25 +177,58 @@ class Settings(BaseSettings):
             )
         return self
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
+
+class _ProfileChoice(_BdiSources):
+    """The profile alone, as the sources choose it (``None``: none chose one); nothing else
+    is read or validated."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, case_sensitive=False)
+    profile: str | None = _env("profile", default=None)
+
+
+def _sources(
+    settings_cls: type[BaseSettings],
+    init_settings: PydanticBaseSettingsSource,
+    env_settings: PydanticBaseSettingsSource,
+) -> tuple[PydanticBaseSettingsSource, ...]:
+    above: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+    if (local := local_file()) is not None:
+        above.append(DotEnvSettingsSource(settings_cls, env_file=local))
+    below: list[PydanticBaseSettingsSource] = []
+    yaml_file = Path(os.environ.get("BDI_CONFIG", DEFAULT_YAML))
+    if yaml_file.is_file():
+        try:
+            from pydantic_settings import YamlConfigSettingsSource
+        except ImportError:  # PyYAML absent: the file is simply not read
+            pass
+        else:
+            below.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+    return (*above, _ProfileSource(settings_cls, above, below), *below)
+
+
+class _ProfileSource(PydanticBaseSettingsSource):
+    """The chosen profile's values, for the fields that no source above it sets."""
+
+    def __init__(
+        self,
         settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        yaml_file = Path(os.environ.get("BDI_CONFIG", DEFAULT_YAML))
-        if yaml_file.is_file():
-            try:
-                from pydantic_settings import YamlConfigSettingsSource
-            except ImportError:  # PyYAML absent: the file is simply not read
-                pass
-            else:
-                sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
-        return tuple(sources)
+        above: list[PydanticBaseSettingsSource],
+        below: list[PydanticBaseSettingsSource],
+    ) -> None:
+        super().__init__(settings_cls)
+        self.above, self.below = above, below
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ answers for all fields at once
+
+    def __call__(self) -> dict[str, Any]:
+        given: dict[str, Any] = {}
+        for source in reversed(self.above):  # the first source wins, as in the settings
+            given.update(source())
+        profile = given.get("profile")
+        for source in self.below:
+            profile = profile or source().get("profile")
+        return profile_values(profile, given)
 
 
 def env_names(field: str) -> str:
@@ -188,6 +257,21 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise SettingsError(_explain(exc)) from None
+    except FileNotFoundError as exc:  # BDI_ENV_FILE names no file
+        raise SettingsError(str(exc)) from None
+
+
+def apply_profile(profile: Profile = "dev") -> Settings:
+    """Choose ``profile`` for this process and the processes it starts (through the
+    environment they inherit), unless the environment, the local settings file or the YAML
+    already chose one. Returns the settings that result."""
+    try:
+        chosen = _ProfileChoice().profile
+    except FileNotFoundError as exc:  # BDI_ENV_FILE names no file
+        raise SettingsError(str(exc)) from None
+    if not chosen:
+        os.environ["BDI_PROFILE"] = profile
+    return load_settings()
 
 
 @lru_cache(maxsize=1)

@@ -98,8 +98,16 @@ class LocalBroker:
             "memory://tansu/",
         ]
         with os.fdopen(fd, "wb") as log_file:
+            # its own session: a Ctrl-C at the terminal reaches the process that started it
+            # (``bdi up``, the demo, a test run), which stops the broker last, after the
+            # consumers have committed; in the terminal's process group it would die first
             self.process = subprocess.Popen(
-                cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+                cmd,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -111,16 +119,17 @@ class LocalBroker:
         self.stop()
         return False
 
-    def stop(self, timeout_s: float = 5.0) -> None:
+    def stop(self, timeout_s: float = 5.0) -> int | None:
+        """Terminate (kill after ``timeout_s``); its exit status, ``None`` if never started."""
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
-            return
+            return None if process is None else process.returncode
         process.terminate()
         try:
-            process.wait(timeout_s)
+            return process.wait(timeout_s)
         except subprocess.TimeoutExpired:
             process.kill()  # Tansu may wait on open client connections after SIGTERM
-            process.wait(timeout_s)
+            return process.wait(timeout_s)
 
     def __enter__(self) -> LocalBroker:
         return self.start() if self.process is None else self

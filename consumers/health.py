@@ -1,5 +1,7 @@
-"""The consumer's own health: ``GET /health`` (JSON; 503 until the group is joined) and
-``GET /metrics`` (Prometheus text) on ``BDI_CONSUMER_HEALTH_PORT`` (0: off).
+"""The consumer's own health: what it answered (:class:`Stats`), the report built from it
+(:func:`health_report`), and the port that serves it: ``GET /health`` (JSON; 503 until the
+group is joined) and ``GET /metrics`` (Prometheus text) on ``BDI_CONSUMER_HEALTH_PORT``
+(0: off).
 
 A few lines of HTTP/1.1 on asyncio rather than a web framework: the endpoint must answer
 from the consumer's own event loop, so that a wedged loop shows as a failing probe.
@@ -9,15 +11,77 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
-from collections.abc import Callable
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from consumers.errors import ConsumerError
+from consumers.topics import names, names_offsets
 
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_LINE = 8192
+
+
+@dataclass
+class Stats:
+    """What this consumer answered (tests and the final log line)."""
+
+    verdicts: Counter[str] = field(default_factory=Counter)
+    partitions: set[int] = field(default_factory=set)
+    batches: int = 0
+    dropped_revoked: int = 0
+    started_at: float | None = None  # wall clock, once the group was joined
+    last_commit_at: float | None = None  # wall clock of the last successful commit
+    committed: dict[str, int] = field(default_factory=dict)  # "topic:partition" -> offset
+
+    def note_commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        self.last_commit_at = time.time()
+        self.committed.update(names_offsets(offsets))
+
+
+def health_report(
+    *,
+    client: AIOKafkaConsumer | None,
+    running: bool,
+    stats: Stats,
+    group: str,
+    client_id: str,
+    models: dict[str, Any],
+) -> dict[str, Any]:
+    """What ``/health`` reports (``docs/KAFKA.md``); ``client`` is the group member, None
+    before the start and after the stop."""
+    assigned = list(client.assignment()) if client is not None else []
+    lag: dict[str, int] = {}
+    for tp in sorted(assigned, key=lambda tp: (tp.topic, tp.partition)):
+        assert client is not None
+        high = client.highwater(tp)
+        done = stats.committed.get(f"{tp.topic}:{tp.partition}")
+        if high is not None:
+            lag[f"{tp.topic}:{tp.partition}"] = max(0, high - (done or 0))
+    running = running and client is not None
+    return {
+        "status": "ok" if running else "stopped",
+        "ready": running and stats.started_at is not None,
+        "group": group,
+        "client_id": client_id,
+        "partitions": names(assigned),
+        "lag": lag,
+        "lag_total": sum(lag.values()),
+        "verdicts": dict(stats.verdicts),
+        "batches": stats.batches,
+        "last_commit_at": stats.last_commit_at,
+        "committed": dict(stats.committed),
+        "models": models,
+    }
 
 
 def metrics_text(h: dict[str, Any]) -> str:
@@ -48,19 +112,47 @@ def metrics_text(h: dict[str, Any]) -> str:
 
 
 class HealthServer:
+    """``health`` answered on ``host:port`` (0: any free port). :meth:`bind` takes the port
+    at once, so that a taken one stops a consumer before it joins its group."""
+
     def __init__(self, health: Callable[[], dict[str, Any]], host: str, port: int) -> None:
         self.health = health
         self.host, self.port = host, port
+        self._sock: socket.socket | None = None
         self._server: asyncio.Server | None = None
 
+    def bind(self) -> HealthServer:
+        """Bind and listen (no event loop needed); :class:`ConsumerError` when that fails."""
+        where = f"{self.host}:{self.port}"
+        try:
+            family = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)[0][0]
+            self._sock = socket.create_server((self.host, self.port), family=family)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConsumerError(
+                    f"consumer health port {where} is in use (BDI_CONSUMER_HEALTH_PORT): "
+                    "give each consumer its own port, or 0 for none"
+                ) from None
+            raise ConsumerError(f"cannot open consumer health port {where}: {exc}") from None
+        self.port = int(self._sock.getsockname()[1])
+        return self
+
     async def start(self) -> HealthServer:
-        self._server = await asyncio.start_server(self._serve, self.host, self.port)
-        sock = self._server.sockets[0].getsockname()
-        self.port = int(sock[1])
+        if self._sock is None:
+            self.bind()
+        self._server = await asyncio.start_server(self._serve, sock=self._sock)
+        self._sock = None  # the server owns it now
         log.info("health endpoint", extra={"url": f"http://{self.host}:{self.port}/health"})
         return self
 
+    def close(self) -> None:
+        """Release a port bound but never served."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
     async def stop(self) -> None:
+        self.close()
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):

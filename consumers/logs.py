@@ -3,12 +3,20 @@
 Library code only calls ``logging.getLogger(__name__)`` and passes fields through ``extra``
 (``frame_id``, ``partition``, ...); the ``bdi consume`` command installs the formatter, so
 embedding applications keep control of their own logging.
+
+Native libraries (libpng through OpenCV, CUDA, librdkafka) write to file descriptor 2
+directly, past ``logging``; :func:`native_stderr_as_json` turns each such line into a
+JSON record too, so that a process's stderr holds nothing else.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
+import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -50,3 +58,74 @@ def configure_json_logging(level: str | int = "INFO", stream: IO[str] | None = N
     root.setLevel(level.upper() if isinstance(level, str) else level)
     # aiokafka logs every retried request at INFO/WARNING; keep its noise at WARNING
     logging.getLogger("aiokafka").setLevel(max(root.level, logging.WARNING))
+
+
+NATIVE_LOGGER = "native"
+MAX_NATIVE_LINE = 64 * 1024  # a longer run without a newline is logged in pieces
+
+
+@contextlib.contextmanager
+def native_stderr_as_json(logger: str = NATIVE_LOGGER) -> Iterator[IO[str]]:
+    """While open, file descriptor 2 is a pipe: each line written to it (by native code,
+    or by Python's ``sys.stderr``) becomes a JSON ``WARNING`` record of ``logger`` with the
+    line under ``stderr``, written to the original stderr. Yields a stream on the original
+    stderr, for the JSON handler of Python's own logging:
+
+        with native_stderr_as_json() as stderr:
+            configure_json_logging("INFO", stderr)
+            ...
+
+    On exit fd 2 is restored (so ``bdi: error: ...`` reaches the terminal as it is), the
+    lines still in the pipe are logged, and root handlers writing to the yielded stream
+    move to ``sys.stderr``. Where fd 2 cannot be duplicated, yields ``sys.stderr``."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield sys.stderr
+        return
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)  # fd 2 is now the only write end: restoring it ends the pipe
+    stream = open(saved, "w", buffering=1, encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+    # its own handler, not the root's: a root handler on fd 2 would feed the pipe it reads
+    native = logging.getLogger(logger)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    native.addHandler(handler)
+    native.propagate, propagated = False, native.propagate
+    reader = threading.Thread(target=_log_lines, args=(read_end, native), daemon=True)
+    reader.start()
+    try:
+        yield stream
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os.dup2(saved, 2)
+        reader.join(timeout=2.0)  # a child process still holding fd 2 keeps it open
+        native.removeHandler(handler)
+        native.propagate = propagated
+        for other in logging.getLogger().handlers:
+            if isinstance(other, logging.StreamHandler) and other.stream is stream:
+                other.setStream(sys.stderr)
+        if not reader.is_alive():
+            stream.close()
+
+
+def _log_lines(fd: int, logger: logging.Logger) -> None:
+    with open(fd, "rb", buffering=0) as pipe:
+        pending = b""
+        while chunk := pipe.read(MAX_NATIVE_LINE):
+            *lines, pending = (pending + chunk).split(b"\n")
+            if len(pending) >= MAX_NATIVE_LINE:
+                lines.append(pending)
+                pending = b""
+            for line in lines:
+                _log_line(logger, line)
+        _log_line(logger, pending)
+
+
+def _log_line(logger: logging.Logger, line: bytes) -> None:
+    text = line.decode("utf-8", "replace").rstrip("\r")
+    if text.strip():
+        logger.warning("native output on stderr", extra={"stderr": text})

@@ -6,7 +6,8 @@ store at most once per ``BDI_MODEL_POLL_S`` per model, so a version saved by the
 or by another machine sharing the store is in use within that period, without a restart.
 
 A batch resolves each model exactly once (:meth:`ModelResolver.resolve`), so every frame of
-one model in a batch is scored by the same version.
+one model in a batch is scored by the same version. Entries are keyed by the *normalised*
+ids (recipe ids are case-insensitive): frames naming ``PLATE`` and ``plate`` share one.
 """
 
 from __future__ import annotations
@@ -23,16 +24,19 @@ from store.errors import InvalidIdError, MissingModelError
 
 if TYPE_CHECKING:
     from engine.patchcore import PatchCoreModel
+    from store import ModelRef
 
 log = logging.getLogger(__name__)
 
-ModelKey = tuple[str, str, str]  # (recipe_id, role_id, roi_id) as the frame's headers say
+ModelKey = tuple[str, str, str]  # (recipe_id, role_id, roi_id): as asked, or normalised
 
 
 class ModelSource(Protocol):
     """What the resolver needs of :class:`store.ModelStore`."""
 
-    def load_model(self, recipe: str | None, role: str, roi: str) -> PatchCoreModel: ...
+    def ref(self, recipe: str | None, role: str, roi: str) -> ModelRef: ...
+
+    def load_model(self, ref: ModelRef) -> PatchCoreModel: ...
 
 
 @dataclass(frozen=True)
@@ -65,9 +69,17 @@ class ModelResolver:
         self._lock = threading.Lock()
 
     def resolve(self, keys: Iterable[ModelKey]) -> dict[ModelKey, Resolved]:
-        """One resolution per distinct key: the batch's frames of a key share it."""
+        """One resolution per distinct model: the batch's frames of a model share it, also
+        when their headers spell the recipe id differently. Keyed as asked."""
         with self._lock:
-            return {key: self._resolve_one(key) for key in dict.fromkeys(keys)}
+            return {key: self._resolve_key(key) for key in dict.fromkeys(keys)}
+
+    def _resolve_key(self, key: ModelKey) -> Resolved:
+        try:
+            ref = self.source.ref(*key)
+        except InvalidIdError as exc:
+            return Resolved(None, Failure.of(exc))
+        return self._resolve_one(ref)
 
     def versions(self) -> dict[str, str | None]:
         """``"recipe/role/roi" -> version`` of every model this consumer has resolved."""
@@ -77,25 +89,23 @@ class ModelResolver:
                 for key, e in self._entries.items()
             }
 
-    def _resolve_one(self, key: ModelKey) -> Resolved:
+    def _resolve_one(self, ref: ModelRef) -> Resolved:
+        key = (ref.recipe_id, ref.role_id, ref.roi_id)
         now = self.clock()
         entry = self._entries.get(key)
         if entry is not None and now - entry.checked_at < self.poll_s:
             return entry.resolved
         previous = entry.resolved if entry is not None else None
-        resolved = self._load(key, previous)
+        resolved = self._load(ref, key, previous)
         self._entries[key] = _Entry(resolved, now)
         self._log_change(key, previous, resolved)
         return resolved
 
-    def _load(self, key: ModelKey, previous: Resolved | None) -> Resolved:
-        recipe, role, roi = key
+    def _load(self, ref: ModelRef, key: ModelKey, previous: Resolved | None) -> Resolved:
         try:
-            return Resolved(self.source.load_model(recipe, role, roi))
+            return Resolved(self.source.load_model(ref))
         except MissingModelError as exc:
             return Resolved(None, Failure.of(exc, "NO_MODEL"))
-        except InvalidIdError as exc:
-            return Resolved(None, Failure.of(exc))
         except Exception as exc:  # corrupt files, I/O: keep serving the last good version
             if previous is not None and previous.model is not None:
                 log.warning(

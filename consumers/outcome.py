@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from consumers.frames import Frame, Headers
-from consumers.verdicts import Verdict
+from consumers.verdicts import VerdictMessage
 
 # What to do when the broker (or the client's max request size) refuses a record as too
 # large: fail the frame (verdicts), resend it without its value (dead letters keep their
@@ -29,5 +29,5 @@ class Outcome:
     may be committed (verdict, dead letter, heatmap)."""
 
     frame: Frame
-    verdict: Verdict
+    verdict: VerdictMessage
     records: list[OutRecord] = field(default_factory=list)

@@ -19,7 +19,7 @@ from consumers.dlq import dead_letter
 from consumers.frames import Decoded, Failure, Frame, decode_frame
 from consumers.models import ModelResolver
 from consumers.outcome import Outcome, OutRecord
-from consumers.verdicts import Timings, Verdict, build_verdict, inference_failure
+from consumers.verdicts import Timings, VerdictMessage, build_verdict, inference_failure
 from engine import InferItem
 
 if TYPE_CHECKING:
@@ -128,7 +128,11 @@ class BatchProcessor:
         return results, None
 
     def _outcome(
-        self, d: Decoded, verdict: Verdict, inference: Inference | None, failure: Failure | None
+        self,
+        d: Decoded,
+        verdict: VerdictMessage,
+        inference: Inference | None,
+        failure: Failure | None,
     ) -> Outcome:
         s = self.settings
         key = verdict.frame_id.encode("utf-8", errors="replace")
@@ -146,7 +150,7 @@ class BatchProcessor:
         return Outcome(d.frame, verdict, records)
 
 
-def _verdict_headers(v: Verdict) -> tuple[tuple[str, bytes], ...]:
+def _verdict_headers(v: VerdictMessage) -> tuple[tuple[str, bytes], ...]:
     """A few routing headers on verdicts and heatmaps, so filters need not parse JSON."""
     pairs = {
         "frame_id": v.frame_id,
@@ -172,7 +176,7 @@ def _heatmap(d: Decoded, inference: Inference) -> bytes | None:
         return None
 
 
-def _log_failure(v: Verdict) -> None:
+def _log_failure(v: VerdictMessage) -> None:
     log.warning(
         "frame dead-lettered",
         extra={

@@ -15,14 +15,11 @@ import logging
 import os
 import socket
 import time
-from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
 
 from consumers.batcher import (
     DEFAULT_MAX_POLL_INTERVAL_MS,
@@ -31,13 +28,11 @@ from consumers.batcher import (
     keep_polling,
     note_batch_time,
 )
+from consumers.commits import Committer
 from consumers.eos import TransactionalPublisher, check_transactions
-from consumers.errors import (
-    ConsumerError,
-    MissingBootstrapError,
-    PublishError,
-)
+from consumers.errors import PublishError
 from consumers.frames import Decoded, Frame, KafkaRecord, frame_from_record
+from consumers.health import Stats, health_report
 from consumers.lineage import Lineage
 from consumers.membership import refuse_commits_outside_the_group
 from consumers.models import ModelResolver
@@ -45,8 +40,8 @@ from consumers.offsets import OffsetTracker
 from consumers.outcome import Outcome
 from consumers.pipeline import BatchProcessor
 from consumers.publish import Publisher
-from consumers.rebalance import Rebalancing, names, names_offsets
-from consumers.topics import start_client
+from consumers.rebalance import Rebalancer
+from consumers.topics import require_bootstrap, start_client
 
 if TYPE_CHECKING:
     from configs.settings import Settings
@@ -59,45 +54,18 @@ HEADROOM = 256 * 1024  # dead letters carry the frame plus error headers
 KEEPALIVE_POLL_MS = 100  # empty polls of paused partitions while a long batch is scored
 
 
-def require_bootstrap(settings: Settings) -> str:
-    """The bootstrap servers; also refuses topic settings that would feed outputs back in."""
-    if not settings.kafka_bootstrap:
-        raise MissingBootstrapError(
-            "BDI_KAFKA_BOOTSTRAP is not set: give the Kafka bootstrap servers, "
-            "e.g. BDI_KAFKA_BOOTSTRAP=localhost:9092"
-        )
-    s = settings
-    outputs = [s.kafka_topic_verdicts, s.kafka_topic_dlq, s.kafka_topic_heatmaps]
-    if s.kafka_topic_frames in outputs:
-        raise ConsumerError(
-            f"BDI_KAFKA_TOPIC_FRAMES={s.kafka_topic_frames!r} is also an output topic; "
-            "frames, verdicts, dead letters and heatmaps need distinct topics"
-        )
-    return settings.kafka_bootstrap
-
-
 def _tp(frame: Frame) -> TopicPartition:
     return TopicPartition(frame.source.topic, frame.source.partition)
 
 
-@dataclass
-class Stats:
-    """What this consumer answered (tests and the final log line)."""
-
-    verdicts: Counter[str] = field(default_factory=Counter)
-    partitions: set[int] = field(default_factory=set)
-    batches: int = 0
-    dropped_revoked: int = 0
-    started_at: float | None = None  # wall clock, once the group was joined
-    last_commit_at: float | None = None  # wall clock of the last successful commit
-    committed: dict[str, int] = field(default_factory=dict)  # "topic:partition" -> offset
-
-
-class FrameConsumer(Rebalancing):
+class FrameConsumer:
     """One member of the ``BDI_KAFKA_GROUP`` consumer group.
 
     ``engine`` / ``store`` default to ones built from ``settings``; ``consumer_options`` /
     ``producer_options`` override aiokafka client arguments (tests shorten timeouts).
+    Commits go through a :class:`~consumers.commits.Committer`, rebalances through a
+    :class:`~consumers.rebalance.Rebalancer`, both made for the group member in
+    :meth:`start`; :meth:`health` is what the health port reports.
     """
 
     def __init__(
@@ -124,13 +92,14 @@ class FrameConsumer(Rebalancing):
         self.stats = Stats()
         self._stopping = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
+        self._committer: Committer | None = None
+        self._rebalancer: Rebalancer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._publisher: Publisher | None = None
         self._txn: TransactionalPublisher | None = None
         self._processor: BatchProcessor | None = None
         self._fatal: PublishError | None = None  # raised by run() after a clean stop
         self._carry: list[Frame] = []  # records a keep-alive poll returned, for the next batch
-        self._pending_commit: asyncio.Future[None] | None = None  # a commit awaiting the broker
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="bdi-infer")
         self._decode_pool = ThreadPoolExecutor(
             min(4, os.cpu_count() or 1), thread_name_prefix="bdi-decode"
@@ -169,10 +138,10 @@ class FrameConsumer(Rebalancing):
             await start_client(self.bootstrap, self._producer)
             self._publisher = Publisher(self._producer)
         self._processor = await self._build_processor()
-        self._consumer = AIOKafkaConsumer(**self._consumer_kwargs())
-        self._consumer.subscribe([s.kafka_topic_frames], listener=self.listener())
-        await start_client(self.bootstrap, self._consumer)
-        refuse_commits_outside_the_group(self._consumer)
+        client = AIOKafkaConsumer(**self._consumer_kwargs())
+        client.subscribe([s.kafka_topic_frames], listener=self._join(client))
+        await start_client(self.bootstrap, client)
+        refuse_commits_outside_the_group(client)
         self.stats.started_at = time.time()
         log.info(
             "consumer started",
@@ -187,6 +156,28 @@ class FrameConsumer(Rebalancing):
                 "client_id": self.client_id,
             },
         )
+
+    def _join(self, client: AIOKafkaConsumer) -> Rebalancer:
+        """Make ``client`` this consumer's group member, with its committer; returns the
+        rebalance listener to subscribe with."""
+        self._consumer = client
+        self._committer = Committer(client, self.tracker, self.lineage, self.stats)
+        reader = {**self._consumer_kwargs(), "client_id": f"{self.client_id}-check"}
+        self._rebalancer = Rebalancer(
+            client,
+            self.tracker,
+            self.lineage,
+            self._committer,
+            txn=self._txn,
+            reader_options={**reader, "group_id": None},
+            on_fatal=self._fail,
+        )
+        return self._rebalancer
+
+    def _fail(self, error: PublishError) -> None:
+        """Stop, and have :meth:`run` raise ``error`` once stopped."""
+        self._fatal = error
+        self.request_stop()
 
     async def stop(self) -> None:
         """Commit what is acknowledged, leave the group, flush the producer. Idempotent."""
@@ -203,6 +194,7 @@ class FrameConsumer(Rebalancing):
         if self._txn is not None:
             await self._txn.close()
         self._consumer = self._producer = None
+        self._committer = self._rebalancer = None
         self._infer_pool.shutdown(wait=False, cancel_futures=True)
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
         log.info(
@@ -354,75 +346,22 @@ class FrameConsumer(Rebalancing):
     def _on_committed(self, tp: TopicPartition, outcomes: Sequence[Outcome], offset: int) -> None:
         for outcome in outcomes:
             self._on_delivered(outcome)
-        self.tracker.committable()  # advance past the acknowledged frames
-        self.lineage.committing({tp: offset})
-        self.tracker.committed({tp: offset})
-        self._note_commit({tp: offset})
+        if self._committer is not None:
+            self._committer.committed_in_transaction(tp, offset)
 
     async def _commit(self) -> None:
-        offsets = self.tracker.committable()
-        if not offsets or self._consumer is None:
-            return
-        # aiokafka retries a commit until the coordinator answers, and each retry carries
-        # the group generation current *then*: a commit that waited through a broker
-        # restart would land after the rejoin, past the new assignment's check of its
-        # positions (bug B1). ``_on_revoked`` cancels it; the revoke decides instead.
-        self.lineage.committing(offsets)  # before sending: it may land unanswered
-        task = asyncio.ensure_future(self._consumer.commit(offsets))
-        self._pending_commit = task
-        try:
-            await asyncio.wait({task})
-        finally:
-            self._pending_commit = None
-            if not task.done():
-                task.cancel()  # this coroutine was cancelled (stop's grace ran out)
-        if task.cancelled():
-            log.warning(
-                "commit abandoned: partitions revoked while it waited",
-                extra={"offsets": names_offsets(offsets)},
-            )
-            return
-        exc = task.exception()
-        if isinstance(exc, KafkaError):  # rebalanced meanwhile: the new owner redoes them
-            log.warning(
-                "commit failed", extra={"error": repr(exc), "offsets": names_offsets(offsets)}
-            )
-            return
-        if exc is not None:
-            raise exc
-        self.tracker.committed(offsets)
-        self._note_commit(offsets)
-
-    def _note_commit(self, offsets: dict[TopicPartition, int]) -> None:
-        self.stats.last_commit_at = time.time()
-        self.stats.committed.update(names_offsets(offsets))
+        if self._committer is not None:
+            await self._committer.commit()
 
     # --- health --------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
         """What ``/health`` of the consumer's health port reports (``docs/KAFKA.md``)."""
-        consumer = self._consumer
-        assigned = sorted(consumer.assignment(), key=lambda tp: (tp.topic, tp.partition)) if (
-            consumer is not None) else []  # fmt: skip
-        lag: dict[str, int] = {}
-        for tp in assigned:
-            assert consumer is not None
-            high = consumer.highwater(tp)
-            done = self.stats.committed.get(f"{tp.topic}:{tp.partition}")
-            if high is not None:
-                lag[f"{tp.topic}:{tp.partition}"] = max(0, high - (done or 0))
         resolver = self._processor.resolver if self._processor is not None else None
-        running = consumer is not None and not self._stopping.is_set()
-        return {
-            "status": "ok" if running else "stopped",
-            "ready": running and self.stats.started_at is not None,
-            "group": self.settings.kafka_group,
-            "client_id": self.client_id,
-            "partitions": names(assigned),
-            "lag": lag,
-            "lag_total": sum(lag.values()),
-            "verdicts": dict(self.stats.verdicts),
-            "batches": self.stats.batches,
-            "last_commit_at": self.stats.last_commit_at,
-            "committed": dict(self.stats.committed),
-            "models": resolver.versions() if resolver is not None else {},
-        }
+        return health_report(
+            client=self._consumer,
+            running=not self._stopping.is_set(),
+            stats=self.stats,
+            group=self.settings.kafka_group,
+            client_id=self.client_id,
+            models=resolver.versions() if resolver is not None else {},
+        )

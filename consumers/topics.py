@@ -1,20 +1,41 @@
-"""Broker-side helpers: starting a client, creating topics (dev, demo and tests; production
-topics are provisioned by the platform), partition lookups and positions."""
+"""Broker-side helpers: the bootstrap and topic settings checked, starting a client,
+creating topics (dev, demo and tests; production topics are provisioned by the platform),
+partition lookups and positions, and the names partitions go by in logs."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
-from consumers.errors import BrokerUnavailableError
+from consumers.errors import BrokerUnavailableError, ConsumerError, MissingBootstrapError
+
+if TYPE_CHECKING:
+    from configs.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def require_bootstrap(settings: Settings) -> str:
+    """The bootstrap servers; also refuses topic settings that would feed outputs back in."""
+    if not settings.kafka_bootstrap:
+        raise MissingBootstrapError(
+            "BDI_KAFKA_BOOTSTRAP is not set: give the Kafka bootstrap servers, "
+            "e.g. BDI_KAFKA_BOOTSTRAP=localhost:9092"
+        )
+    s = settings
+    outputs = [s.kafka_topic_verdicts, s.kafka_topic_dlq, s.kafka_topic_heatmaps]
+    if s.kafka_topic_frames in outputs:
+        raise ConsumerError(
+            f"BDI_KAFKA_TOPIC_FRAMES={s.kafka_topic_frames!r} is also an output topic; "
+            "frames, verdicts, dead letters and heatmaps need distinct topics"
+        )
+    return settings.kafka_bootstrap
 
 
 async def start_client(bootstrap: str, client: Any) -> None:
@@ -69,6 +90,19 @@ async def lost_logs(
     return lost
 
 
+def service_topics(settings: Settings, partitions: int) -> dict[str, int]:
+    """``{name: partitions}`` of the topics the service reads and writes: frames and
+    verdicts with ``partitions``, dead letters and heatmaps (when set) with one."""
+    topics = {
+        settings.kafka_topic_frames: partitions,
+        settings.kafka_topic_verdicts: partitions,
+        settings.kafka_topic_dlq: 1,
+    }
+    if settings.kafka_topic_heatmaps:
+        topics[settings.kafka_topic_heatmaps] = 1
+    return topics
+
+
 async def ensure_topics(
     bootstrap: str, partitions: Mapping[str, int], replication: int = 1
 ) -> list[str]:
@@ -97,3 +131,12 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[Topic
         await consumer.client.force_metadata_update()
         parts = consumer.partitions_for_topic(topic)
     return [TopicPartition(topic, p) for p in sorted(parts)]
+
+
+def names(tps: Sequence[TopicPartition]) -> list[str]:
+    """``["topic:partition", ...]``, sorted: partitions as logs and ``/health`` name them."""
+    return sorted(f"{tp.topic}:{tp.partition}" for tp in tps)
+
+
+def names_offsets(offsets: Mapping[TopicPartition, int]) -> dict[str, int]:
+    return {f"{tp.topic}:{tp.partition}": value for tp, value in offsets.items()}

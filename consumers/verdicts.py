@@ -8,9 +8,9 @@ the engine answered, an ``OK``/``NG`` without a finite score and threshold leave
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -18,12 +18,13 @@ from consumers.frames import Decoded, Failure, Source
 from engine.errors import NON_FINITE
 
 if TYPE_CHECKING:
-    from engine import Inference
+    from engine import Inference, Verdict
     from engine.regions import Region
 
 SCHEMA = "bdi.verdict/1"
 MAX_REGIONS = 32  # largest first; bounds the message size on a badly damaged part
-VerdictName = Literal["OK", "NG", "ERROR", "NO_MODEL"]
+# the frame's own headers, copied into its verdict under the same names
+FRAME_FIELDS = ("frame_id", "frame_id_derived", "part_id", "recipe_id", "role_id", "roi_id")
 
 
 @dataclass(frozen=True)
@@ -34,61 +35,38 @@ class Timings:
     total_ms: float  # fetched -> verdict built (delivery to the broker not included)
 
     def to_dict(self) -> dict[str, float]:
-        return {
-            "queue_ms": round(self.queue_ms, 3),
-            "decode_ms": round(self.decode_ms, 3),
-            "inference_ms": round(self.inference_ms, 3),
-            "total_ms": round(self.total_ms, 3),
-        }
+        return {name: round(value, 3) for name, value in asdict(self).items()}
 
 
 @dataclass(frozen=True)
-class Verdict:
+class VerdictMessage:
+    """One frame's ``bdi.verdict/1`` message; the fields in the order the JSON has them."""
+
     frame_id: str
     frame_id_derived: bool
     part_id: str | None
     recipe_id: str | None
     role_id: str | None
     roi_id: str | None
-    verdict: VerdictName
+    verdict: Verdict
     score: float | None
     threshold: float | None
+    regions: list[dict[str, Any]]  # Region.to_dict(), as the REST API's regions
+    regions_total: int
     model_version: str | None
     source: Source
     timings: Timings
-    regions: list[dict[str, Any]] = field(default_factory=list)
-    regions_total: int = 0
-    error_class: str | None = None
-    error: str | None = None
-    dead_lettered: bool = False
-    produced_at: str = ""
+    error_class: str | None
+    error: str | None
+    dead_lettered: bool
+    produced_at: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema": SCHEMA,
-            "frame_id": self.frame_id,
-            "frame_id_derived": self.frame_id_derived,
-            "part_id": self.part_id,
-            "recipe_id": self.recipe_id,
-            "role_id": self.role_id,
-            "roi_id": self.roi_id,
-            "verdict": self.verdict,
-            "score": self.score,
-            "threshold": self.threshold,
-            "regions": self.regions,
-            "regions_total": self.regions_total,
-            "model_version": self.model_version,
-            "source": {
-                "topic": self.source.topic,
-                "partition": self.source.partition,
-                "offset": self.source.offset,
-            },
-            "timings": self.timings.to_dict(),
-            "error_class": self.error_class,
-            "error": self.error,
-            "dead_lettered": self.dead_lettered,
-            "produced_at": self.produced_at,
-        }
+        data: dict[str, Any] = {"schema": SCHEMA}
+        data.update((f.name, getattr(self, f.name)) for f in fields(self))
+        data["source"] = asdict(self.source)
+        data["timings"] = self.timings.to_dict()
+        return data
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.to_dict())
@@ -100,16 +78,6 @@ def finite(value: float | None) -> float | None:
         return None
     value = float(value)
     return value if math.isfinite(value) else None
-
-
-def region_dict(region: Region) -> dict[str, Any]:
-    x, y, w, h = region.bbox
-    return {
-        "bbox": [int(x), int(y), int(w), int(h)],
-        "area_px": int(region.area_px),
-        "area_mm2": finite(region.area_mm2),
-        "max_score": finite(region.max_score),
-    }
 
 
 def inference_failure(inference: Inference) -> Failure | None:
@@ -140,7 +108,7 @@ def build_verdict(
     timings: Timings,
     *,
     model_version: str | None = None,
-) -> Verdict:
+) -> VerdictMessage:
     """The verdict of one frame. ``failure`` (input, model) wins over ``inference``; an
     inference that fails :func:`inference_failure` becomes ``ERROR``/``NO_MODEL``."""
     meta = decoded.frame.meta
@@ -154,21 +122,16 @@ def build_verdict(
         score, threshold = finite(inference.score), finite(inference.threshold)
         model_version = inference.model_version or model_version
         regions = list(inference.regions) if failure is None else []
-    verdict: VerdictName = failure.verdict if failure is not None else _ok_ng(inference)
-    return Verdict(
-        frame_id=meta.frame_id,
-        frame_id_derived=meta.frame_id_derived,
-        part_id=meta.part_id,
-        recipe_id=meta.recipe_id,
-        role_id=meta.role_id,
-        roi_id=meta.roi_id,
+    verdict: Verdict = failure.verdict if failure is not None else _ok_ng(inference)
+    return VerdictMessage(
+        **{name: getattr(meta, name) for name in FRAME_FIELDS},
         verdict=verdict,
         score=score,
         threshold=threshold,
         model_version=model_version,
         source=decoded.frame.source,
         timings=timings,
-        regions=[region_dict(r) for r in regions[:MAX_REGIONS]],
+        regions=[r.to_dict() for r in regions[:MAX_REGIONS]],
         regions_total=len(regions),
         error_class=None if failure is None else failure.error_class,
         error=None if failure is None else failure.message,
@@ -177,6 +140,6 @@ def build_verdict(
     )
 
 
-def _ok_ng(inference: Inference | None) -> VerdictName:
+def _ok_ng(inference: Inference | None) -> Verdict:
     assert inference is not None and inference.verdict in ("OK", "NG")
     return "NG" if inference.verdict == "NG" else "OK"

@@ -20,6 +20,8 @@ from engine.knn import KnnIndex
 from engine.patchcore import ModelMeta, PatchCoreModel
 
 NPZ = ".npz"
+# the per-position OK baseline's array in the npz (its name in the file format)
+BASELINE = "nominal"
 INDEX = "_index.faiss"
 CALIB = "_calib.json"
 
@@ -40,8 +42,8 @@ def to_bytes(model: PatchCoreModel) -> dict[str, bytes]:
         "meta": np.array(json.dumps(model.meta.to_dict(), sort_keys=True)),
         "version": np.array(model.version),
     }
-    if model.nominal is not None:
-        arrays["nominal"] = model.nominal
+    if model.baseline is not None:
+        arrays[BASELINE] = model.baseline
     if model.shortlist is not None:
         arrays["shortlist"] = model.shortlist
     np.savez(buf, **arrays)  # type: ignore[arg-type]
@@ -67,7 +69,7 @@ def load(directory: Path, base_name: str, nprobe: int = 8, use_gpu: bool = False
             bank = npz["memory_bank"].astype(np.float32, copy=False)
             meta = ModelMeta.from_dict(json.loads(str(npz["meta"])))
             version = str(npz["version"]) if "version" in npz else ""
-            nominal = npz["nominal"].astype(np.float32) if "nominal" in npz else None
+            baseline = npz[BASELINE].astype(np.float32) if BASELINE in npz else None
             shortlist = npz["shortlist"].astype(np.int32) if "shortlist" in npz else None
     except Exception as exc:  # zip, header and payload damage surface as many types
         raise ArtifactError(f"unreadable memory bank {paths[NPZ]}: {exc}") from exc
@@ -87,7 +89,7 @@ def load(directory: Path, base_name: str, nprobe: int = 8, use_gpu: bool = False
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"unreadable calibration {paths[CALIB]}: {exc}") from exc
     try:
-        return PatchCoreModel(meta, index, calibration, version, nominal, shortlist)
+        return PatchCoreModel(meta, index, calibration, version, baseline, shortlist)
     except ValueError as exc:  # a baseline or shortlist that does not fit the model
         raise ArtifactError(f"inconsistent memory bank {paths[NPZ]}: {exc}") from exc
 

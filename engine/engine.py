@@ -3,39 +3,29 @@
 from __future__ import annotations
 
 import hashlib
-import math
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from configs.settings import Settings
 from engine import calibration as calib
-from engine.anomaly_map import anomaly_maps, full_size_box, resize_map
+from engine.anomaly_map import anomaly_maps
 from engine.backbone import RANDOM_WEIGHTS, Backbone, load_backbone
+from engine.config import EngineConfig
+from engine.decision import Inference, InferItem, decide, failed, needs_map
 from engine.device import DeviceSpec, select_device
-from engine.errors import NON_FINITE, EngineError
-from engine.heatmap import heatmap_png
+from engine.errors import EngineError
 from engine.images import to_tensor
-from engine.patchcore import (
-    MapSpec,
-    ModelMeta,
-    PatchCoreModel,
-    aggregate,
-    build_memory,
-    leave_one_out_neighbours,
-    nominal_map,
-    positional_shortlist,
-    region_floor,
-    score,
-)
-from engine.regions import Region, find_regions, significant
+from engine.leave_one_out import leave_one_out_neighbours, position_baseline, positional_shortlist
+from engine.patchcore import MapSpec, ModelMeta, PatchCoreModel, aggregate, build_memory, score
 
-Verdict = Literal["OK", "NG", "ERROR", "NO_MODEL"]
+if TYPE_CHECKING:
+    from configs.settings import Settings
+
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 # training images re-scored leave-one-out: the OK threshold and the per-position baseline
 CALIBRATION_IMAGES = 64
@@ -48,7 +38,9 @@ CUDA_BATCH = 64
 
 
 @dataclass(frozen=True)
-class FitResult:
+class FitOutput:
+    """What :meth:`Engine.fit` returns: the model (not yet stored) and how it was made."""
+
     model: PatchCoreModel
     n_images: int
     n_patches: int
@@ -58,30 +50,6 @@ class FitResult:
     ok_scores: np.ndarray = field(default_factory=lambda: np.empty(0))
 
 
-@dataclass(frozen=True)
-class InferItem:
-    model: PatchCoreModel | None  # None: no model for this frame -> NO_MODEL
-    image: np.ndarray  # (H, W, 3) uint8 RGB, original resolution
-    mm_per_px: float | None = None
-    want_map: bool = False
-    want_heatmap: bool = False
-
-
-@dataclass
-class Inference:
-    verdict: Verdict
-    score: float | None
-    threshold: float | None
-    regions: list[Region] = field(default_factory=list)
-    model_version: str | None = None
-    error: str | None = None
-    error_kind: str | None = None  # the exception class behind an ERROR, for the front doors
-    anomaly_map: np.ndarray | None = None  # (H, W) at the original resolution
-    heatmap_png: bytes | None = None
-    random_backbone: bool = False
-    timings_ms: dict[str, float] = field(default_factory=dict)
-
-
 def _noop(stage: str, done: int, total: int) -> None:
     return None
 
@@ -89,8 +57,8 @@ def _noop(stage: str, done: int, total: int) -> None:
 class Engine:
     """Backbones (loaded once, shared) + PatchCore maths on one device. Thread-safe."""
 
-    def __init__(self, settings: Settings, spec: DeviceSpec) -> None:
-        self.settings = settings
+    def __init__(self, config: EngineConfig, spec: DeviceSpec) -> None:
+        self.config = config
         self.spec = spec
         self._backbones: dict[tuple[str, int], Backbone] = {}
         self._fingerprints: dict[str, str] = {}
@@ -99,25 +67,26 @@ class Engine:
     @property
     def batch_size(self) -> int:
         """Images per backbone forward (``BDI_ENGINE_BATCH_SIZE``, or the device's default)."""
-        if self.settings.engine_batch_size:
-            return self.settings.engine_batch_size
+        if self.config.engine_batch_size:
+            return self.config.engine_batch_size
         return CUDA_BATCH if self.spec.is_cuda else CPU_BATCH
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Engine:
+        """The engine the settings describe, on the device they ask for."""
         spec = select_device(settings.require_cuda, settings.torch_threads)
-        return cls(settings, spec)
+        return cls(EngineConfig.from_settings(settings), spec)
 
     # --- backbones -------------------------------------------------------------------
     def backbone(self, name: str | None = None, size: int | None = None) -> Backbone:
-        name = name or self.settings.backbone
-        size = size or self.settings.image_size
+        name = name or self.config.backbone
+        size = size or self.config.image_size
         key = (name, size if name == "dinov2_vits14" else 0)
         with self._lock:
             if key not in self._backbones:
                 # the configured weights belong to the configured backbone; any other
                 # backbone uses its packaged default (or fails with a clear message)
-                weights = self.settings.backbone_weights if name == self.settings.backbone else None
+                weights = self.config.backbone_weights if name == self.config.backbone else None
                 self._backbones[key] = load_backbone(name, self.spec, weights, size)
             return self._backbones[key]
 
@@ -154,7 +123,7 @@ class Engine:
         per frame. The first run pays for lazy set-up (kernel selection, allocator growth),
         so the first real batch does not; the second is a lower bound of what a frame
         costs (decoding, resizing and the kNN come on top)."""
-        size = self.settings.image_size
+        size = self.config.image_size
         n = max(1, min(frames, self.batch_size))
         noise = np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
         images = list(noise)
@@ -171,11 +140,11 @@ class Engine:
         mm_per_px: float | None = None,
         coreset_rate: float | None = None,
         progress: Progress = _noop,
-    ) -> FitResult:
+    ) -> FitOutput:
         """Build a PatchCore model from OK images (and an OK-only threshold when n >= 2)."""
         if not images:
             raise EngineError("no OK images to train from")
-        s = self.settings
+        s = self.config
         size = s.image_size
         rate = s.coreset_rate if coreset_rate is None else coreset_rate
         bb = self.backbone(s.backbone, size)
@@ -202,7 +171,7 @@ class Engine:
             )
             if s.knn_shortlist:
                 shortlist = positional_shortlist(nearest.reshape(-1, h, w), s.knn_shortlist)
-        nominal = nominal_map(loo.reshape(-1, h, w)) if s.position_norm else None
+        baseline = position_baseline(loo.reshape(-1, h, w)) if s.position_norm else None
         meta = ModelMeta(
             backbone=bb.info.name,
             backbone_weights=self.weights_fingerprint(bb),
@@ -214,31 +183,31 @@ class Engine:
             n_train_images=n_img,
             n_patches=n_img * h * w,
             memory_bank=len(ids),
-            nominal_images=0 if nominal is None else len(loo),
+            baseline_images=0 if baseline is None else len(loo),
         )
-        model = PatchCoreModel(meta=meta, index=index, nominal=nominal, shortlist=shortlist)
+        model = PatchCoreModel(meta=meta, index=index, baseline=baseline, shortlist=shortlist)
         ok = np.empty(0)
         if len(loo):
             # the same images scored the way inference will score (baseline subtracted);
             # they helped set the baseline, so these run low: a stricter threshold
-            ok = (loo - (0.0 if nominal is None else nominal.ravel())).max(axis=1)
+            ok = (loo - (0.0 if baseline is None else baseline.ravel())).max(axis=1)
             model.calibration = calib.from_ok(ok, s.score_percentile)
         t3 = time.perf_counter()
         timings = {"embed_s": t1 - t0, "coreset_s": timing.coreset_s, "index_s": timing.index_s,
                    "calibrate_s": t3 - t2, "fit_s": t3 - t0}  # fmt: skip
-        return FitResult(model, n_img, n_img * h * w, timings, ok)
+        return FitOutput(model, n_img, n_img * h * w, timings, ok)
 
     def image_scores(self, model: PatchCoreModel, images: Sequence[np.ndarray]) -> np.ndarray:
         """Image scores of many images against one model (calibration, datasets)."""
         bb = self._backbone_for(model)
         feats = self.embed(images, bb, model.meta.image_size)
         no_maps = np.zeros(len(feats), dtype=bool)
-        return score(model, feats, self.settings.score_reweight, no_maps).image
+        return score(model, feats, self.config.score_reweight, no_maps).image
 
     def calibrate(
         self, model: PatchCoreModel, ok_scores: Sequence[float], ng_scores: Sequence[float] | None
     ) -> calib.Calibration:
-        pct = self.settings.score_percentile
+        pct = self.config.score_percentile
         if ng_scores is None or len(ng_scores) == 0:
             return calib.from_ok(ok_scores, pct)
         return calib.from_ok_ng(ok_scores, ng_scores, pct)
@@ -287,6 +256,7 @@ class Engine:
     def _infer_group(
         self, items: Sequence[InferItem], members: list[int], results: list[Inference | None]
     ) -> None:
+        cfg = self.config
         first = items[members[0]].model
         assert first is not None
         try:
@@ -296,10 +266,7 @@ class Engine:
             embed_ms = (time.perf_counter() - t0) * 1e3 / len(members)
         except (EngineError, RuntimeError, ValueError) as exc:
             for i in members:
-                results[i] = Inference(
-                    "ERROR", None, None,
-                    error=f"{type(exc).__name__}: {exc}", error_kind=type(exc).__name__,
-                )  # fmt: skip
+                results[i] = failed(exc)
             return
         by_model: dict[int, list[int]] = {}
         for pos, i in enumerate(members):
@@ -316,24 +283,26 @@ class Engine:
                 # one model for the whole group (the usual case): its features as they are
                 mine = feats if len(positions) == len(feats) else feats[positions]
                 scores = score(
-                    model, mine, self.settings.score_reweight, wanted,
-                    MapSpec(model.meta.image_size, self.settings.anomaly_sigma),
+                    model, mine, cfg.score_reweight, wanted,
+                    MapSpec(model.meta.image_size, cfg.anomaly_sigma),
                 )  # fmt: skip
             except (EngineError, RuntimeError, ValueError) as exc:
                 for pos in positions:
-                    results[members[pos]] = Inference(
-                        "ERROR", None, model.threshold, model_version=model.version,
-                        error=f"{type(exc).__name__}: {exc}", error_kind=type(exc).__name__,
-                    )  # fmt: skip
+                    results[members[pos]] = failed(exc, model)
                 continue
             knn_ms = (time.perf_counter() - t1) * 1e3 / len(positions)
-            size, sigma = model.meta.image_size, self.settings.anomaly_sigma
-            base = model.baseline(size, sigma)
+            size, sigma = model.meta.image_size, cfg.anomaly_sigma
+            baseline = model.baseline_map(size, sigma)
             # the pixel maps of the frames that need one, drawn together
             drawn = [
                 j
                 for j, pos in enumerate(positions)
-                if self._needs_map(items[members[pos]], model, float(scores.image[j]))
+                if needs_map(
+                    items[members[pos]],
+                    model.threshold,
+                    float(scores.image[j]),
+                    cfg.score_reweight,
+                )  # fmt: skip
             ]
             amaps = (
                 dict(zip(drawn, anomaly_maps(scores.patches[drawn], size, sigma), strict=True))
@@ -342,85 +311,9 @@ class Engine:
             )
             for j, pos in enumerate(positions):
                 i = members[pos]
-                res = self._decide(items[i], model, float(scores.image[j]), scores.patches[j],
-                                   base, amaps.get(j))  # fmt: skip
+                res = decide(
+                    items[i], model, float(scores.image[j]), scores.patches[j], baseline,
+                    amaps.get(j), reweight=cfg.score_reweight, area_mm2_thr=cfg.area_mm2_thr,
+                )  # fmt: skip
                 res.timings_ms.update({"embed": embed_ms, "knn": knn_ms})
                 results[i] = res
-
-    def _may_have_regions(self, model: PatchCoreModel, value: float) -> bool:
-        """Upsampling and blurring never exceed the grid's maximum, so without reweighting a
-        frame scored below the threshold has no region: most frames on a line are OK and
-        skip the pixel map entirely."""
-        threshold = model.threshold
-        return threshold is not None and (value >= threshold or self.settings.score_reweight)
-
-    def _needs_map(self, item: InferItem, model: PatchCoreModel, value: float) -> bool:
-        """Whether a frame's pixel map is drawn: it may have regions, or it is wanted."""
-        return self._may_have_regions(model, value) or item.want_map or item.want_heatmap
-
-    def _decide(
-        self,
-        item: InferItem,
-        model: PatchCoreModel,
-        value: float,
-        patches: np.ndarray,
-        base: np.ndarray | None,
-        amap: np.ndarray | None,
-    ) -> Inference:
-        """Verdict and regions of one frame. ``patches (h, w)``: patch distances; ``base``:
-        the model's per-position baseline map, subtracted where the threshold applies
-        (regions, heatmap) so that they agree with the image score; ``amap``: the frame's
-        pixel map where :meth:`_needs_map` asks for one, else None."""
-        random_bb = model.meta.backbone_weights == RANDOM_WEIGHTS
-        threshold = model.threshold
-        if not math.isfinite(value) or not np.isfinite(patches).all():
-            return Inference(
-                "ERROR", None, threshold, model_version=model.version,
-                error="non-finite anomaly score", error_kind=NON_FINITE,
-                random_backbone=random_bb,
-            )  # fmt: skip
-        h, w = item.image.shape[:2]
-        mm = item.mm_per_px if item.mm_per_px is not None else model.meta.mm_per_px
-        may_have_regions = self._may_have_regions(model, value)
-        judged = None if amap is None else (amap if base is None else amap - base)
-        regions: list[Region] = []
-        error: str | None = None
-        # full-resolution maps: only when someone needs them (most frames on a line are
-        # OK). Bilinear upsampling never exceeds the source maximum, so a map below the
-        # threshold at input size has no region at full size either.
-        # the map's peak per row: the map's maximum, and where it may reach the threshold
-        peak_rows = None if judged is None or not may_have_regions else judged.max(axis=1)
-        needs_regions = (
-            threshold is not None and peak_rows is not None and float(peak_rows.max()) >= threshold
-        )
-        full = (
-            resize_map(judged, h, w)
-            if judged is not None and (needs_regions or item.want_heatmap)
-            else None
-        )
-        if threshold is None:
-            verdict: Verdict = "NO_MODEL"
-            error = "model is not calibrated (no threshold)"
-        else:
-            verdict = "NG" if value >= threshold else "OK"
-            if needs_regions:
-                assert full is not None and judged is not None and peak_rows is not None
-                # only the part of the full-size map that can reach the threshold is read
-                floor = region_floor(threshold)
-                box = full_size_box(peak_rows >= floor, judged.max(axis=0) >= floor, h, w)
-                regions = find_regions(full, threshold, mm, within=box)
-            min_area = self.settings.area_mm2_thr
-            if verdict == "NG" and min_area > 0 and mm is not None and regions:
-                # defects smaller than the minimum area do not reject the part
-                verdict = "NG" if significant(regions, min_area) else "OK"
-        png = None
-        if item.want_heatmap:
-            assert full is not None
-            vmax = 2.0 * threshold if threshold else None
-            png = heatmap_png(item.image, full, vmax)
-        return Inference(
-            verdict, value, threshold, regions, error=error, model_version=model.version,
-            # the localisation map: patch distances, no baseline (the better pixel ranking)
-            anomaly_map=resize_map(amap, h, w) if item.want_map and amap is not None else None,
-            heatmap_png=png, random_backbone=random_bb,
-        )  # fmt: skip

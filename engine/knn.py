@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
 import torch
 
-KnnMode = Literal["exact", "ivf"]
+if TYPE_CHECKING:
+    from configs.settings import KnnMode  # the accepted values of BDI_KNN_MODE
+
 # Exact searches of a few patches at a time are the common case (re-checking the patches
 # that decide an image's score): faiss answers fewer than 20 queries with a per-query loop
 # unless told to use its matrix product. Its own BLAS also shares faiss' OpenMP pool, where
@@ -170,12 +172,14 @@ class KnnIndex:
     def search_images(
         self,
         queries: np.ndarray,
-        offset: np.ndarray | None = None,
+        baseline: np.ndarray | None = None,
         upper: np.ndarray | None = None,
         searched: np.ndarray | None = None,
     ) -> np.ndarray:
         """Nearest-neighbour distance bounds of every patch, ``(B, P, C) -> (B, P)``, exact
-        where they decide each image's score ``max(distance - offset)``.
+        where they decide each image's score ``max(distance - baseline)``.
+
+        ``baseline (P,)``: the per-position OK baseline (none: zero).
 
         Every value returned is an upper bound of the true distance (an IVF probe or a
         shortlist can only miss the nearest row, never find one closer than it), and the
@@ -190,7 +194,7 @@ class KnnIndex:
         (or the exact search): searching those again with the index changes nothing.
         """
         b, p, c = queries.shape
-        adj = np.zeros(p, np.float32) if offset is None else offset.astype(np.float32)
+        baseline = np.zeros(p, np.float32) if baseline is None else baseline.astype(np.float32)
         if upper is None:
             if searched is not None:
                 searched[...] = True
@@ -202,10 +206,10 @@ class KnnIndex:
             dist = np.array(upper, dtype=np.float32)
             level = np.full((b, p), _BOUND, np.int8)
             # each image's likeliest maxima get the approximate index first
-            self._raise(queries, dist, level, _top(dist - adj, SEED_APPROX), _APPROX)
-        self._raise(queries, dist, level, _top(dist - adj, SEED_EXACT), _EXACT)
+            self._raise(queries, dist, level, _top(dist - baseline, SEED_APPROX), _APPROX)
+        self._raise(queries, dist, level, _top(dist - baseline, SEED_EXACT), _EXACT)
         while True:
-            judged = dist - adj
+            judged = dist - baseline
             best = np.where(level == _EXACT, judged, -np.inf).max(axis=1, keepdims=True)
             above = (judged > best) & (level != _EXACT)
             if not above.any():

@@ -10,9 +10,8 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -20,15 +19,18 @@ import torch.nn.functional as F
 from engine.calibration import Calibration
 from engine.coreset import greedy_coreset
 from engine.errors import GridMismatchError, NotFittedError
-from engine.knn import KnnIndex, KnnMode
+from engine.knn import KnnIndex
+
+if TYPE_CHECKING:
+    from configs.settings import KnnMode
 
 FORMAT_VERSION = 1
 REWEIGHT_NEIGHBOURS = 9  # b in the paper's eq. (7)
-NOMINAL_MIN_IMAGES = 16  # fewer leave-one-out images give too noisy a per-position baseline
-NOMINAL_PERCENTILE = 90.0
-NOMINAL_SIGMA = 1.0  # in token-grid cells
 BOUND_MARGIN = 2e-6  # relative slack on shortlist bounds (see PatchCoreModel.shortlist_bounds)
 MAP_SLACK = 1e-5  # relative slack on region thresholds (see region_floor)
+# the artifact's name of ModelMeta.baseline_images (and "nominal" the baseline's array):
+# file-format names, kept so that stored models load and keep their versions
+_BASELINE_IMAGES_KEY = "nominal_images"
 
 
 def aggregate(feature_maps: list[torch.Tensor], grid_map: int = 0) -> torch.Tensor:
@@ -80,24 +82,29 @@ class ModelMeta:
     n_train_images: int
     n_patches: int
     memory_bank: int
-    nominal_images: int = 0  # training images behind the per-position baseline; 0 = none
+    baseline_images: int = 0  # training images behind the per-position baseline; 0 = none
     created_at: float = field(default_factory=time.time)
     format: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, object]:
+        """The artifact's JSON metadata (hashed into the model version: keys are stable)."""
         d = asdict(self)
         d["grid"] = list(self.grid)
+        d[_BASELINE_IMAGES_KEY] = d.pop("baseline_images")
         return d
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> ModelMeta:
+        data = {**data}
+        if _BASELINE_IMAGES_KEY in data:
+            data["baseline_images"] = data.pop(_BASELINE_IMAGES_KEY)
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         known["grid"] = tuple(known["grid"])  # type: ignore[arg-type]
         return cls(**known)  # type: ignore[arg-type]
 
 
 class Scores(NamedTuple):
-    image: np.ndarray  # (B,) image scores: s* in the paper, less the per-position baseline
+    image: np.ndarray  # (B,) image scores: max over positions of (distance - baseline)
     patches: np.ndarray  # (B, h, w) patch distances to the memory bank (no baseline)
 
 
@@ -107,37 +114,38 @@ class PatchCoreModel:
     index: KnnIndex
     calibration: Calibration | None = None
     version: str = ""
-    # (h, w) patch distance an OK part typically shows at each grid position; subtracted
-    # before the max. None: plain PatchCore.
-    nominal: np.ndarray | None = None
+    # the per-position OK baseline: (h, w) patch distance an OK part typically shows at
+    # each grid position (engine.leave_one_out), subtracted before the max. None: plain
+    # PatchCore.
+    baseline: np.ndarray | None = None
     # (h*w, K) memory-bank rows per grid position: the nearest rows of aligned OK patches
     # there and around. Only a speed aid (see :func:`score`); None: search everything.
     shortlist: np.ndarray | None = None
-    _baselines: dict[tuple[int, float], np.ndarray] = field(
+    _baseline_maps: dict[tuple[int, float], np.ndarray] = field(
         default_factory=dict, repr=False, compare=False
     )
     _candidates: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = field(
         default=None, repr=False, compare=False
     )
 
-    def baseline(self, size: int, sigma: float) -> np.ndarray | None:
+    def baseline_map(self, size: int, sigma: float) -> np.ndarray | None:
         """The per-position baseline as a pixel map ``(size, size)``, made exactly as the
-        anomaly maps are (upsampling and blurring are linear, so ``map - baseline`` is the
-        map of the baseline-subtracted patch scores). Cached per model."""
-        if self.nominal is None:
+        anomaly maps are (upsampling and blurring are linear, so ``map - baseline_map`` is
+        the map of the baseline-subtracted patch scores). Cached per model."""
+        if self.baseline is None:
             return None
         key = (size, sigma)
-        if key not in self._baselines:
+        if key not in self._baseline_maps:
             from engine.anomaly_map import anomaly_maps
 
-            self._baselines[key] = anomaly_maps(self.nominal[None], size, sigma)[0]
-        return self._baselines[key]
+            self._baseline_maps[key] = anomaly_maps(self.baseline[None], size, sigma)[0]
+        return self._baseline_maps[key]
 
     def __post_init__(self) -> None:
-        if self.nominal is not None:
-            self.nominal = np.ascontiguousarray(self.nominal, dtype=np.float32)
-            if self.nominal.shape != tuple(self.meta.grid):
-                raise ValueError(f"nominal map {self.nominal.shape} != grid {self.meta.grid}")
+        if self.baseline is not None:
+            self.baseline = np.ascontiguousarray(self.baseline, dtype=np.float32)
+            if self.baseline.shape != tuple(self.meta.grid):
+                raise ValueError(f"baseline {self.baseline.shape} != grid {self.meta.grid}")
         if self.shortlist is not None:
             self.shortlist = np.ascontiguousarray(self.shortlist, dtype=np.int32)
             cells = self.meta.grid[0] * self.meta.grid[1]
@@ -148,7 +156,7 @@ class PatchCoreModel:
             ):
                 raise ValueError("shortlist names rows outside the memory bank")
         if not self.version:
-            self.version = content_version(self.meta, self.index.bank(), self.nominal)
+            self.version = content_version(self.meta, self.index.bank(), self.baseline)
 
     def shortlist_bounds(self, flat: np.ndarray) -> np.ndarray | None:
         """Distance from each patch ``(B, P, C)`` to the nearest of its position's shortlist
@@ -181,12 +189,12 @@ class PatchCoreModel:
         return None if self.calibration is None else self.calibration.threshold
 
 
-def content_version(meta: ModelMeta, bank: np.ndarray, nominal: np.ndarray | None = None) -> str:
+def content_version(meta: ModelMeta, bank: np.ndarray, baseline: np.ndarray | None = None) -> str:
     """A short content hash naming one trained model (memory bank, baseline, metadata)."""
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(bank, dtype=np.float32).tobytes())
-    if nominal is not None:
-        h.update(np.ascontiguousarray(nominal, dtype=np.float32).tobytes())
+    if baseline is not None:
+        h.update(np.ascontiguousarray(baseline, dtype=np.float32).tobytes())
     h.update(json.dumps(meta.to_dict(), sort_keys=True).encode())
     return h.hexdigest()[:16]
 
@@ -231,6 +239,15 @@ def score(
 ) -> Scores:
     """Score patch features ``(B, h, w, C)`` against the model's memory bank.
 
+    A patch's distance to its nearest bank row, less the model's per-position OK baseline
+    (what OK parts typically show at that grid position; zero without one), is its score;
+    an image's score is the highest patch score (s* in the paper; ``reweight``: times the
+    paper's eq. (7) weight). A defect region's ``max_score`` comes from the pixel map of
+    the same patch scores, upsampled and blurred (:mod:`engine.anomaly_map`): each pixel a
+    weighted average of nearby patch scores, never above the highest, so without
+    reweighting it is at most the image score and usually below it; a frame may even reach
+    the threshold with no pixel doing so (NG without a region).
+
     The image scores are exact. ``patches`` are upper bounds of the patch distances, exact
     where they decide the image score; with a shortlist they are only searched where they
     could, so ``maps (B,) bool`` names the frames whose whole map is wanted (a heatmap, a
@@ -250,12 +267,12 @@ def score(
             f"{model.meta.grid[0]}x{model.meta.grid[1]}x{model.meta.feature_dim}"
         )
     flat = features.reshape(b, h * w, c)
-    offset = None if model.nominal is None else model.nominal.ravel()
+    baseline = None if model.baseline is None else model.baseline.ravel()
     # on a GPU the exact search is cheap enough on its own
     upper = None if model.index.use_gpu else model.shortlist_bounds(flat)
     searched = np.zeros((b, h * w), dtype=bool)  # patches at index quality
-    patch = model.index.search_images(flat, offset, upper, searched)  # (B, P)
-    judged = patch if offset is None else patch - offset
+    patch = model.index.search_images(flat, baseline, upper, searched)  # (B, P)
+    judged = patch if baseline is None else patch - baseline
     image = judged.max(axis=1)
     if upper is not None:
         whole = np.ones(b, dtype=bool) if maps is None or reweight else maps.copy()
@@ -272,7 +289,7 @@ def score(
         if regions is not None and reaching.any():
             assert threshold is not None
             _search_near_regions(
-                model.index, flat, patch, searched, reaching, (h, w), offset, threshold, regions
+                model.index, flat, patch, searched, reaching, (h, w), baseline, threshold, regions
             )
     if reweight:
         image = image * _reweight(model.index, flat[np.arange(b), judged.argmax(axis=1)])
@@ -300,7 +317,7 @@ def _search_near_regions(
     searched: np.ndarray,
     frames: np.ndarray,
     grid: tuple[int, int],
-    offset: np.ndarray | None,
+    baseline: np.ndarray | None,
     threshold: float,
     spec: MapSpec,
 ) -> None:
@@ -325,8 +342,8 @@ def _search_near_regions(
     h, w = grid
     todo = np.flatnonzero(frames)
     judged = patch[todo].reshape(-1, h, w)
-    if offset is not None:
-        judged = judged - offset.reshape(h, w)
+    if baseline is not None:
+        judged = judged - baseline.reshape(h, w)
     # each hot pixel with its 8 neighbours: the supports widened by a pixel each way
     rows = map_support(h, spec.size, spec.sigma, widen=1)
     cols = map_support(w, spec.size, spec.sigma, widen=1)
@@ -352,63 +369,3 @@ def _reweight(index: KnnIndex, worst: np.ndarray) -> np.ndarray:
     dist = np.linalg.norm(bank[support] - worst[:, None, :], axis=2).astype(np.float64)
     soft = np.exp(dist - dist.max(axis=1, keepdims=True))
     return 1.0 - soft[:, 0] / soft.sum(axis=1)
-
-
-def leave_one_out_neighbours(
-    index: KnnIndex, features: np.ndarray, bank_source: np.ndarray, k: int = 16
-) -> tuple[np.ndarray, np.ndarray]:
-    """Patch scores of training images, each scored without its own patches, and the bank
-    row that gave each score: ``(N, P)`` distances and ``(N, P)`` row ids.
-
-    ``features (N_img, P, C)``, ``bank_source (M,)`` = training image of each bank row.
-    When all ``k`` neighbours come from the image itself, the k-th distance is used: a lower
-    bound, so an OK threshold taken from these can only come out lower (stricter).
-    """
-    n_img, p, c = features.shape
-    scores = np.empty((n_img, p))
-    rows = np.empty((n_img, p), dtype=np.int64)
-    for i in range(n_img):
-        dist, ids = index.search(features[i], min(k, index.size), exact=True)
-        other = bank_source[ids] != i
-        first = np.where(other.any(axis=1), other.argmax(axis=1), dist.shape[1] - 1)
-        scores[i] = dist[np.arange(p), first]
-        rows[i] = ids[np.arange(p), first]
-    return scores, rows
-
-
-def positional_shortlist(neighbours: np.ndarray, size: int, radius: int = 1) -> np.ndarray:
-    """Per grid position, the ``size`` bank rows most often nearest to OK patches at that
-    position or within ``radius`` cells of it: ``(N, h, w)`` row ids -> ``(h*w, size)``.
-
-    Parts reach the camera aligned, so an OK patch's nearest row is usually one that was
-    nearest to other OK parts' patches around the same place (measured on the tire set:
-    within one cell for 89 % of test patches). Shorter lists are padded with their first
-    row (a repeat changes no minimum).
-    """
-    n, h, w = neighbours.shape
-    padded = np.pad(neighbours, ((0, 0), (radius, radius), (radius, radius)), constant_values=-1)
-    out = np.empty((h * w, size), dtype=np.int32)
-    span = 2 * radius + 1
-    for y in range(h):
-        for x in range(w):
-            pool = padded[:, y : y + span, x : x + span].ravel()
-            rows, counts = np.unique(pool[pool >= 0], return_counts=True)
-            pick = rows[np.argsort(-counts, kind="stable")][:size]
-            out[y * w + x, : len(pick)] = pick
-            out[y * w + x, len(pick) :] = pick[0]
-    return out
-
-
-def nominal_map(loo_patches: np.ndarray) -> np.ndarray | None:
-    """Per-position baseline ``(h, w)`` from leave-one-out patch scores ``(N, h, w)``.
-
-    Parts come to the camera aligned, so an OK part's patch distance depends on where the
-    patch is: a specular highlight or an edge scores high on every part, at the same place.
-    Subtracting what OK parts typically show there (a high percentile, lightly smoothed so
-    one image cannot carve a hole) lets a defect elsewhere stand out. Measured on the tire
-    set: image AUROC 0.67 -> see docs/BENCHMARKS.md.
-    """
-    if len(loo_patches) < NOMINAL_MIN_IMAGES:
-        return None
-    base = np.percentile(loo_patches, NOMINAL_PERCENTILE, axis=0).astype(np.float32)
-    return cv2.GaussianBlur(base, (0, 0), NOMINAL_SIGMA)

@@ -7,9 +7,21 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
+# significant digits of an area in mm²: pixels x mm_per_px² in floating point ends in
+# rounding noise (11.110000000000003 for 11.11); six digits drop it at any scale, far
+# finer than a region's outline on a blurred map is known
+AREA_MM2_DIGITS = 6
+
 
 @dataclass(frozen=True)
 class Region:
+    """A connected area of a frame's anomaly map at or above the threshold.
+
+    ``max_score`` / ``mean_score`` are values of that map: patch scores (distance less the
+    per-position OK baseline) upsampled and blurred, so ``max_score`` is at most the image
+    score (unless reweighted) and usually below it (see :func:`engine.patchcore.score`).
+    """
+
     bbox: tuple[int, int, int, int]  # x, y, width, height in original image pixels
     area_px: int
     area_mm2: float | None  # None when the frame's mm_per_px is unknown
@@ -17,7 +29,15 @@ class Region:
     mean_score: float
 
     def to_dict(self) -> dict[str, object]:
+        """The region as both front doors publish it (REST ``RegionPublic``, Kafka verdict)."""
         return asdict(self)
+
+
+def area_mm2(pixels: int, mm_per_px: float | None) -> float | None:
+    """``pixels`` in mm² at ``mm_per_px`` (to :data:`AREA_MM2_DIGITS` significant digits)."""
+    if mm_per_px is None:
+        return None
+    return float(f"{pixels * mm_per_px * mm_per_px:.{AREA_MM2_DIGITS}g}")
 
 
 def find_regions(
@@ -42,7 +62,6 @@ def find_regions(
     box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
     crop, inside = amap[outer][box], mask[box]
     origin = (box[1].start + (outer[1].start or 0), box[0].start + (outer[0].start or 0))
-    px_area_mm2 = None if mm_per_px is None else mm_per_px * mm_per_px
     # 16-bit labels where they cannot overflow: any two pixels of a 2x2 block touch, so
     # no two components share one and there are at most as many as blocks
     blocks = -(-crop.shape[0] // 2) * -(-crop.shape[1] // 2)
@@ -57,7 +76,7 @@ def find_regions(
             Region(
                 bbox=(origin[0], origin[1], width, height),
                 area_px=area,
-                area_mm2=None if px_area_mm2 is None else area * px_area_mm2,
+                area_mm2=area_mm2(area, mm_per_px),
                 max_score=float(cv2.minMaxLoc(crop, mask=inside)[1]),
                 mean_score=float(cv2.mean(crop, mask=inside)[0]),
             )
@@ -80,7 +99,7 @@ def find_regions(
             Region(
                 bbox=(x + origin[0], y + origin[1], w, h),
                 area_px=int(values.size),
-                area_mm2=None if px_area_mm2 is None else values.size * px_area_mm2,
+                area_mm2=area_mm2(int(values.size), mm_per_px),
                 max_score=float(values.max()),
                 mean_score=float(values.mean()),
             )

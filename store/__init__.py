@@ -1,10 +1,11 @@
 """The on-disk model and dataset store: layout, naming rules, atomic writes, locks, legacy
-paths, manifests. Never imports torch at import time (the engine is imported lazily where
-a model is (de)serialised)."""
+paths, manifests, model history and archives. Never imports torch at import time (the
+engine is imported lazily where a model is (de)serialised)."""
 
 from store.cache import ModelCache
 from store.datasets import DatasetImage
 from store.errors import (
+    ArchiveError,
     ConflictError,
     CorruptModelError,
     InvalidIdError,
@@ -13,11 +14,13 @@ from store.errors import (
     NotFoundError,
     StoreError,
 )
+from store.history import Revision
 from store.manifest import ModelState
-from store.naming import base_name, model_key, parse_base_name, part_id, recipe_id
-from store.store import ModelRef, ModelStore, SavedModel
+from store.naming import ModelRef, base_name, model_key, parse_base_name, part_id, recipe_id
+from store.store import ModelStore, SavedModel
 
 __all__ = [
+    "ArchiveError",
     "ConflictError",
     "CorruptModelError",
     "DatasetImage",
@@ -29,6 +32,7 @@ __all__ = [
     "ModelState",
     "ModelStore",
     "NotFoundError",
+    "Revision",
     "SavedModel",
     "StoreError",
     "base_name",

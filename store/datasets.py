@@ -21,6 +21,7 @@ import numpy as np
 
 from store import atomic, legacy, naming, recipes
 from store.errors import InvalidValueError, NotFoundError, StoreError
+from store.naming import ModelRef
 
 LockFactory = Callable[[str], AbstractContextManager[None]]
 
@@ -43,6 +44,11 @@ class DatasetImage:
         }
 
 
+def _labels(label: str | None) -> list[str]:
+    """One label (checked), or both."""
+    return [naming.label(label)] if label else list(naming.LABELS)
+
+
 def _clean_source(source: str | None) -> str | None:
     if source is None:
         return None
@@ -51,6 +57,9 @@ def _clean_source(source: str | None) -> str | None:
 
 
 class Datasets:
+    """The OK / NG images of each recipe / role / ROI (the ``ModelRef``'s model key is not
+    used: a dataset belongs to the role and ROI)."""
+
     def __init__(self, root: Path, lock: LockFactory, max_pixels: int, use_legacy: bool) -> None:
         self.root = root
         self._lock = lock
@@ -58,44 +67,41 @@ class Datasets:
         self._legacy = use_legacy
 
     # --- paths -----------------------------------------------------------------------------
-    def folder(self, recipe: str | None, role: str, roi: str) -> Path:
-        rid = naming.recipe_id(recipe)
-        return naming.confined(self.root, "recipes", rid, "datasets", naming.base_name(role, roi))
+    def folder(self, ref: ModelRef) -> Path:
+        return naming.confined(self.root, "recipes", ref.recipe_id, "datasets", ref.base_name)
 
-    def label_folder(self, recipe: str | None, role: str, roi: str, label: str) -> Path:
+    def label_folder(self, ref: ModelRef, label: str) -> Path:
         """``…/datasets/<base_name>/<label>``, confined to the store root; a label folder
         that is a symbolic link is refused (files are never read or written through one)."""
-        rid = naming.recipe_id(recipe)
-        base = naming.base_name(role, roi)
-        folder = naming.confined(self.root, "recipes", rid, "datasets", base, naming.label(label))
+        folder = naming.confined(self.folder(ref), naming.label(label))
         if folder.is_symlink():
-            raise InvalidValueError(f"dataset folder {base}/{label} is a symbolic link; refused")
+            raise InvalidValueError(
+                f"dataset folder {ref.base_name}/{label} is a symbolic link; refused"
+            )
         return folder
 
-    def _folders(
-        self, recipe: str | None, role: str, roi: str, label: str
-    ) -> list[tuple[Path, bool]]:
-        out = [(self.label_folder(recipe, role, roi, label), False)]
+    def _folders(self, ref: ModelRef, label: str) -> list[tuple[Path, bool]]:
+        out = [(self.label_folder(ref, label), False)]
         if self._legacy:
-            old = legacy.dataset_dir(self.root, role, roi, naming.label(label))
+            old = legacy.dataset_dir(self.root, ref.role_id, ref.roi_id, naming.label(label))
             if old is not None:
                 out.append((old, True))
         return out
 
-    def path(self, recipe: str | None, role: str, roi: str, label: str, name: str) -> Path:
+    def path(self, ref: ModelRef, label: str, name: str) -> Path:
         name = naming.image_name(name)
-        for folder, _ in self._folders(recipe, role, roi, label):
+        for folder, _ in self._folders(ref, label):
             candidate = folder / name
             if candidate.is_file() and not candidate.is_symlink():
                 return candidate
-        raise NotFoundError(f"no {naming.label(label)} image {name!r} for {role!r}/{roi!r}")
+        raise NotFoundError(
+            f"no {naming.label(label)} image {name!r} for {ref.role_id!r}/{ref.roi_id!r}"
+        )
 
     # --- writes ----------------------------------------------------------------------------
     def add(
         self,
-        recipe: str | None,
-        role: str,
-        roi: str,
+        ref: ModelRef,
         label: str,
         image: np.ndarray | bytes,
         *,
@@ -104,9 +110,11 @@ class Datasets:
         extra: dict[str, Any] | None = None,
     ) -> DatasetImage:
         """Store one image (RGB array, or PNG/JPEG bytes decoded by the engine's bounded
-        decoder) under a generated name. ``source`` is kept as metadata only."""
-        rid, lab = naming.recipe_id(recipe), naming.label(label)
-        folder = self.label_folder(rid, role, roi, lab)
+        decoder) under a generated name. ``source`` (e.g. an upload's file name) is kept as
+        metadata only; a ``mm_per_px`` other than the recipe's locked one is a
+        :class:`ConflictError`."""
+        rid, lab = ref.recipe_id, naming.label(label)
+        folder = self.label_folder(ref, lab)
         rgb = self._as_rgb(image)
         ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         if not ok:
@@ -123,8 +131,8 @@ class Datasets:
                 "name": f"{stem}.png",
                 "label": lab,
                 "recipe_id": rid,
-                "role_id": role,
-                "roi_id": roi,
+                "role_id": ref.role_id,
+                "roi_id": ref.roi_id,
                 "source": _clean_source(source),
                 "mm_per_px": mm,
                 "timestamp": datetime.fromtimestamp(now, UTC).isoformat(),
@@ -156,36 +164,27 @@ class Datasets:
             return np.ascontiguousarray(arr)
         raise InvalidValueError(f"image must be (H, W) or (H, W, 3), not {arr.shape}")
 
-    def delete(self, recipe: str | None, role: str, roi: str, label: str, name: str) -> None:
-        rid = naming.recipe_id(recipe)
-        self.path(rid, role, roi, label, name)  # 404 without creating the recipe's lock
-        with self._lock(rid):
-            path = self.path(rid, role, roi, label, name)
+    def delete(self, ref: ModelRef, label: str, name: str) -> None:
+        self.path(ref, label, name)  # 404 without creating the recipe's lock
+        with self._lock(ref.recipe_id):
+            path = self.path(ref, label, name)
             path.unlink()
             path.with_suffix(".json").unlink(missing_ok=True)
             atomic.fsync_dir(path.parent)
 
-    def clear(
-        self,
-        recipe: str | None,
-        role: str,
-        roi: str,
-        label: str | None = None,
-        include_legacy: bool = False,
-    ) -> int:
-        """Remove all images of one label (or both); legacy folders only if asked to."""
-        rid = naming.recipe_id(recipe)
-        labels = [naming.label(label)] if label else list(naming.LABELS)
+    def clear(self, ref: ModelRef, label: str | None = None, include_legacy: bool = False) -> int:
+        """Remove all images of one label (or both); legacy folders only if asked to.
+        Returns how many were removed."""
         targets = [
             (folder, is_legacy)
-            for lab in labels
-            for folder, is_legacy in self._folders(rid, role, roi, lab)
+            for lab in _labels(label)
+            for folder, is_legacy in self._folders(ref, lab)
             if folder.is_dir() and (include_legacy or not is_legacy)
         ]
         if not targets:
             return 0
         removed = 0
-        with self._lock(rid):
+        with self._lock(ref.recipe_id):
             for folder, is_legacy in targets:
                 removed += len(self._names(folder))
                 if is_legacy:
@@ -213,17 +212,14 @@ class Datasets:
             )
 
     def list_images(
-        self,
-        recipe: str | None,
-        role: str,
-        roi: str,
-        label: str | None = None,
-        with_meta: bool = False,
+        self, ref: ModelRef, label: str | None = None, with_meta: bool = False
     ) -> dict[str, list[DatasetImage]]:
+        """``{"ok": [...], "ng": [...]}`` (or one label's) in name (= time) order, legacy
+        images flagged."""
         out: dict[str, list[DatasetImage]] = {}
-        for lab in [naming.label(label)] if label else list(naming.LABELS):
+        for lab in _labels(label):
             items: dict[str, DatasetImage] = {}
-            for folder, is_legacy in reversed(self._folders(recipe, role, roi, lab)):
+            for folder, is_legacy in reversed(self._folders(ref, lab)):
                 for name in self._names(folder):
                     path = folder / name
                     try:
@@ -235,8 +231,8 @@ class Datasets:
             out[lab] = [items[n] for n in sorted(items)]
         return out
 
-    def counts(self, recipe: str | None, role: str, roi: str) -> dict[str, int]:
-        return {lab: len(items) for lab, items in self.list_images(recipe, role, roi).items()}
+    def counts(self, ref: ModelRef) -> dict[str, int]:
+        return {lab: len(items) for lab, items in self.list_images(ref).items()}
 
     @staticmethod
     def _sidecar(path: Path) -> dict[str, Any]:
@@ -246,19 +242,17 @@ class Datasets:
             return {}
         return data if isinstance(data, dict) else {}
 
-    def read(self, recipe: str | None, role: str, roi: str, label: str, name: str) -> bytes:
-        return self.path(recipe, role, roi, label, name).read_bytes()
+    def read(self, ref: ModelRef, label: str, name: str) -> bytes:
+        return self.path(ref, label, name).read_bytes()
 
-    def meta(
-        self, recipe: str | None, role: str, roi: str, label: str, name: str
-    ) -> dict[str, Any]:
-        return self._sidecar(self.path(recipe, role, roi, label, name))
+    def meta(self, ref: ModelRef, label: str, name: str) -> dict[str, Any]:
+        return self._sidecar(self.path(ref, label, name))
 
-    def load(self, recipe: str | None, role: str, roi: str, label: str) -> list[np.ndarray]:
+    def load(self, ref: ModelRef, label: str) -> list[np.ndarray]:
         """All images of one label as ``(H, W, 3)`` uint8 RGB, in name order."""
         images = []
-        for item in self.list_images(recipe, role, roi, label)[naming.label(label)]:
-            path = self.path(recipe, role, roi, label, item.name)
+        for item in self.list_images(ref, label)[naming.label(label)]:
+            path = self.path(ref, label, item.name)
             bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if bgr is None:
                 raise StoreError(f"stored image {path} is unreadable")

@@ -11,11 +11,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from store import atomic, legacy, models, naming, recipes
+from store import legacy, models, naming, recipes
 from store.errors import InvalidIdError, StoreError
 
 if TYPE_CHECKING:
-    from store.store import ModelRef, ModelStore
+    from store.naming import ModelRef
+    from store.store import ModelStore
 
 
 @dataclass(frozen=True)
@@ -45,16 +46,6 @@ class ModelState:
         return {**asdict(self), "ready": self.ready}
 
 
-def _threshold(path: Path | None) -> float | None:
-    if path is None:
-        return None
-    try:
-        data = atomic.read_json(path)
-        return None if data is None else float(data["threshold"])
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
 def model_state(store: ModelStore, ref: ModelRef) -> ModelState:
     error = None
     try:
@@ -63,17 +54,14 @@ def model_state(store: ModelStore, ref: ModelRef) -> ModelState:
         loc, error = None, str(exc)
     files = loc.files if loc else {}
     calib = files.get(models.CALIB)
-    threshold = _threshold(calib)
+    threshold, _ = models.calibration_facts(calib)
     if calib is not None and threshold is None and error is None:
         error = f"unreadable calibration {calib}"
     version = None
     if loc is not None:
         version = loc.version or models.npz_version(files[models.NPZ])
     return ModelState(
-        recipe_id=ref.recipe_id,
-        role_id=ref.role_id,
-        roi_id=ref.roi_id,
-        model_key=ref.model_key,
+        **ref.ids(),
         base_name=ref.base_name,
         source=loc.source if loc else None,
         has_memory=models.NPZ in files,
@@ -83,7 +71,7 @@ def model_state(store: ModelStore, ref: ModelRef) -> ModelState:
         version=version,
         revision=loc.revision if loc else None,
         mm_per_px=recipes.locked_mm(store.recipe_dir(ref.recipe_id)),
-        dataset=store.dataset_counts(ref.recipe_id, ref.role_id, ref.roi_id),
+        dataset=store.datasets.counts(ref),
         error=error,
     )
 

@@ -9,12 +9,16 @@ One model (recipe / model key / role / ROI) lives in ``recipes/<recipe_id>/<mode
                                     hard links to the current revision (the documented layout)
 
 The pointer is replaced last and is the single commit point; readers always go through it.
-See ``docs/STORE.md`` for the crash analysis.
+A write keeps the newest ``kept`` revisions (``BDI_MODEL_REVISIONS_KEPT``), never fewer than
+the current and the previous one: a reader holding the pointer of one write ago still finds
+its files. See ``docs/STORE.md`` for the crash analysis.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import logging
 import os
 import tempfile
@@ -24,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from store import atomic
+from store import atomic, retention
 from store.errors import CorruptModelError
 
 log = logging.getLogger(__name__)
@@ -87,8 +91,19 @@ def read_pointer(model_dir: Path, base: str) -> dict[str, Any] | None:
     return ptr
 
 
-def _digest(data: bytes) -> str:
+def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def calibration_facts(path: Path | None) -> tuple[float | None, str | None]:
+    """``(threshold, method)`` of a calibration file; ``(None, None)`` if absent or unreadable."""
+    if path is None:
+        return None, None
+    try:
+        data = atomic.read_json(path)
+        return float(data["threshold"]), str(data.get("method", "ok_percentile"))
+    except (ValueError, KeyError, TypeError):
+        return None, None
 
 
 def revision_of(digests: dict[str, str]) -> str:
@@ -99,7 +114,11 @@ def revision_of(digests: dict[str, str]) -> str:
 
 
 def write_model(
-    model_dir: Path, base: str, files: dict[str, bytes], info: dict[str, Any]
+    model_dir: Path,
+    base: str,
+    files: dict[str, bytes],
+    info: dict[str, Any],
+    kept: int = retention.REVISIONS_KEPT,
 ) -> dict[str, Any]:
     """Store one model version; the caller holds the recipe lock. Returns the new pointer.
 
@@ -107,15 +126,17 @@ def write_model(
        to ``.versions/<base>/<revision>`` -- a revision folder is complete or absent;
     2. the pointer is replaced atomically -- **the commit point**;
     3. the top-level files are re-linked to the new revision, one atomic rename each;
-    4. revisions other than the current and the previous one are removed.
+    4. revisions beyond the newest ``kept`` are removed, oldest first by the time the history
+       records; never the current or the previous one.
     """
     if NPZ not in files or INDEX not in files or set(files) - set(SUFFIXES):
         raise ValueError(f"a model needs {NPZ} and {INDEX} (and optionally {CALIB})")
+    retention.check_kept(kept)
     vroot = versions_dir(model_dir, base)
     atomic.ensure_dir(vroot)
     atomic.sweep(model_dir)
     atomic.sweep(vroot)
-    digests = {s: _digest(data) for s, data in files.items()}
+    digests = {s: digest(data) for s, data in files.items()}
     revision = revision_of(digests)
     old = read_pointer(model_dir, base)
     vdir = vroot / revision
@@ -126,6 +147,9 @@ def write_model(
     previous = old.get("previous") if old and old["revision"] == revision else None
     if old and old["revision"] != revision:
         previous = old["revision"]
+    now = time.time()
+    history = retention.history(old, revision, previous, info.get("version"), now)
+    keep = retention.retained(vroot, history, revision, previous, kept)
     pointer = {
         **info,
         "format": POINTER_FORMAT,
@@ -133,7 +157,8 @@ def write_model(
         "revision": revision,
         "previous": previous,
         "files": {s: {"sha256": digests[s], "size": len(files[s])} for s in files},
-        "written_at": time.time(),
+        "written_at": now,
+        "history": {r: history[r] for r in keep if r in history},
     }
     try:
         atomic.write_json(pointer_path(model_dir, base), pointer)
@@ -145,7 +170,7 @@ def write_model(
     # while re-linking) must not fail the save; sweep() repairs the links at start-up.
     try:
         _relink_top_level(model_dir, base, vdir, files)
-        _collect(vroot, keep={revision, previous})
+        retention.collect(vroot, keep=set(keep))
     except OSError as exc:
         log.warning("model %s/%s stored; tidying up failed (%s), repaired by sweep()",
                     model_dir, base, exc)  # fmt: skip
@@ -191,7 +216,7 @@ def _intact(vdir: Path, base: str, digests: dict[str, str]) -> bool:
     try:
         present = {p.name for p in vdir.iterdir()}
         return present == {f"{base}{s}" for s in digests} and all(
-            _digest((vdir / f"{base}{s}").read_bytes()) == d for s, d in digests.items()
+            digest((vdir / f"{base}{s}").read_bytes()) == d for s, d in digests.items()
         )
     except OSError:
         return False
@@ -214,16 +239,6 @@ def _relink_top_level(model_dir: Path, base: str, vdir: Path, files: Iterable[st
         else:
             top.unlink(missing_ok=True)
     atomic.fsync_dir(model_dir)
-
-
-def _collect(vroot: Path, keep: set[str | None]) -> None:
-    for entry in os.scandir(vroot):
-        if (
-            entry.is_dir(follow_symlinks=False)
-            and entry.name not in keep
-            and not entry.name.startswith(".")
-        ):
-            atomic.remove_tree(Path(entry.path))
 
 
 def repair(model_dir: Path, base: str) -> None:
@@ -250,7 +265,7 @@ def locate_versioned(model_dir: Path, base: str) -> ModelLocation | None:
     """The current revision through the pointer; ``None`` when there is no pointer.
 
     A revision folder can vanish between reading the pointer and opening it only when two
-    newer writes happened meanwhile (the previous revision is kept); then read again.
+    newer writes happened meanwhile (the previous revision is always kept); then read again.
     """
     ppath = pointer_path(model_dir, base)
     for _ in range(READ_ATTEMPTS):
@@ -287,15 +302,35 @@ def locate_plain(directory: Path, names: dict[str, str], source: str) -> ModelLo
     return ModelLocation(source=source, files=files, stamp=stat_stamp(*paths.values()))
 
 
-def npz_version(path: Path) -> str | None:
-    """The ``version`` member of a memory-bank file, reading nothing else."""
+def npz_facts(source: Path | bytes) -> tuple[str | None, dict[str, Any] | None]:
+    """The ``version`` and ``meta`` members of a memory-bank file, reading nothing else
+    (``None`` for an absent member); :class:`ValueError` if it is not a readable ``.npz``."""
     import numpy as np
 
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            return str(npz["version"]) if "version" in npz.files else None
-    except (OSError, ValueError, KeyError):
+        with np.load(io.BytesIO(source) if isinstance(source, bytes) else source,
+                     allow_pickle=False) as npz:  # fmt: skip
+            version = str(npz["version"]) if "version" in npz.files else None
+            meta = json.loads(str(npz["meta"])) if "meta" in npz.files else None
+    except Exception as exc:  # zip and payload damage surface as many types
+        raise ValueError(f"not a memory bank in the engine's format ({exc})") from None
+    return version, meta
+
+
+def npz_version(path: Path) -> str | None:
+    """The ``version`` member of a memory-bank file (``None``: absent or unreadable)."""
+    try:
+        return npz_facts(path)[0]
+    except ValueError:
         return None
+
+
+def revision_files(model_dir: Path, base: str, revision: str) -> dict[str, Path]:
+    """The files of one stored revision (``revision`` comes from a folder listing, never
+    from a client: see :func:`store.history.find`)."""
+    vdir = versions_dir(model_dir, base) / revision
+    paths = {s: vdir / f"{base}{s}" for s in SUFFIXES}
+    return {s: p for s, p in paths.items() if p.is_file()}
 
 
 def load_location(
@@ -306,7 +341,7 @@ def load_location(
 
     if verify:
         for suffix, expected in loc.digests.items():
-            if _digest(loc.files[suffix].read_bytes()) != expected:
+            if digest(loc.files[suffix].read_bytes()) != expected:
                 raise CorruptModelError(f"{loc.files[suffix]} does not match its sha256")
     npz = loc.files[NPZ]
     base = npz.name[: -len(NPZ)]

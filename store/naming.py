@@ -11,8 +11,10 @@ import binascii
 import re
 import secrets
 import unicodedata
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypedDict
 
 from store.errors import InvalidIdError
 
@@ -121,6 +123,58 @@ def parse_base_name(name: str) -> tuple[str, str]:
     if base_name(role, roi) != name:
         raise InvalidIdError(f"{name!r} is not a canonical base name")
     return role, roi
+
+
+class RefIds(TypedDict):
+    recipe_id: str
+    role_id: str
+    roi_id: str
+    model_key: str
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Validated, canonical ids of one model (or dataset) and where its files live.
+
+    Made by :meth:`store.ModelStore.ref`, the one place ids are checked; every store
+    method that names a model or dataset takes one.
+    """
+
+    recipe_id: str
+    role_id: str
+    roi_id: str
+    model_key: str
+    base_name: str
+    directory: Path  # recipes/<recipe_id>/<model_key>/
+
+    @property
+    def cache_key(self) -> tuple[str, str, str]:
+        return (self.recipe_id, self.model_key, self.base_name)
+
+    def ids(self) -> RefIds:
+        """The four ids by name (responses, records and log lines)."""
+        return {
+            "recipe_id": self.recipe_id,
+            "role_id": self.role_id,
+            "roi_id": self.roi_id,
+            "model_key": self.model_key,
+        }
+
+    def describe(self) -> str:
+        return (
+            f"recipe {self.recipe_id!r}, role {self.role_id!r}, roi {self.roi_id!r} "
+            f"(model key {self.model_key!r})"
+        )
+
+
+def model_ref(
+    root: Path, recipe: str | None, role: str, roi: str, key: str | None = None
+) -> ModelRef:
+    """Validate ids (:class:`InvalidIdError`) and name the model's folder under ``root``."""
+    rid = recipe_id(recipe)
+    base = base_name(role, roi)
+    folder = model_key(key, roi)
+    return ModelRef(rid, role, roi, folder, base, confined(root, "recipes", rid, folder))
 
 
 def label(value: str) -> str:

@@ -1,4 +1,9 @@
-"""The model store facade both front doors use (REST workers, Kafka consumers, the CLI)."""
+"""The model store facade both front doors use (REST workers, Kafka consumers, the CLI).
+
+Ids are checked once, by :meth:`ModelStore.ref`; every method that names a model takes
+the resulting :class:`~store.naming.ModelRef`. Datasets are reached through
+``store.datasets`` (:class:`~store.datasets.Datasets`), which takes the same refs.
+"""
 
 from __future__ import annotations
 
@@ -8,34 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from store import atomic, legacy, manifest, models, naming, recipes
+from store import atomic, history, legacy, manifest, models, naming, recipes, retention
 from store.cache import ModelCache
-from store.datasets import DatasetImage, Datasets
+from store.datasets import Datasets
 from store.errors import CorruptModelError, InvalidIdError, MissingModelError
 from store.locks import FileLocks
+from store.naming import ModelRef
 
 if TYPE_CHECKING:
     from configs.settings import Settings
     from engine.calibration import Calibration
     from engine.patchcore import PatchCoreModel
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """Validated, canonical ids of one model and where its recipe-layout files live."""
-
-    recipe_id: str
-    role_id: str
-    roi_id: str
-    model_key: str
-    base_name: str
-    directory: Path
-
-    @property
-    def cache_key(self) -> tuple[str, str, str]:
-        return (self.recipe_id, self.model_key, self.base_name)
 
 
 @dataclass(frozen=True)
@@ -51,7 +39,9 @@ class ModelStore:
     """Models and datasets under ``settings.models_dir``; see ``docs/STORE.md``.
 
     ``use_gpu`` puts loaded kNN indexes on the GPU (where faiss has one); ``legacy=False``
-    ignores the original backend's layouts; ``verify`` checks sha256 of files on load.
+    ignores the original backend's layouts; ``verify`` checks sha256 of files on load;
+    ``revisions_kept`` (default ``settings.model_revisions_kept``) revisions of each model
+    are kept, at least 2.
     """
 
     def __init__(
@@ -63,6 +53,7 @@ class ModelStore:
         use_gpu: bool = False,
         legacy: bool = True,
         verify: bool = True,
+        revisions_kept: int | None = None,
     ) -> None:
         if root is None:
             if settings is None:
@@ -74,6 +65,10 @@ class ModelStore:
         self.use_gpu = use_gpu
         self.use_legacy = legacy
         self.verify = verify
+        if revisions_kept is None:
+            default = retention.REVISIONS_KEPT
+            revisions_kept = settings.model_revisions_kept if settings else default
+        self.revisions_kept = retention.check_kept(revisions_kept)
         self.cache: ModelCache[PatchCoreModel] = ModelCache(entries)
         self._locks = FileLocks()
         max_pixels = settings.max_image_pixels if settings else 40_000_000
@@ -83,12 +78,8 @@ class ModelStore:
     def ref(
         self, recipe: str | None, role: str, roi: str, model_key: str | None = None
     ) -> ModelRef:
-        """Validate ids (:class:`InvalidIdError`, HTTP 400) and name the model's folder."""
-        rid = naming.recipe_id(recipe)
-        base = naming.base_name(role, roi)
-        key = naming.model_key(model_key, roi)
-        directory = naming.confined(self.root, "recipes", rid, key)
-        return ModelRef(rid, role, roi, key, base, directory)
+        """Validate ids (:class:`InvalidIdError`) and name the model's folder."""
+        return naming.model_ref(self.root, recipe, role, roi, model_key)
 
     def recipe_dir(self, recipe: str | None) -> Path:
         return naming.confined(self.root, "recipes", naming.recipe_id(recipe))
@@ -104,8 +95,8 @@ class ModelStore:
         return recipes.locked_mm(self.recipe_dir(recipe))
 
     def check_mm_per_px(self, recipe: str | None, value: float | None) -> float | None:
-        """The locked value (``None``: not locked yet); :class:`ConflictError` (409) if
-        ``value`` differs. Call before training to fail fast; saving checks again."""
+        """The locked value (``None``: not locked yet); :class:`ConflictError` if ``value``
+        differs. Call before training to fail fast; saving checks again."""
         rid = naming.recipe_id(recipe)
         return recipes.check_mm(rid, self.recipe_dir(rid), value)
 
@@ -123,73 +114,56 @@ class ModelStore:
         return sorted(out)
 
     # --- models: writes --------------------------------------------------------------------
-    def save_model(
-        self,
-        recipe: str | None,
-        role: str,
-        roi: str,
-        model: PatchCoreModel,
-        model_key: str | None = None,
-    ) -> SavedModel:
+    def save_model(self, ref: ModelRef, model: PatchCoreModel) -> SavedModel:
         """Store ``model`` as the new current version (atomically); locks ``mm_per_px``."""
         from engine.artifact import to_bytes
 
         return self.save_artifacts(
-            recipe,
-            role,
-            roi,
-            to_bytes(model),
-            version=model.version,
-            mm_per_px=model.meta.mm_per_px,
-            model_key=model_key,
+            ref, to_bytes(model), version=model.version, mm_per_px=model.meta.mm_per_px
         )
 
     def save_artifacts(
-        self,
-        recipe: str | None,
-        role: str,
-        roi: str,
-        files: dict[str, bytes],
-        *,
-        version: str,
-        mm_per_px: float | None,
-        model_key: str | None = None,
+        self, ref: ModelRef, files: dict[str, bytes], *, version: str, mm_per_px: float | None
     ) -> SavedModel:
         """Store serialised model files ``{suffix: bytes}`` (``engine.artifact.to_bytes``)."""
-        ref = self.ref(recipe, role, roi, model_key)
         with self.lock(ref.recipe_id):
             mm = recipes.lock_mm(ref.recipe_id, self.recipe_dir(ref.recipe_id), mm_per_px)
             info = {
-                "recipe_id": ref.recipe_id,
-                "role_id": role,
-                "roi_id": roi,
-                "model_key": ref.model_key,
+                **ref.ids(),
                 "version": version,
                 "mm_per_px": recipes.checked_mm(mm_per_px),
             }
             atomic.ensure_dir(ref.directory)
             atomic.sweep(self.recipe_dir(ref.recipe_id))
-            ptr = models.write_model(ref.directory, ref.base_name, files, info)
+            ptr = models.write_model(ref.directory, ref.base_name, files, info, self.revisions_kept)
         self.cache.invalidate(ref.cache_key)
         vdir = models.versions_dir(ref.directory, ref.base_name) / ptr["revision"]
         paths = {s: vdir / f"{ref.base_name}{s}" for s in files}
         return SavedModel(ref, version, ptr["revision"], mm, paths)
 
-    def save_calibration(
-        self,
-        recipe: str | None,
-        role: str,
-        roi: str,
-        calibration: Calibration,
-        model_key: str | None = None,
-    ) -> SavedModel:
+    def save_calibration(self, ref: ModelRef, calibration: Calibration) -> SavedModel:
         """Replace the calibration of the stored model (bank and index are re-linked, not
         rewritten). A legacy model is copied into the recipe layout on the way."""
-        ref = self.ref(recipe, role, roi, model_key)
         with self.lock(ref.recipe_id):
-            model = self._load_fresh(ref)
+            model = self._load_with_stamp(ref)[1]
             model.calibration = calibration
-            return self.save_model(recipe, role, roi, model, model_key)
+            return self.save_model(ref, model)
+
+    def rollback(self, ref: ModelRef, revision: str) -> SavedModel:
+        """Make a stored revision (:meth:`revisions`) the current one again, atomically and
+        under the recipe lock; :class:`NotFoundError` for a revision the store lacks."""
+        with self.lock(ref.recipe_id):
+            target = history.find(ref, revision)
+            files = history.read(ref, target)
+            try:
+                version, meta = models.npz_facts(files[models.NPZ])
+            except ValueError as exc:
+                raise CorruptModelError(f"revision {revision}: {exc}") from None
+            version = target.version or version
+            if not version:
+                raise CorruptModelError(f"revision {revision} does not name its version")
+            mm = (meta or {}).get("mm_per_px")
+            return self.save_artifacts(ref, files, version=version, mm_per_px=mm)
 
     def sweep(self, recipe: str | None = None) -> None:
         """Remove temp files of killed writers and re-link top-level files (start-up)."""
@@ -234,18 +208,12 @@ class ModelStore:
             loc = legacy.locate_model(self.root, ref.role_id, ref.roi_id)
         return loc
 
-    def _load_fresh(self, ref: ModelRef) -> PatchCoreModel:
-        return self._load_with_stamp(ref)[1]
-
     def _load_with_stamp(self, ref: ModelRef) -> tuple[models.Stamp, PatchCoreModel]:
         for _ in range(models.READ_ATTEMPTS):
             stamp = self.stamp(ref)
             loc = self.locate(ref)
             if loc is None:
-                raise MissingModelError(
-                    f"no model stored for recipe {ref.recipe_id!r}, role {ref.role_id!r}, "
-                    f"roi {ref.roi_id!r} (model key {ref.model_key!r})"
-                )
+                raise MissingModelError(f"no model stored for {ref.describe()}")
             try:
                 return stamp, models.load_location(loc, self.nprobe, self.use_gpu, self.verify)
             except (FileNotFoundError, CorruptModelError):
@@ -253,90 +221,34 @@ class ModelStore:
                     raise
         raise CorruptModelError(f"model {ref.base_name} kept changing while loading")
 
-    def load_model(
-        self, recipe: str | None, role: str, roi: str, model_key: str | None = None
-    ) -> PatchCoreModel:
+    def load_model(self, ref: ModelRef) -> PatchCoreModel:
         """The current model, from this worker's cache while its files have not changed.
-        :class:`MissingModelError` (HTTP 400) when none is stored."""
-        ref = self.ref(recipe, role, roi, model_key)
+        :class:`MissingModelError` when none is stored."""
         return self.cache.get(
             ref.cache_key, lambda: self.stamp(ref), lambda: self._load_with_stamp(ref)
         )
 
-    def find_model(
-        self, recipe: str | None, role: str, roi: str, model_key: str | None = None
-    ) -> PatchCoreModel | None:
+    def find_model(self, ref: ModelRef) -> PatchCoreModel | None:
         """Like :meth:`load_model`, ``None`` when no model is stored (a NO_MODEL verdict)."""
         try:
-            return self.load_model(recipe, role, roi, model_key)
+            return self.load_model(ref)
         except MissingModelError:
             return None
 
-    def model_version(
-        self, recipe: str | None, role: str, roi: str, model_key: str | None = None
-    ) -> str | None:
+    def model_version(self, ref: ModelRef) -> str | None:
         """The stored model's content hash without loading it (``None``: no model)."""
-        loc = self.locate(self.ref(recipe, role, roi, model_key))
+        loc = self.locate(ref)
         if loc is None:
             return None
         return loc.version or models.npz_version(loc.files[models.NPZ])
 
-    # --- datasets --------------------------------------------------------------------------
-    def add_image(
-        self,
-        recipe: str | None,
-        role: str,
-        roi: str,
-        label: str,
-        image: np.ndarray | bytes,
-        *,
-        source: str | None = None,
-        mm_per_px: float | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> DatasetImage:
-        """Store one image under a generated name (re-encoded PNG + JSON sidecar).
-        ``source`` (e.g. the upload's file name) is metadata only; a ``mm_per_px`` other
-        than the recipe's locked one is a :class:`ConflictError` (409)."""
-        return self.datasets.add(
-            recipe, role, roi, label, image, source=source, mm_per_px=mm_per_px, extra=extra
-        )
+    # --- history, manifest and state -------------------------------------------------------
+    def revisions(self, ref: ModelRef) -> list[history.Revision]:
+        """Every stored revision of the model, the current one first (no model is loaded)."""
+        return history.revisions(ref)
 
-    def list_images(
-        self,
-        recipe: str | None,
-        role: str,
-        roi: str,
-        label: str | None = None,
-        with_meta: bool = False,
-    ) -> dict[str, list[DatasetImage]]:
-        """``{"ok": [...], "ng": [...]}`` in name (= time) order, legacy images flagged."""
-        return self.datasets.list_images(recipe, role, roi, label, with_meta)
-
-    def read_image(self, recipe: str | None, role: str, roi: str, label: str, name: str) -> bytes:
-        return self.datasets.read(recipe, role, roi, label, name)
-
-    def delete_image(self, recipe: str | None, role: str, roi: str, label: str, name: str) -> None:
-        self.datasets.delete(recipe, role, roi, label, name)
-
-    def clear(
-        self,
-        recipe: str | None,
-        role: str,
-        roi: str,
-        label: str | None = None,
-        include_legacy: bool = False,
-    ) -> int:
-        """Remove a label's images (or both labels'); returns how many were removed."""
-        return self.datasets.clear(recipe, role, roi, label, include_legacy)
-
-    def dataset_counts(self, recipe: str | None, role: str, roi: str) -> dict[str, int]:
-        return self.datasets.counts(recipe, role, roi)
-
-    # --- manifest and state ----------------------------------------------------------------
-    def state(
-        self, recipe: str | None, role: str, roi: str, model_key: str | None = None
-    ) -> manifest.ModelState:
-        return manifest.model_state(self, self.ref(recipe, role, roi, model_key))
+    def state(self, ref: ModelRef) -> manifest.ModelState:
+        return manifest.model_state(self, ref)
 
     def manifest(self, recipe: str | None = None) -> dict[str, Any]:
         return manifest.build(self, None if recipe is None else naming.recipe_id(recipe))

@@ -1,21 +1,26 @@
-"""What handlers get injected: the app's state pieces, the request id, the API-key check."""
+"""What handlers get injected: the app's state pieces, a validated model reference, the
+request id, the API-key check. Each dependency is narrow: a handler asks for what it uses.
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: :func:`_ref_dependency` builds handler
+parameters from local ``Annotated`` types, which FastAPI must see evaluated.
+"""
 
 import hmac
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Form, Query, Request
 from fastapi.security import APIKeyHeader
 
 from configs.settings import Settings
 from edge.api.diagnostics import Diagnostics
 from edge.api.errors import Unauthorized
 from edge.api.metrics import ApiMetrics
+from edge.api.schemas import CalibrateRequest
 from engine import Engine
-from store import ModelStore
+from store import ModelRef, ModelStore
 
 
 @dataclass
@@ -47,15 +52,10 @@ def get_state(request: Request) -> AppState:
     return state
 
 
-def get_settings(state: Annotated[AppState, Depends(get_state)]) -> Settings:
-    return state.settings
+StateDep = Annotated[AppState, Depends(get_state)]
 
 
-def get_engine(state: Annotated[AppState, Depends(get_state)]) -> Engine:
-    return state.engine
-
-
-def get_store(state: Annotated[AppState, Depends(get_state)]) -> ModelStore:
+def get_store(state: StateDep) -> ModelStore:
     return state.store
 
 
@@ -63,9 +63,6 @@ def get_request_id(request: Request) -> str:
     return str(request.state.request_id)
 
 
-StateDep = Annotated[AppState, Depends(get_state)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-EngineDep = Annotated[Engine, Depends(get_engine)]
 StoreDep = Annotated[ModelStore, Depends(get_store)]
 RequestIdDep = Annotated[str, Depends(get_request_id)]
 
@@ -85,7 +82,55 @@ def require_api_key(
         raise Unauthorized("missing or wrong X-API-Key", code="unauthorized")
 
 
-def remember_ids(request: Request, **ids: str | None) -> None:
-    """Attach recipe/role/roi ids to the request so its access-log line carries them."""
-    current = request.scope.setdefault("state", {}).setdefault("ids", {})
-    current.update({k: v for k, v in ids.items() if v is not None})
+# --- the model reference -------------------------------------------------------------------
+def resolve_ref(
+    request: Request,
+    store: ModelStore,
+    recipe_id: str | None,
+    role_id: str,
+    roi_id: str,
+    model_key: str | None = None,
+) -> ModelRef:
+    """Validate the ids (400 on a bad one) and tag the request's log line with them."""
+    ids = request.scope.setdefault("state", {}).setdefault("ids", {})
+    given = {"recipe_id": recipe_id, "role_id": role_id, "roi_id": roi_id}
+    ids.update({k: v for k, v in given.items() if v is not None})
+    ref = store.ref(recipe_id, role_id, roi_id, model_key)
+    ids.update(recipe_id=ref.recipe_id, model_key=ref.model_key)
+    return ref
+
+
+def _ref_dependency(where: Callable[..., Any], with_model_key: bool) -> Callable[..., ModelRef]:
+    """A dependency reading the ids from the query or the form (``where``) and returning
+    the resolved reference. Datasets belong to a role and ROI, so their endpoints take no
+    ``model_key``."""
+    Id = Annotated[str, where(min_length=1, max_length=256)]
+    OptId = Annotated[str | None, where(max_length=256)]
+
+    def model_ref(
+        request: Request,
+        store: StoreDep,
+        role_id: Id,
+        roi_id: Id,
+        recipe_id: OptId = None,
+        model_key: OptId = None,
+    ) -> ModelRef:
+        return resolve_ref(request, store, recipe_id, role_id, roi_id, model_key)
+
+    def dataset_ref(
+        request: Request, store: StoreDep, role_id: Id, roi_id: Id, recipe_id: OptId = None
+    ) -> ModelRef:
+        return resolve_ref(request, store, recipe_id, role_id, roi_id)
+
+    return model_ref if with_model_key else dataset_ref
+
+
+def _body_ref(request: Request, store: StoreDep, body: CalibrateRequest) -> ModelRef:
+    return resolve_ref(request, store, body.recipe_id, body.role_id, body.roi_id, body.model_key)
+
+
+FormRef = Annotated[ModelRef, Depends(_ref_dependency(Form, with_model_key=True))]
+QueryRef = Annotated[ModelRef, Depends(_ref_dependency(Query, with_model_key=True))]
+FormDatasetRef = Annotated[ModelRef, Depends(_ref_dependency(Form, with_model_key=False))]
+QueryDatasetRef = Annotated[ModelRef, Depends(_ref_dependency(Query, with_model_key=False))]
+BodyRef = Annotated[ModelRef, Depends(_body_ref)]

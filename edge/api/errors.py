@@ -3,6 +3,9 @@
 Every error answer has the same JSON body, ``{"error", "detail", "request_id"}`` (plus
 ``"errors"`` for request validation), and never a traceback: unexpected exceptions are
 logged in full to the diagnostics log and answered with a generic 500.
+
+The store and the engine raise their own error classes and know nothing of HTTP;
+:data:`ERROR_TABLE` says what each one means over HTTP.
 """
 
 from __future__ import annotations
@@ -11,25 +14,8 @@ import errno
 import os
 from typing import Any
 
-from engine.errors import (
-    BackboneWeightsError,
-    DeviceError,
-    EngineError,
-    GridMismatchError,
-    ImageDecodeError,
-    ImageTooLargeError,
-    NotFittedError,
-    UnsupportedImageError,
-)
-from store.errors import (
-    ConflictError,
-    CorruptModelError,
-    InvalidIdError,
-    InvalidValueError,
-    MissingModelError,
-    NotFoundError,
-    StoreError,
-)
+from engine import errors as engine_errors
+from store import errors as store_errors
 
 
 class BdiError(Exception):
@@ -62,22 +48,6 @@ class Unauthorized(BdiError):
     status, code = 401, "unauthorized"
 
 
-class NotFound(BdiError):
-    status, code = 404, "not_found"
-
-
-class Conflict(BdiError):
-    status, code = 409, "conflict"
-
-
-class PayloadTooLarge(BdiError):
-    status, code = 413, "payload_too_large"
-
-
-class UnsupportedMedia(BdiError):
-    status, code = 415, "unsupported_media_type"
-
-
 class Busy(BdiError):
     status, code = 429, "busy"
 
@@ -85,26 +55,27 @@ class Busy(BdiError):
         super().__init__(message, headers={"Retry-After": str(retry_after_s)})
 
 
-# Store and engine errors keep their own classes; here is what each means over HTTP.
-_STORE_CODES: dict[type[StoreError], str] = {
-    InvalidIdError: "invalid_id",
-    InvalidValueError: "invalid_value",
-    MissingModelError: "missing_memory",
-    NotFoundError: "not_found",
-    ConflictError: "mm_per_px_mismatch",
-    CorruptModelError: "corrupt_model",
-}
-
-_ENGINE_STATUS: list[tuple[type[EngineError], int, str]] = [
-    (GridMismatchError, 400, "token_grid_mismatch"),
-    (NotFittedError, 400, "missing_memory"),
-    (UnsupportedImageError, 415, "unsupported_media_type"),
-    (ImageTooLargeError, 413, "image_too_large"),
-    (ImageDecodeError, 400, "invalid_image"),
-    (BackboneWeightsError, 500, "backbone_weights"),
-    (DeviceError, 500, "device"),
+# error class -> (HTTP status, code); the first entry the error is an instance of wins,
+# so subclasses come before their bases
+ERROR_TABLE: list[tuple[type[Exception], int, str]] = [
+    (store_errors.InvalidIdError, 400, "invalid_id"),
+    (store_errors.InvalidValueError, 400, "invalid_value"),
+    (store_errors.MissingModelError, 400, "missing_memory"),
+    (store_errors.NotFoundError, 404, "not_found"),
+    (store_errors.ConflictError, 409, "mm_per_px_mismatch"),
+    (store_errors.ArchiveError, 400, "invalid_archive"),
+    (store_errors.CorruptModelError, 500, "corrupt_model"),
+    (store_errors.StoreError, 500, "store_error"),
+    (engine_errors.GridMismatchError, 400, "token_grid_mismatch"),
+    (engine_errors.NotFittedError, 400, "missing_memory"),
+    (engine_errors.UnsupportedImageError, 415, "unsupported_media_type"),
+    (engine_errors.ImageTooLargeError, 413, "image_too_large"),
+    (engine_errors.ImageDecodeError, 400, "invalid_image"),
+    (engine_errors.BackboneWeightsError, 500, "backbone_weights"),
+    (engine_errors.DeviceError, 500, "device"),
+    # calibration errors (empty or non-finite scores) and the like: the input's fault
+    (engine_errors.EngineError, 400, "engine_error"),
 ]
-
 
 # a full or read-only disk, or a failing one: the store could not write; say so
 _STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
@@ -119,15 +90,9 @@ def as_bdi_error(exc: BaseException) -> BdiError | None:
             f"the model store could not write ({os.strerror(exc.errno or 0)}); "
             "nothing was changed", 507, "insufficient_storage",
         )  # fmt: skip
-    if isinstance(exc, StoreError):
-        code = next((c for t, c in _STORE_CODES.items() if isinstance(exc, t)), "store_error")
-        return BdiError(str(exc), exc.status, code)
-    if isinstance(exc, EngineError):
-        for etype, status, code in _ENGINE_STATUS:
-            if isinstance(exc, etype):
-                return BdiError(str(exc), status, code)
-        # calibration errors (empty or non-finite scores) and the like: the input's fault
-        return BdiError(str(exc), 400, "engine_error")
+    for etype, status, code in ERROR_TABLE:
+        if isinstance(exc, etype):
+            return BdiError(str(exc), status, code)
     return None
 
 

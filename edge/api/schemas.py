@@ -7,7 +7,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-Verdict = Literal["OK", "NG", "ERROR", "NO_MODEL"]
+from engine.calibration import ScoreStats
+from engine.decision import Verdict
+
 Label = Literal["ok", "ng"]
 
 
@@ -77,24 +79,13 @@ class CalibrateRequest(BaseModel):
     _check_ng = field_validator("ng_scores")(_finite)
 
 
-class ScoreStatsPublic(BaseModel):
-    n: int
-    mean: float
-    std: float
-    min: float
-    max: float
-    p50: float
-    p95: float
-    p99: float
-
-
 class CalibrationPublic(ModelIds):
     model_version: str
     threshold: float
     method: Literal["ok_percentile", "ok_ng"]
     percentile: float
-    ok: ScoreStatsPublic
-    ng: ScoreStatsPublic | None
+    ok: ScoreStats
+    ng: ScoreStats | None
     ok_reject_rate: float
     ng_miss_rate: float | None
     source: Literal["scores", "dataset"]
@@ -103,8 +94,11 @@ class CalibrationPublic(ModelIds):
 class RegionPublic(BaseModel):
     bbox: tuple[int, int, int, int] = Field(description="x, y, width, height in image pixels")
     area_px: int
-    area_mm2: float | None
-    max_score: float
+    area_mm2: float | None = Field(description="6 significant digits; null without a scale")
+    max_score: float = Field(
+        description="highest anomaly-map value inside the region; the map averages "
+        "neighbouring patch scores, so this is usually below the image score"
+    )
     mean_score: float
 
 
@@ -199,3 +193,20 @@ class DatasetListPublic(BaseModel):
 class DeletedPublic(BaseModel):
     deleted: int
     counts: dict[str, int]
+
+
+class RevisionPublic(BaseModel):
+    revision: str = Field(description="hash of the stored files: what a rollback names")
+    version: str | None = Field(description="content hash of memory bank + metadata")
+    threshold: float | None
+    calibration: str | None = Field(
+        description='"ok_percentile" (set by training), "ok_ng" (calibrated with NG), or null'
+    )
+    calibrated: bool = Field(description="the threshold was calibrated on OK and NG scores")
+    saved_at: float | None = Field(description="when first stored (seconds since the epoch)")
+    current: bool = Field(description="the revision served now")
+
+
+class RevisionsPublic(ModelIds):
+    current: str | None = Field(description="the revision served now (null: no model)")
+    revisions: list[RevisionPublic] = Field(description="the current one first, then newest")

@@ -1,8 +1,8 @@
-"""The blocking work behind the endpoints: training, calibration, inference.
+"""The blocking work behind the endpoints: training, calibration, inference, history.
 
-Handlers run these in a worker thread (never on the event loop). Each takes the app
-state and plain values, and returns an API schema; domain errors propagate and are
-mapped to HTTP statuses by the app's error handlers.
+Handlers run these in a worker thread (never on the event loop). Each takes the store,
+engine and instruments it uses, the model's reference and plain values, and returns an API
+schema; domain errors propagate and are mapped to HTTP statuses by the app's error table.
 """
 
 from __future__ import annotations
@@ -13,68 +13,72 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edge.api.deps import AppState
+from edge.api.diagnostics import Diagnostics
 from edge.api.errors import BadRequest, BdiError
+from edge.api.metrics import ApiMetrics
 from edge.api.schemas import (
-    CalibrateRequest,
     CalibrationPublic,
     DatasetInferencePublic,
     FitResult,
     InferDatasetResult,
     InferencePublic,
     RegionPublic,
+    RevisionPublic,
+    RevisionsPublic,
 )
-from engine import Inference, InferItem
+from engine import Engine, Inference, InferItem
 from engine.calibration import Calibration
 from engine.images import decode_image
 from engine.metrics import auroc
-from store import ModelRef
+from store import ModelRef, ModelStore
 
 # engine failures of one frame that mean "this model cannot score this image"
 _REQUEST_ERRORS = {"GridMismatchError": "token_grid_mismatch", "NotFittedError": "missing_memory"}
 
 
-def decode(state: AppState, data: bytes) -> np.ndarray:
+def decode(data: bytes, max_pixels: int) -> np.ndarray:
     """Upload bytes -> RGB; 415 for a non-PNG/JPEG, 413 past the pixel bound, else 400."""
-    return decode_image(data, state.settings.max_image_pixels)
+    return decode_image(data, max_pixels)
 
 
 def train(
-    state: AppState,
+    store: ModelStore,
+    engine: Engine,
+    metrics: ApiMetrics,
+    diagnostics: Diagnostics,
     ref: ModelRef,
     images: Sequence[np.ndarray],
     mm_per_px: float | None,
     source: str,
 ) -> FitResult:
-    store, engine = state.store, state.engine
     locked = store.check_mm_per_px(ref.recipe_id, mm_per_px)  # 409 before the work
     mm = mm_per_px if mm_per_px is not None else locked
     started = time.perf_counter()
-    state.metrics.fits_running.inc()
+    metrics.fits_running.inc()
     try:
         fit = engine.fit(images, mm_per_px=mm)
-        saved = store.save_model(ref.recipe_id, ref.role_id, ref.roi_id, fit.model, ref.model_key)
+        saved = store.save_model(ref, fit.model)
     except Exception as exc:
-        state.metrics.trainings.labels("error").inc()
-        state.diagnostics.log(
-            "training", level="error", **_ids(ref), n_images=len(images), source=source,
+        metrics.trainings.labels("error").inc()
+        diagnostics.log(
+            "training", level="error", **ref.ids(), n_images=len(images), source=source,
             result="error", exception=type(exc).__name__, message=str(exc),
             duration_ms=round((time.perf_counter() - started) * 1e3, 3),
         )  # fmt: skip
         raise
     finally:
-        state.metrics.fits_running.dec()
+        metrics.fits_running.dec()
     seconds = time.perf_counter() - started
-    state.metrics.trainings.labels("ok").inc()
-    state.metrics.training_seconds.observe(seconds)
+    metrics.trainings.labels("ok").inc()
+    metrics.training_seconds.observe(seconds)
     meta = fit.model.meta
-    state.diagnostics.log(
-        "training", **_ids(ref), n_images=fit.n_images, n_patches=fit.n_patches,
+    diagnostics.log(
+        "training", **ref.ids(), n_images=fit.n_images, n_patches=fit.n_patches,
         memory_bank=meta.memory_bank, model_version=saved.version, threshold=fit.model.threshold,
         source=source, result="ok", duration_ms=round(seconds * 1e3, 3), timings_s=fit.timings_s,
     )  # fmt: skip
     return FitResult(
-        **_ids(ref),
+        **ref.ids(),
         model_version=saved.version,
         revision=saved.revision,
         n_images=fit.n_images,
@@ -91,75 +95,90 @@ def train(
     )
 
 
-def _ids(ref: ModelRef) -> dict[str, str]:
-    return {
-        "recipe_id": ref.recipe_id,
-        "role_id": ref.role_id,
-        "roi_id": ref.roi_id,
-        "model_key": ref.model_key,
-    }
-
-
 def _store_calibration(
-    state: AppState, ref: ModelRef, calibration: Calibration, source: str
+    store: ModelStore,
+    metrics: ApiMetrics,
+    diagnostics: Diagnostics,
+    ref: ModelRef,
+    calibration: Calibration,
+    source: str,
 ) -> CalibrationPublic:
-    saved = state.store.save_calibration(
-        ref.recipe_id, ref.role_id, ref.roi_id, calibration, ref.model_key
-    )
-    state.metrics.calibrations.labels("ok").inc()
+    saved = store.save_calibration(ref, calibration)
+    metrics.calibrations.labels("ok").inc()
     data = calibration.to_dict()
-    state.diagnostics.log(
-        "calibration", **_ids(ref), model_version=saved.version, threshold=calibration.threshold,
+    diagnostics.log(
+        "calibration", **ref.ids(), model_version=saved.version, threshold=calibration.threshold,
         method=calibration.method, n_ok=calibration.ok.n,
         n_ng=calibration.ng.n if calibration.ng else 0, source=source,
     )  # fmt: skip
     data.pop("created_at", None)
     return CalibrationPublic.model_validate(
-        {**data, **_ids(ref), "model_version": saved.version, "source": source}
+        {**data, **ref.ids(), "model_version": saved.version, "source": source}
     )
 
 
-def calibrate_scores(state: AppState, ref: ModelRef, req: CalibrateRequest) -> CalibrationPublic:
-    model = state.store.load_model(ref.recipe_id, ref.role_id, ref.roi_id, ref.model_key)
-    calibration = state.engine.calibrate(model, req.ok_scores, req.ng_scores or None)
-    return _store_calibration(state, ref, calibration, "scores")
+def calibrate_scores(
+    store: ModelStore,
+    engine: Engine,
+    metrics: ApiMetrics,
+    diagnostics: Diagnostics,
+    ref: ModelRef,
+    ok_scores: list[float],
+    ng_scores: list[float],
+) -> CalibrationPublic:
+    model = store.load_model(ref)
+    calibration = engine.calibrate(model, ok_scores, ng_scores or None)
+    return _store_calibration(store, metrics, diagnostics, ref, calibration, "scores")
 
 
-def calibrate_dataset(state: AppState, ref: ModelRef) -> CalibrationPublic:
+def calibrate_dataset(
+    store: ModelStore,
+    engine: Engine,
+    metrics: ApiMetrics,
+    diagnostics: Diagnostics,
+    ref: ModelRef,
+) -> CalibrationPublic:
     """Score the stored OK and NG images and set the threshold from both.
 
     OK images the model was trained on score lower than unseen ones, which can only pull
     the threshold down: more false rejects, never a missed defect.
     """
-    store = state.store
-    model = store.load_model(ref.recipe_id, ref.role_id, ref.roi_id, ref.model_key)
-    ok = store.datasets.load(ref.recipe_id, ref.role_id, ref.roi_id, "ok")
-    ng = store.datasets.load(ref.recipe_id, ref.role_id, ref.roi_id, "ng")
+    model = store.load_model(ref)
+    ok = store.datasets.load(ref, "ok")
+    ng = store.datasets.load(ref, "ng")
     if not ok:
         raise BadRequest("no stored OK images to calibrate with", code="missing_ok_samples")
-    ok_scores = state.engine.image_scores(model, ok).tolist()
-    ng_scores = state.engine.image_scores(model, ng).tolist() if ng else None
-    calibration = state.engine.calibrate(model, ok_scores, ng_scores)
-    return _store_calibration(state, ref, calibration, "dataset")
+    ok_scores = engine.image_scores(model, ok).tolist()
+    ng_scores = engine.image_scores(model, ng).tolist() if ng else None
+    calibration = engine.calibrate(model, ok_scores, ng_scores)
+    return _store_calibration(store, metrics, diagnostics, ref, calibration, "dataset")
 
 
-def _regions(result: Inference) -> list[RegionPublic]:
-    return [RegionPublic(**r.to_dict()) for r in result.regions]  # type: ignore[arg-type]
+def regions_public(result: Inference) -> list[RegionPublic]:
+    """The regions as the Kafka verdict has them too (:meth:`engine.regions.Region.to_dict`)."""
+    return [RegionPublic.model_validate(r.to_dict()) for r in result.regions]
 
 
 def infer_one(
-    state: AppState, ref: ModelRef, image: np.ndarray, mm_per_px: float | None, heatmap: bool
+    store: ModelStore,
+    engine: Engine,
+    metrics: ApiMetrics,
+    diagnostics: Diagnostics,
+    ref: ModelRef,
+    image: np.ndarray,
+    mm_per_px: float | None,
+    heatmap: bool,
 ) -> InferencePublic:
     if mm_per_px is not None:  # the recipe's scale is locked: another one is a 409
-        state.store.check_mm_per_px(ref.recipe_id, mm_per_px)
-    model = state.store.load_model(ref.recipe_id, ref.role_id, ref.roi_id, ref.model_key)
-    (result,) = state.engine.infer([InferItem(model, image, mm_per_px, want_heatmap=heatmap)])
+        store.check_mm_per_px(ref.recipe_id, mm_per_px)
+    model = store.load_model(ref)
+    (result,) = engine.infer([InferItem(model, image, mm_per_px, want_heatmap=heatmap)])
     if result.verdict == "ERROR" and result.error_kind in _REQUEST_ERRORS:
         # over REST the caller is told why, as an error status, not as a verdict
         raise BdiError(result.error or "", 400, _REQUEST_ERRORS[result.error_kind])
-    state.metrics.inferences.labels(result.verdict).inc()
-    state.diagnostics.log(
-        "inference", **_ids(ref), verdict=result.verdict, score=result.score,
+    metrics.inferences.labels(result.verdict).inc()
+    diagnostics.log(
+        "inference", **ref.ids(), verdict=result.verdict, score=result.score,
         threshold=result.threshold, model_version=result.model_version,
         regions=len(result.regions), error=result.error, timings_ms=result.timings_ms,
     )  # fmt: skip
@@ -168,7 +187,7 @@ def infer_one(
         verdict=result.verdict,
         score=result.score,
         threshold=result.threshold,
-        regions=_regions(result),
+        regions=regions_public(result),
         model_version=result.model_version,
         error=result.error,
         heatmap_png_base64=base64.b64encode(png).decode() if png else None,
@@ -177,23 +196,24 @@ def infer_one(
     )
 
 
-def infer_dataset(state: AppState, ref: ModelRef, label: str | None) -> InferDatasetResult:
-    store = state.store
-    model = store.load_model(ref.recipe_id, ref.role_id, ref.roi_id, ref.model_key)
-    listing = store.list_images(ref.recipe_id, ref.role_id, ref.roi_id, label)
+def infer_dataset(
+    store: ModelStore,
+    engine: Engine,
+    metrics: ApiMetrics,
+    ref: ModelRef,
+    label: str | None,
+    max_pixels: int,
+) -> InferDatasetResult:
+    model = store.load_model(ref)
+    listing = store.datasets.list_images(ref, label)
     names = [(lab, item.name) for lab in ("ok", "ng") for item in listing.get(lab, [])]
     if not names:
         raise BadRequest("no stored images to score", code="empty_dataset")
-    images = [
-        decode(state, store.read_image(ref.recipe_id, ref.role_id, ref.roi_id, lab, name))
-        for lab, name in names
-    ]
-    step = state.engine.batch_size
+    images = [decode(store.datasets.read(ref, lab, name), max_pixels) for lab, name in names]
+    step = engine.batch_size
     results: list[Inference] = []
     for start in range(0, len(images), step):
-        results += state.engine.infer(
-            [InferItem(model, img) for img in images[start : start + step]]
-        )
+        results += engine.infer([InferItem(model, img) for img in images[start : start + step]])
     rows = [
         DatasetInferencePublic(
             name=name,
@@ -201,7 +221,7 @@ def infer_dataset(state: AppState, ref: ModelRef, label: str | None) -> InferDat
             verdict=r.verdict,
             score=r.score,
             threshold=r.threshold,
-            regions=_regions(r),
+            regions=regions_public(r),
             error=r.error,
         )  # fmt: skip
         for (lab, name), r in zip(names, results, strict=True)
@@ -209,17 +229,32 @@ def infer_dataset(state: AppState, ref: ModelRef, label: str | None) -> InferDat
     counts: dict[str, int] = {}
     for r in results:
         counts[r.verdict] = counts.get(r.verdict, 0) + 1
-        state.metrics.inferences.labels(r.verdict).inc()
+        metrics.inferences.labels(r.verdict).inc()
     labels = [1 if lab == "ng" else 0 for lab, _ in names]
     scored = [r.score for r in results]
     area = None
     if 0 < sum(labels) < len(labels) and all(s is not None for s in scored):
         area = float(auroc(np.asarray(labels), np.asarray(scored, dtype=np.float64)))
     return InferDatasetResult(
-        **_ids(ref),
+        **ref.ids(),
         model_version=model.version,
         threshold=model.threshold,
         results=rows,
         counts=counts,
         auroc=area,
     )
+
+
+def revisions(store: ModelStore, ref: ModelRef) -> RevisionsPublic:
+    items = [RevisionPublic(**r.to_dict()) for r in store.revisions(ref)]
+    current = next((r.revision for r in items if r.current), None)
+    return RevisionsPublic(**ref.ids(), current=current, revisions=items)
+
+
+def rollback(
+    store: ModelStore, diagnostics: Diagnostics, ref: ModelRef, revision: str
+) -> RevisionsPublic:
+    """Make a stored revision current again (404 for one the store lacks)."""
+    saved = store.rollback(ref, revision)
+    diagnostics.log("rollback", **ref.ids(), revision=saved.revision, model_version=saved.version)
+    return revisions(store, ref)

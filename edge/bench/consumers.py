@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from edge.simulator.camera import Camera, Frame, VerdictReader, latencies_ms
+from edge.simulator.camera import Camera, CameraFrame, VerdictReader, latencies_ms
 
 
 @dataclass(frozen=True)
@@ -55,12 +55,12 @@ class PhaseResult:
         return round(float(np.percentile(self.latencies_ms, q)), 1)
 
 
-def expected_verdict(frame: Frame) -> str:
+def expected_verdict(frame: CameraFrame) -> str:
     return "OK" if frame.defect is None else "NG"
 
 
 def tally(
-    frames: Sequence[Frame], verdicts: dict[str, list[dict[str, Any]]]
+    frames: Sequence[CameraFrame], verdicts: dict[str, list[dict[str, Any]]]
 ) -> tuple[int, int, int]:
     """``(answered, duplicates, wrong)`` of ``frames`` among ``{frame_id: [verdict, ...]}``;
     the first verdict of a frame is the one judged (MES treats it as authoritative)."""
@@ -78,7 +78,7 @@ def tally(
 async def run_phase(
     camera: Camera,
     reader: VerdictReader,
-    frames: Sequence[Frame],
+    frames: Sequence[CameraFrame],
     *,
     fps: float | None = None,
     timeout_s: float = 120.0,
@@ -123,7 +123,9 @@ async def run_phase(
     )
 
 
-def recount(result: PhaseResult, frames: Sequence[Frame], reader: VerdictReader) -> PhaseResult:
+def recount(
+    result: PhaseResult, frames: Sequence[CameraFrame], reader: VerdictReader
+) -> PhaseResult:
     """``result`` with its counts taken again (late duplicates that arrived since)."""
     answered, duplicates, wrong = tally(frames, reader.verdicts)
     return PhaseResult(

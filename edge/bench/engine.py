@@ -81,7 +81,7 @@ def evaluate(
     root: Path, engine: Engine, max_train: int = 0, batch_size: int = 32, rounds: int = 3
 ) -> dict:
     """Fit on ``root/train/good``, score ``root/test``; the numbers as a dict."""
-    settings = engine.settings
+    config = engine.config
     train_paths, tests = load_mvtec(root, max_train)
     train = [_read(p) for p in train_paths]
     test_images = [_read(p) for p, _, _ in tests]
@@ -102,7 +102,7 @@ def evaluate(
 
     def backbone_only(batch: list[np.ndarray]) -> None:
         for start in range(0, len(batch), chunk):
-            bb(to_tensor(batch[start : start + chunk], settings.image_size))
+            bb(to_tensor(batch[start : start + chunk], config.image_size))
 
     backbone_only(batches[0])  # warm-up
     engine.infer([InferItem(model, img) for img in batches[0]])  # warm-up
@@ -132,10 +132,10 @@ def evaluate(
     labels = np.array([label for _, label, _ in tests])
     result = {
         "dataset": root.name,
-        "backbone": settings.backbone,
+        "backbone": config.backbone,
         "random_weights": model.meta.backbone_weights == "random",
-        "size": settings.image_size,
-        "coreset_rate": settings.coreset_rate,
+        "size": config.image_size,
+        "coreset_rate": config.coreset_rate,
         "knn": model.index.kind,
         "knn_shortlist": 0 if model.shortlist is None else int(model.shortlist.shape[1]),
         "device": engine.spec.describe(),

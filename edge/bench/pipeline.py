@@ -18,7 +18,6 @@ Every process and the local broker are stopped at the end, on errors and on Ctrl
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import sys
@@ -30,8 +29,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from configs.settings import load_settings
 
 if TYPE_CHECKING:
@@ -39,7 +36,7 @@ if TYPE_CHECKING:
 
     from consumers import LocalBroker
     from edge.bench.consumers import ConsumerGroup, PhaseResult
-    from edge.simulator.camera import Frame
+    from edge.simulator.camera import CameraFrame
     from engine import Engine
     from engine.patchcore import PatchCoreModel
 
@@ -71,44 +68,6 @@ class BenchConfig:
         return 120.0 + self.frames
 
 
-def add_bench_pipeline_command(bench_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = bench_sub.add_parser(
-        "pipeline",
-        help="frames -> Kafka -> bdi consume -> verdicts: throughput vs engine, latency",
-        description="End-to-end benchmark over a real broker (BDI_KAFKA_BOOTSTRAP, else a "
-        "local one): max-rate and paced runs through `bdi consume` processes, with an "
-        "engine-only baseline in the same run. See docs/BENCHMARKS.md.",
-    )
-    p.add_argument("--frames", type=int, default=400, help="frames per run (default 400)")
-    p.add_argument("--batch", type=int, default=16, help="BDI_BATCH_MAX and engine batch")
-    p.add_argument("--size", type=int, default=224, help="ROI and model input size (px)")
-    p.add_argument("--consumers", type=int, default=1, help="bdi consume processes")
-    p.add_argument("--train", type=int, default=30, help="OK images to train from")
-    p.add_argument(
-        "--rounds", type=int, default=1,
-        help="engine-only + max-rate pairs, best of each reported (noisy machines)",
-    )  # fmt: skip
-    p.add_argument(
-        "--consumer-option", action="append", default=[], metavar="KEY=VALUE",
-        help="passed to each bdi consume (repeatable)",
-    )  # fmt: skip
-    p.add_argument("--json", action="store_true", help="only the JSON line on stdout")
-    p.set_defaults(func=cmd_bench_pipeline)
-
-
-def cmd_bench_pipeline(args: argparse.Namespace) -> int:
-    if min(args.frames, args.batch, args.consumers, args.rounds) < 1 or args.train < 2:
-        raise ValueError("--frames, --batch, --consumers and --rounds must be >= 1, --train >= 2")
-    cfg = BenchConfig(
-        frames=args.frames, batch=args.batch, size=args.size, consumers=args.consumers,
-        train_images=args.train, consumer_options=tuple(args.consumer_option),
-        rounds=args.rounds,
-    )  # fmt: skip
-    result = run_pipeline_benchmark(cfg)
-    print(orjson.dumps(result, option=0 if args.json else orjson.OPT_INDENT_2).decode())
-    return 0
-
-
 def _say(message: str) -> None:
     print(f"[bench pipeline] {message}", file=sys.stderr, flush=True)
 
@@ -123,9 +82,9 @@ def run_pipeline_benchmark(cfg: BenchConfig, say: Say = _say) -> dict[str, Any]:
 class Streams:
     """Pre-encoded frames (generated before anything is timed) and the burst's images."""
 
-    warm: list[Frame]
-    burst: list[Frame]
-    paced: list[Frame]
+    warm: list[CameraFrame]
+    burst: list[CameraFrame]
+    paced: list[CameraFrame]
     images: list[np.ndarray]  # ``burst`` decoded, for the engine-only baseline
 
 
@@ -175,7 +134,8 @@ class PipelineRun:
         say(f"{cfg.consumers} consumer(s) starting; training on {cfg.train_images} OK discs")
         engine = Engine.from_settings(settings)
         model = train_model(engine, cfg.size, cfg.train_images)
-        ModelStore(settings).save_model(RECIPE, ROLE, ROI, model)
+        store = ModelStore(settings)
+        store.save_model(store.ref(RECIPE, ROLE, ROI), model)
         say(f"model {model.version} saved, threshold {model.threshold:.3f}")
         return engine, asyncio.run(self._measure(engine, model, self._streams()))
 
@@ -205,7 +165,7 @@ class PipelineRun:
         reader = await VerdictReader(self.bootstrap, self.topics["verdicts"]).start()
         timeout = cfg.timeout_s
 
-        async def phase(frames: list[Frame], fps: float | None = None) -> PhaseResult:
+        async def phase(frames: list[CameraFrame], fps: float | None = None) -> PhaseResult:
             return await run_phase(camera, reader, frames, fps=fps, timeout_s=timeout,
                                    check=group.check)  # fmt: skip
 
@@ -239,8 +199,8 @@ class PipelineRun:
         engine: Engine,
         model: PatchCoreModel,
         images: list[np.ndarray],
-        frames: list[Frame],
-        phase: Callable[[list[Frame]], Awaitable[PhaseResult]],
+        frames: list[CameraFrame],
+        phase: Callable[[list[CameraFrame]], Awaitable[PhaseResult]],
     ) -> Round:
         """Engine-only baseline (consumers idle), then the max-rate run, back to back."""
         from edge.bench.consumers import cpu_seconds
@@ -266,7 +226,7 @@ class Round:
 
     engine_s: float
     engine_cpu_s: float  # CPU seconds of this process during the engine-only run
-    frames: list[Frame]
+    frames: list[CameraFrame]
     result: PhaseResult
     cpu_s: list[float]  # during the max-rate run: per consumer, the broker, this process
 
@@ -395,7 +355,7 @@ def _result(
         "size": cfg.size,
         "consumers": cfg.consumers,
         "partitions": cfg.partitions,
-        "backbone": engine.settings.backbone,
+        "backbone": engine.config.backbone,
         "device": engine.spec.describe(),
         "engine_threads": torch.get_num_threads(),
         "consumer_threads": _consumer_threads(cfg.consumers) or torch.get_num_threads(),

@@ -1,9 +1,12 @@
 """``bdi consume``: run one member of the consumer group until SIGTERM / Ctrl-C.
 
 Exit status: 0 after a clean stop, 2 for a start-up error (``bdi: error: ...``: missing
-``BDI_KAFKA_BOOTSTRAP``, unreachable broker, no transactions in exactly-once mode), 1
-when verdicts could not be delivered (the process stops so that the frames are
-redelivered; a supervisor restarts it).
+``BDI_KAFKA_BOOTSTRAP``, health port in use, unreachable broker, no transactions in
+exactly-once mode), 1 when verdicts could not be delivered (the process stops so that the
+frames are redelivered; a supervisor restarts it).
+
+Every line on stderr is one JSON object, native libraries' output included
+(:func:`consumers.logs.native_stderr_as_json`), up to a final ``bdi: error: ...``.
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from configs.settings import load_settings
 from consumers.errors import PublishError
 from consumers.health import HealthServer
-from consumers.logs import configure_json_logging
-from consumers.runner import FrameConsumer, require_bootstrap
-from consumers.topics import ensure_topics
+from consumers.logs import configure_json_logging, native_stderr_as_json
+from consumers.runner import FrameConsumer
+from consumers.topics import ensure_topics, service_topics
 
 log = logging.getLogger(__name__)
 
@@ -112,41 +115,39 @@ def client_options(items: list[str], client: type) -> dict[str, object]:
 
 def cmd_consume(args: argparse.Namespace) -> int:
     settings = load_settings()
-    bootstrap = require_bootstrap(settings)
-    consumer_options = client_options(args.consumer_option, AIOKafkaConsumer)
-    producer_options = client_options(args.producer_option, AIOKafkaProducer)
-    configure_json_logging(args.log_level)
-    if args.create_topics is not None:
-        topics = {
-            settings.kafka_topic_frames: args.create_topics,
-            settings.kafka_topic_verdicts: args.create_topics,
-            settings.kafka_topic_dlq: 1,
-        }
-        if settings.kafka_topic_heatmaps:
-            topics[settings.kafka_topic_heatmaps] = 1
-        created = asyncio.run(ensure_topics(bootstrap, topics))
-        log.info("topics created", extra={"topics": created})
     consumer = FrameConsumer(
-        settings, consumer_options=consumer_options, producer_options=producer_options
+        settings,
+        consumer_options=client_options(args.consumer_option, AIOKafkaConsumer),
+        producer_options=client_options(args.producer_option, AIOKafkaProducer),
     )
+    health = None
+    if settings.consumer_health_port:  # taken before anything starts: a clash stops it here
+        health = HealthServer(
+            consumer.health, settings.consumer_health_host, settings.consumer_health_port
+        ).bind()
     try:
-        asyncio.run(_serve(consumer))
+        with native_stderr_as_json() as stderr:
+            configure_json_logging(args.log_level, stderr)
+            if args.create_topics is not None:
+                topics = service_topics(settings, args.create_topics)
+                created = asyncio.run(ensure_topics(consumer.bootstrap, topics))
+                log.info("topics created", extra={"topics": created})
+            asyncio.run(_serve(consumer, health))
     except PublishError as exc:
         log.error("stopping: verdicts could not be delivered", extra={"error": str(exc)})
         return 1
+    finally:
+        if health is not None:
+            health.close()
     return 0
 
 
-async def _serve(consumer: FrameConsumer) -> None:
+async def _serve(consumer: FrameConsumer, health: HealthServer | None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, consumer.request_stop)
-    s = consumer.settings
-    health = None
-    if s.consumer_health_port:
-        health = await HealthServer(
-            consumer.health, s.consumer_health_host, s.consumer_health_port
-        ).start()
+    if health is not None:
+        await health.start()
     try:
         await consumer.run()
     finally:

@@ -3,37 +3,71 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
-from configs.settings import SettingsError
-from engine.errors import EngineError
+from configs.profile import SWITCH_STEP
+from configs.settings import SettingsError, load_settings
+from engine.errors import BackboneWeightsError, DeviceError, EngineError
+
+DESCRIPTION = """\
+BDI Edge: brake-disc inspection over REST and Kafka. Settings come from BDI_* variables,
+then the local settings file ./bdi.env (BDI_PROFILE=dev: the CPU allowed and the packaged
+EfficientNet-Lite0; written by `make install` on a machine without CUDA), then
+configs/app.yaml; README.md lists them."""
 
 
-def _count(minimum: int) -> Callable[[str], int]:
-    """An argparse type: an integer of at least ``minimum`` (a clear usage error otherwise)."""
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in its help, unless there is none to show (``None``, a flag's
+    ``False``, an empty list) or the help already says it."""
 
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
-        return value
-
-    return parse
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        empty = action.default is None or action.default is False or action.default == []
+        if empty or "default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
-def _cmd_bench_engine(args: argparse.Namespace) -> int:
-    from edge.bench.engine import run_engine_benchmark
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
 
-    return run_engine_benchmark(args)
+    try:
+        return version("bdi-edge")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "unknown"
+
+
+def subcommands(
+    parser: argparse.ArgumentParser, words: tuple[str, ...] = ("bdi",)
+) -> list[tuple[tuple[str, ...], argparse.ArgumentParser, str | None]]:
+    """Every command below ``parser``, depth first: (its words, its parser, its one-line help)."""
+    out: list[tuple[tuple[str, ...], argparse.ArgumentParser, str | None]] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, child in action.choices.items():
+                out.append(((*words, name), child, helps.get(name)))
+                out += subcommands(child, (*words, name))
+    return out
+
+
+def _finish(parser: argparse.ArgumentParser) -> None:
+    """Defaults shown in every command's help; a command without a description of its own
+    gets its one-line help (argparse shows that only in the parent's list)."""
+    for _, child, help_text in subcommands(parser):
+        child.formatter_class = HelpFormatter
+        if child.description is None and help_text:
+            child.description = help_text[0].upper() + help_text[1:] + "."
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bdi", description="BDI Edge inspection service")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="bdi", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"bdi {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     from edge.cli.up import add_up_command
     from edge.simulator.demo import add_demo_command
@@ -41,40 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_up_command(sub)
     add_demo_command(sub)
 
-    bench = sub.add_parser("bench", help="benchmarks that print JSON")
-    bench_sub = bench.add_subparsers(dest="bench", required=True)
-    eng = bench_sub.add_parser("engine", help="train on DIR/train/good, score DIR/test")
-    eng.add_argument("--data", required=True, help="MVTec-layout folder")
-    eng.add_argument("--backbone", default="efficientnet_lite0")
-    eng.add_argument("--weights", default=None, help="backbone weights file, or 'random'")
-    eng.add_argument("--size", type=int, default=224)
-    eng.add_argument("--coreset-rate", type=float, default=0.1)
-    eng.add_argument("--max-train", type=_count(0), default=0, help="0 = all training images")
-    eng.add_argument("--knn", choices=["exact", "ivf"], default=None)
-    eng.add_argument("--batch", type=_count(1), default=16, help="frames per engine call")
-    eng.add_argument(
-        "--chunk",
-        type=_count(0),
-        default=0,
-        help="images per backbone forward (BDI_ENGINE_BATCH_SIZE; 0 = the device's default)",
-    )
-    eng.add_argument(
-        "--shortlist",
-        type=int,
-        default=None,
-        help="memory-bank rows per grid position for the kNN (0 = off)",
-    )
-    eng.add_argument(
-        "--rounds",
-        type=_count(1),
-        default=5,
-        help="timed passes; each batch runs backbone then engine, fastest of each kept",
-    )
-    eng.add_argument("--json", action="store_true", help="print only the JSON line on stdout")
-    eng.set_defaults(func=_cmd_bench_engine)
-    from edge.bench.pipeline import add_bench_pipeline_command
+    from edge.cli.bench import add_bench_commands
 
-    add_bench_pipeline_command(bench_sub)
+    add_bench_commands(sub)
 
     from edge.cli.models import add_store_commands
     from edge.cli.serve import add_serve_command
@@ -88,7 +91,24 @@ def build_parser() -> argparse.ArgumentParser:
     from edge.cli.consume import add_consume_command
 
     add_consume_command(sub)
+    _finish(parser)
     return parser
+
+
+def _hint(exc: Exception) -> str:
+    """For a production-profile start that fails for want of CUDA or DINOv2 weights: the one
+    step that switches to development."""
+    if not isinstance(exc, DeviceError | BackboneWeightsError):
+        return ""
+    try:
+        settings = load_settings()
+    except SettingsError:
+        return ""
+    if settings.profile != "production" or (
+        isinstance(exc, BackboneWeightsError) and settings.backbone_weights
+    ):
+        return ""
+    return f" For development on this machine: {SWITCH_STEP}."
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -97,10 +117,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except (SettingsError, EngineError, FileNotFoundError, ValueError) as exc:
-        print(f"bdi: error: {exc}", file=sys.stderr)
+        print(f"bdi: error: {exc}{_hint(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (`bdi models --json | head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 141
 
 
 if __name__ == "__main__":

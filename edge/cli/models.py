@@ -1,4 +1,5 @@
-"""``bdi train`` and ``bdi models``: train into the model store, list what it holds.
+"""``bdi train`` and ``bdi models``: train into the model store, list what it holds, list
+each model's stored revisions and roll back to one of them.
 
 Store errors subclass ``ValueError`` and engine errors ``EngineError``, so ``bdi``'s main
 reports both as ``bdi: error: ...``.
@@ -8,33 +9,53 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from configs.settings import load_settings
-from store import ModelStore
+from store import ModelRef, ModelStore, Revision
 
 TRAIN_EXTS = (".png", ".jpg", ".jpeg")  # what the engine's decoder reads
 
 
+def add_model_ids(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """``--recipe --role --roi --model-key``: the ids naming one stored model."""
+    where = "" if required else " (filters the listing)"
+    parser.add_argument("--recipe", required=required, help=f"recipe id (case-insensitive){where}")
+    parser.add_argument("--role", required=required, help=f"role id{where}")
+    parser.add_argument("--roi", required=required, help=f"ROI id{where}")
+    parser.add_argument("--model-key", default=None, help="model folder (default: the ROI id)")
+
+
 def add_store_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     train = sub.add_parser("train", help="train (and calibrate with NG images) into the store")
-    train.add_argument("--recipe", required=True, help="recipe id (case-insensitive)")
-    train.add_argument("--role", required=True, help="role id")
-    train.add_argument("--roi", required=True, help="ROI id")
+    add_model_ids(train)
     train.add_argument("--ok", required=True, type=Path, help="folder of OK images")
     train.add_argument("--ng", type=Path, default=None, help="folder of NG images (calibrate)")
     train.add_argument("--mm-per-px", type=float, default=None, help="scale, locked per recipe")
-    train.add_argument("--model-key", default=None, help="model folder (default: the ROI id)")
     train.add_argument("--json", action="store_true", help="print the result as one JSON line")
     train.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     train.set_defaults(func=cmd_train)
 
-    models = sub.add_parser("models", help="list the stored models")
-    models.add_argument("--recipe", default=None, help="only this recipe")
-    models.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    models = sub.add_parser(
+        "models", help="list the stored models, their revisions, or roll one back"
+    )
+    add_model_ids(models, required=False)
+    what = models.add_mutually_exclusive_group()
+    what.add_argument(
+        "--revisions", action="store_true", help="list every stored revision of each model"
+    )
+    what.add_argument(
+        "--rollback",
+        metavar="REVISION",
+        default=None,
+        help="make a stored revision current again (needs --recipe, --role and --roi)",
+    )
+    models.add_argument("--json", action="store_true", help="print JSON")
     models.set_defaults(func=cmd_models)
 
 
@@ -113,12 +134,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             bars("calibrate", 2, 2)
     finally:
         bars.close()
-    saved = store.save_model(ref.recipe_id, ref.role_id, ref.roi_id, model, ref.model_key)
+    saved = store.save_model(ref, model)
     result = {
-        "recipe_id": ref.recipe_id,
-        "role_id": ref.role_id,
-        "roi_id": ref.roi_id,
-        "model_key": ref.model_key,
+        **ref.ids(),
         "version": saved.version,
         "revision": saved.revision,
         "threshold": model.threshold,
@@ -147,27 +165,44 @@ COLUMNS = (
     "ready",
     "source",
 )
+REVISION_COLUMNS = (
+    "recipe_id",
+    "role_id",
+    "roi_id",
+    "revision",
+    "version",
+    "threshold",
+    "calibrated",
+    "saved_at",
+    "current",
+)
 
 
-def _row(recipe: dict[str, Any], entry: dict[str, Any]) -> list[str]:
-    threshold = entry["threshold"]
-    values = {
+def _threshold(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def _table(columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> list[str]:
+    """Aligned text columns; ``None`` shows as ``-``."""
+    cells = [list(columns)] + [["-" if r[c] is None else str(r[c]) for c in columns] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    return ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+
+
+def _row(recipe: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    return {
         **entry,
         "recipe_id": recipe["recipe_id"],
-        "threshold": "-" if threshold is None else f"{threshold:.4g}",
+        "threshold": _threshold(entry["threshold"]),
         "ok": entry["dataset"].get("ok", 0),
         "ng": entry["dataset"].get("ng", 0),
         "ready": "yes" if entry["ready"] else "no",
     }
-    return ["-" if values[c] is None else str(values[c]) for c in COLUMNS]
 
 
 def format_table(manifest: dict[str, Any]) -> str:
-    rows = [list(COLUMNS)]
-    for recipe in manifest["recipes"]:
-        rows += [_row(recipe, entry) for entry in recipe["models"]]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    rows = [_row(recipe, entry) for recipe in manifest["recipes"] for entry in recipe["models"]]
+    lines = _table(COLUMNS, rows)
     legacy = manifest.get("legacy", {}).get("models", [])
     if legacy:
         lines.append("")
@@ -176,11 +211,66 @@ def format_table(manifest: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def saved_at(seconds: float | None) -> str | None:
+    """A revision's save time for people: UTC, to the second."""
+    return None if seconds is None else f"{datetime.fromtimestamp(seconds, UTC):%Y-%m-%d %H:%M:%SZ}"
+
+
+def _revision_row(ref: ModelRef, item: Revision) -> dict[str, Any]:
+    return {
+        **ref.ids(),
+        "revision": item.revision,
+        "version": item.version,
+        "threshold": _threshold(item.threshold),
+        "calibrated": "yes" if item.calibrated else "no",
+        "saved_at": saved_at(item.saved_at),
+        "current": "current" if item.current else "",
+    }
+
+
+def _selected(store: ModelStore, args: argparse.Namespace) -> list[ModelRef]:
+    """The models ``--recipe/--role/--roi/--model-key`` name: one when role and ROI are
+    given, else every stored model that matches what is given."""
+    if args.role is not None and args.roi is not None:
+        return [store.ref(args.recipe, args.role, args.roi, args.model_key)]
+    given = {"role_id": args.role, "roi_id": args.roi, "model_key": args.model_key}
+    return [
+        store.ref(recipe["recipe_id"], m["role_id"], m["roi_id"], m["model_key"])
+        for recipe in store.manifest(args.recipe)["recipes"]
+        for m in recipe["models"]
+        if all(value is None or m[key] == value for key, value in given.items())
+    ]
+
+
+def _print_revisions(store: ModelStore, refs: list[ModelRef], as_json: bool) -> None:
+    listed = [(ref, store.revisions(ref)) for ref in refs]
+    if as_json:
+        out = [{**ref.ids(), "revisions": [r.to_dict() for r in items]} for ref, items in listed]
+        print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+        return
+    rows = [_revision_row(ref, item) for ref, items in listed for item in items]
+    print("\n".join(_table(REVISION_COLUMNS, rows)))
+
+
+def _rollback(store: ModelStore, args: argparse.Namespace) -> None:
+    if args.recipe is None or args.role is None or args.roi is None:
+        raise ValueError("--rollback needs --recipe, --role and --roi")
+    ref = store.ref(args.recipe, args.role, args.roi, args.model_key)
+    was = next((r.revision for r in store.revisions(ref) if r.current), None)
+    saved = store.rollback(ref, args.rollback)
+    if not args.json:
+        print(f"rolled back to revision {saved.revision} (version {saved.version}); was {was}")
+    _print_revisions(store, [ref], args.json)
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     store = ModelStore(load_settings())
-    manifest = store.manifest(args.recipe)
-    if args.json:
-        print(orjson.dumps(manifest, option=orjson.OPT_INDENT_2).decode())
+    if args.rollback is not None:
+        _rollback(store, args)
+    elif args.revisions:
+        _print_revisions(store, _selected(store, args), args.json)
+    elif args.json:
+        print(orjson.dumps(store.manifest(args.recipe), option=orjson.OPT_INDENT_2).decode())
     else:
-        print(format_table(manifest))
+        print(format_table(store.manifest(args.recipe)))
     return 0

@@ -1,10 +1,13 @@
 """``bdi up``: the whole service on one machine, on embedded defaults.
 
-A supervisor, not a server: it starts a local Kafka-compatible broker (when
-``BDI_KAFKA_BOOTSTRAP`` is unset), creates the topics, then runs ``bdi serve`` and
-``bdi consume`` as child processes in their own sessions, so that Ctrl-C reaches the
-supervisor alone and the children are stopped in order: consumers first (they drain
-their in-flight batch), then the API, then the broker. If any child exits on its own,
+A supervisor, not a server: it checks that the API port and the consumers' health ports
+are free, starts a local Kafka-compatible broker (when ``BDI_KAFKA_BOOTSTRAP`` is unset),
+creates the topics, then runs ``bdi serve`` and ``bdi consume`` as child processes. The
+children and the broker run in their own sessions, so that Ctrl-C reaches the supervisor
+alone and they are stopped in order: consumers first (they finish their batch and commit),
+then the API, then the broker; a summary says what stopped, how and when. "Up" is printed
+only once the API child has bound its port (its banner line) and answers, and every
+consumer's health endpoint reports it joined the group. If any child exits on its own,
 everything else is stopped too and ``bdi up`` exits non-zero.
 """
 
@@ -12,20 +15,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
-import signal
-import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from configs.settings import Settings, load_settings
+from configs.settings import Settings, apply_profile, load_settings
+from edge.cli.supervisor import Child, Supervisor, on_interrupt, restore, shutdown
 
-# Dev defaults applied only where the variable is unset: the packaged backbone, CPU allowed.
-DEV_DEFAULTS = {"BDI_REQUIRE_CUDA": "0", "BDI_BACKBONE": "efficientnet_lite0"}
+if TYPE_CHECKING:
+    from consumers.broker import LocalBroker
+
 DEFAULT_BROKER_PORT = 9092
+# consumer i (from 0) serves /health and /metrics on base + i; under ``bdi up`` the base is
+# the first run of free ports from here when BDI_CONSUMER_HEALTH_PORT is unset
+DEFAULT_HEALTH_PORT = 9400
+HEALTH_PORT_SEARCH = 200
+
+
+class Interrupted(Exception):
+    """Ctrl-C (or SIGTERM) while the service was starting."""
 
 
 def add_up_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -50,125 +62,82 @@ def add_up_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     up.set_defaults(func=cmd_up)
 
 
-@dataclass
-class Child:
-    name: str
-    process: subprocess.Popen[bytes]
-    pump: threading.Thread | None = None
-
-
-@dataclass
-class Supervisor:
-    env: dict[str, str]
-    children: list[Child] = field(default_factory=list)
-    broker: object | None = None  # consumers.LocalBroker
-
-    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Child:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "edge.cli", *args],
-            env={**self.env, **(env or {})},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # Ctrl-C goes to the supervisor, which stops us in order
-        )
-        child = Child(name, process)
-        child.pump = threading.Thread(target=_prefix_output, args=(child,), daemon=True)
-        child.pump.start()
-        self.children.append(child)
-        return child
-
-    def pids(self) -> str:
-        out = ", ".join(f"{c.name}={c.process.pid}" for c in self.children)
-        if self.broker is not None:
-            out += f", broker={self.broker.process.pid}"  # type: ignore[attr-defined]
-        return out
-
-    def first_exit(self) -> Child | None:
-        return next((c for c in self.children if c.process.poll() is not None), None)
-
-    def stop(self, grace_s: float) -> None:
-        # consumers first (they finish or abandon their batch), then the API
-        for group in (
-            [c for c in self.children if c.name.startswith("consumer")],
-            [c for c in self.children if not c.name.startswith("consumer")],
-        ):
-            for c in group:
-                if c.process.poll() is None:
-                    c.process.send_signal(signal.SIGTERM)
-            for c in group:
-                try:
-                    c.process.wait(grace_s + 5)
-                except subprocess.TimeoutExpired:
-                    c.process.kill()
-                    c.process.wait(5)
-        for c in self.children:
-            if c.pump is not None:
-                c.pump.join(2)
-        if self.broker is not None:
-            self.broker.stop()  # type: ignore[attr-defined]
-
-
-def _prefix_output(child: Child) -> None:
-    """Each child's output on ours, one line at a time, prefixed with its name."""
-    assert child.process.stdout is not None
-    for raw in iter(child.process.stdout.readline, b""):
-        sys.stdout.write(f"[{child.name}] {raw.decode(errors='replace')}")
-        sys.stdout.flush()
-
-
-def _wait_http(url: str, deadline: float, sup: Supervisor) -> None:
+def _wait_ready(sup: Supervisor, api: Child, url: str, deadline: float,
+                stop: threading.Event) -> None:  # fmt: skip
+    """Until our API child says it holds its port and answers ``/health``, and every
+    consumer's health endpoint answers 200 (joined its group)."""
     import httpx
 
+    pending = [f"{url}/health"] + [c.health_url for c in sup.children if c.health_url]
     while True:
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
+        if stop.is_set():
+            raise Interrupted
         if (dead := sup.first_exit()) is not None:
             raise RuntimeError(f"{dead.name} exited with status {dead.process.returncode}")
+        if api.bound.is_set():  # before, whatever answers on the port is not ours
+            pending = [u for u in pending if not _answers_200(httpx, u)]
+            if not pending:
+                return
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{url} did not answer in time")
+            waiting = pending[0] if api.bound.is_set() else "the api to bind its port"
+            raise RuntimeError(f"gave up waiting for {waiting}")
         time.sleep(0.2)
 
 
-def _start_broker(port: int | None) -> object:
-    from consumers import LocalBroker
-    from consumers.broker import answers
+def _answers_200(httpx: Any, url: str) -> bool:
+    try:
+        return bool(httpx.get(url, timeout=1.0).status_code == 200)
+    except httpx.TransportError:
+        return False
+
+
+def _start_broker(port: int | None) -> LocalBroker:
+    from consumers.broker import LocalBroker, answers
 
     if port is None:
         taken = answers("127.0.0.1", DEFAULT_BROKER_PORT)
         port = None if taken else DEFAULT_BROKER_PORT
+    elif port:
+        _check_free("127.0.0.1", port, "(another bdi up?); choose another with --broker-port")
     return LocalBroker(port=port).start()
 
 
-def _banner(settings: Settings, bootstrap: str, local: bool, n: int) -> str:
+def _local(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::") else host
+
+
+def _banner(settings: Settings, sup: Supervisor) -> str:
     url = api_url(settings)
-    cpu = not settings.require_cuda
+    consumers = [c for c in sup.children if c.name.startswith("consumer")]
+    local = " (local broker, in memory)" if sup.broker is not None else ""
     lines = [
         "BDI Edge is up",
         f"  REST API  : {url}   (OpenAPI: {url}/docs)",
-        f"  Kafka     : {bootstrap}" + ("   (local broker, in memory)" if local else ""),
+        f"  Kafka     : {sup.env['BDI_KAFKA_BOOTSTRAP']}  {local}",
         f"  topics    : frames {settings.kafka_topic_frames} -> verdicts "
         f"{settings.kafka_topic_verdicts}, dead letters {settings.kafka_topic_dlq}",
-        f"  consumers : {n} in group {settings.kafka_group}",
+        f"  consumers : {len(consumers)} in group {settings.kafka_group}"
+        + (", health and metrics:" if any(c.health_url for c in consumers) else ""),
+    ]
+    lines += [
+        f"              {c.name}  {c.health_url}  /metrics" for c in consumers if c.health_url
+    ]
+    lines += [
         f"  backbone  : {settings.backbone} @ {settings.image_size}px",
         f"  models    : {Path(settings.models_dir).resolve()}",
     ]
-    if cpu:
-        lines.append("  device    : CPU allowed (BDI_REQUIRE_CUDA=0, development default)")
+    if not settings.require_cuda:
+        why = "dev profile" if settings.profile == "dev" else "BDI_REQUIRE_CUDA=0"
+        lines.append(f"  device    : CPU allowed ({why})")
     lines.append("  Ctrl-C stops everything.")
     return "\n".join(lines)
 
 
 def dev_settings(port: int | None = None) -> Settings:
-    """Settings with the development defaults filled in where unset. They go into this
-    process's environment, which is what the children inherit."""
-    for name, value in DEV_DEFAULTS.items():
-        if name == "BDI_BACKBONE" and os.environ.get("BDI_BACKBONE_WEIGHTS"):
-            continue  # a weights file is given: keep the production backbone
-        os.environ.setdefault(name, value)
+    """Settings of the dev profile (the CPU allowed, the packaged backbone, where unset),
+    unless BDI_PROFILE or bdi.env chose one. It goes into this process's environment, which
+    is what the children inherit."""
+    apply_profile("dev")
     if port is not None:
         os.environ["BDI_BACKEND_PORT"] = str(port)
     return load_settings()  # what the children will read, validated before anything starts
@@ -197,34 +166,78 @@ def _preflight(settings: Settings) -> None:
 
 
 def api_url(settings: Settings) -> str:
-    host = "127.0.0.1" if settings.backend_host in ("0.0.0.0", "::") else settings.backend_host
-    return f"http://{host}:{settings.backend_port}"
+    return f"http://{_local(settings.backend_host)}:{settings.backend_port}"
+
+
+def _check_free(host: str, port: int, hint: str) -> None:
+    from edge.cli.serve import check_port_free
+
+    check_port_free(host, port, hint)
+
+
+def health_ports(settings: Settings, n: int) -> list[int]:
+    """Consumer i's health port: ``BDI_CONSUMER_HEALTH_PORT`` + i when the variable is set
+    (0: none), else the first run of ``n`` free ports from ``DEFAULT_HEALTH_PORT``."""
+    host, hint = settings.consumer_health_host, "(another bdi up?)"
+    if os.environ.get("BDI_CONSUMER_HEALTH_PORT", "").strip():
+        base = settings.consumer_health_port
+        if base and base + n - 1 > 65535:
+            raise ValueError(f"BDI_CONSUMER_HEALTH_PORT {base} + {n} consumers passes 65535")
+        ports = list(range(base, base + n)) if base else []
+        for port in ports:
+            _check_free(host, port, f"{hint}; set BDI_CONSUMER_HEALTH_PORT to a free base")
+        return ports
+    from edge.cli.serve import PortInUse
+
+    for base in range(DEFAULT_HEALTH_PORT, DEFAULT_HEALTH_PORT + HEALTH_PORT_SEARCH):
+        try:
+            for port in range(base, base + n):
+                _check_free(host, port, hint)
+        except PortInUse:
+            continue
+        return list(range(base, base + n))
+    raise ValueError(f"no {n} free ports from {DEFAULT_HEALTH_PORT} for the consumers' health "
+                     "endpoints; set BDI_CONSUMER_HEALTH_PORT")  # fmt: skip
 
 
 def start_service(
     settings: Settings, consumers: int, partitions: int, broker_port: int | None,
-    ready_timeout_s: float,
+    ready_timeout_s: float, *, stop: threading.Event | None = None, prog: str = "bdi up",
 ) -> Supervisor:  # fmt: skip
-    """Broker (when none is configured), topics, API and consumers; returns once the API
-    answers. On failure everything started so far is stopped again."""
+    """Broker (when none is configured), topics, API and consumers; returns once they are
+    ready. Ports are checked before anything starts; on failure or ``stop`` everything
+    started so far is stopped again (and the summary printed)."""
     if consumers < 1:
         raise ValueError("--consumers must be at least 1")
+    stop = stop or threading.Event()
+    hint = "(another bdi up or bdi serve?); choose another with --port or BDI_BACKEND_PORT"
+    _check_free(settings.backend_host, settings.backend_port, hint)
+    ports = health_ports(settings, consumers)
     _preflight(settings)
     sup = Supervisor(dict(os.environ))
     try:
+        if stop.is_set():
+            raise Interrupted
         if not settings.kafka_bootstrap:
             sup.broker = _start_broker(broker_port)
-            sup.env["BDI_KAFKA_BOOTSTRAP"] = sup.broker.bootstrap  # type: ignore[attr-defined]
+            sup.env["BDI_KAFKA_BOOTSTRAP"] = sup.broker.bootstrap
         _create_topics(sup.env["BDI_KAFKA_BOOTSTRAP"], settings, partitions)
         deadline = time.monotonic() + ready_timeout_s
-        sup.spawn("api", ["serve"])
+        from edge.cli.serve import BANNER
+
+        api = sup.spawn("api", ["serve"], ready_line=BANNER)
         on_cpu = consumers > 1 and not _has_cuda() and "BDI_TORCH_THREADS" not in os.environ
         threads = {"BDI_TORCH_THREADS": str(max(1, (os.cpu_count() or 1) // consumers))}
         for i in range(consumers):
-            sup.spawn(f"consumer-{i + 1}", ["consume"], threads if on_cpu else None)
-        _wait_http(f"{api_url(settings)}/health", deadline, sup)
+            env = dict(threads) if on_cpu else {}
+            url = None
+            if ports:
+                env["BDI_CONSUMER_HEALTH_PORT"] = str(ports[i])
+                url = f"http://{_local(settings.consumer_health_host)}:{ports[i]}/health"
+            sup.spawn(f"consumer-{i + 1}", ["consume"], env, health_url=url)
+        _wait_ready(sup, api, api_url(settings), deadline, stop)
     except BaseException:
-        sup.stop(settings.shutdown_grace_s)
+        shutdown(sup, settings.shutdown_grace_s, prog)
         raise
     return sup
 
@@ -232,42 +245,38 @@ def start_service(
 def cmd_up(args: argparse.Namespace) -> int:
     settings = dev_settings(args.port)
     stop = threading.Event()
-    previous = {
-        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
-    }
+    previous = on_interrupt(stop.set)
     sup: Supervisor | None = None
     consumers = args.consumers if args.consumers is not None else default_consumers(settings)
     partitions = max(args.partitions, consumers)  # a consumer without a partition idles
+    code = 0
     try:
-        sup = start_service(settings, consumers, partitions, args.broker_port, args.ready_timeout)
-        bootstrap = sup.env["BDI_KAFKA_BOOTSTRAP"]
-        print(_banner(settings, bootstrap, sup.broker is not None, consumers), flush=True)
+        sup = start_service(settings, consumers, partitions, args.broker_port,
+                            args.ready_timeout, stop=stop)  # fmt: skip
+        print(_banner(settings, sup), flush=True)
         print(f"  processes : {sup.pids()}", flush=True)
         while not stop.wait(0.2):
             if (dead := sup.first_exit()) is not None:
-                print(f"bdi up: {dead.name} exited ({dead.process.returncode}); stopping",
+                print(f"bdi up: {dead.name} exited ({dead.process.returncode})",
                       file=sys.stderr, flush=True)  # fmt: skip
-                return 1
-        print("bdi up: stopping", flush=True)
-        return 0
+                code = 1
+                break
+    except Interrupted:
+        print("bdi up: interrupted while starting", file=sys.stderr, flush=True)
+        return 130
     except RuntimeError as exc:
-        print(f"bdi up: {exc}; stopping", file=sys.stderr, flush=True)
+        print(f"bdi up: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:
-        if sup is not None:
-            sup.stop(settings.shutdown_grace_s)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        if sup is not None and not shutdown(sup, settings.shutdown_grace_s, "bdi up"):
+            code = code or 1
+        restore(previous)
+    return code
 
 
 def _create_topics(bootstrap: str, settings: Settings, partitions: int) -> None:
-    from consumers import ensure_topics
+    from consumers.topics import ensure_topics, service_topics
 
-    topics = {
-        settings.kafka_topic_frames: partitions,
-        settings.kafka_topic_verdicts: partitions,
-        settings.kafka_topic_dlq: 1,
-    }
-    if settings.kafka_topic_heatmaps:
-        topics[settings.kafka_topic_heatmaps] = 1
-    asyncio.run(ensure_topics(bootstrap, topics))
+    # a failure comes back as one error; the client would log each retry on its way
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    asyncio.run(ensure_topics(bootstrap, service_topics(settings, partitions)))

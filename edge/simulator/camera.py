@@ -22,7 +22,7 @@ from edge.simulator.discs import encode_png, make_disc, stream
 
 
 @dataclass(frozen=True)
-class Frame:
+class CameraFrame:
     frame_id: str
     part_id: str
     value: bytes
@@ -31,12 +31,12 @@ class Frame:
 
 def synthetic_frames(
     n: int, size: int, seed: int = 0, ng_fraction: float = 0.05, prefix: str = "cam"
-) -> list[Frame]:
+) -> list[CameraFrame]:
     """``n`` encoded synthetic disc ROIs (a ``ng_fraction`` share defective), in order."""
     out = []
     for i, disc in enumerate(stream(seed, n, size, ng_fraction)):
         out.append(
-            Frame(
+            CameraFrame(
                 f"{prefix}-{seed}-{i:06d}",
                 f"disc-{seed}-{i:06d}",
                 encode_png(disc.image),
@@ -76,7 +76,7 @@ class Camera:
             await self._producer.stop()
             self._producer = None
 
-    def _headers(self, frame: Frame) -> list[tuple[str, bytes]]:
+    def _headers(self, frame: CameraFrame) -> list[tuple[str, bytes]]:
         h = {"frame_id": frame.frame_id, "part_id": frame.part_id, "recipe_id": self.recipe_id,
              "role_id": self.role_id, "roi_id": self.roi_id}  # fmt: skip
         if self.mm_per_px is not None:
@@ -85,7 +85,7 @@ class Camera:
         h["content_sha256"] = hashlib.sha256(frame.value).hexdigest()
         return [(k, v.encode()) for k, v in h.items()]
 
-    async def send(self, frame: Frame) -> asyncio.Future[Any]:
+    async def send(self, frame: CameraFrame) -> asyncio.Future[Any]:
         """Queue one frame; returns the delivery future (awaited by :meth:`flush`)."""
         assert self._producer is not None, "camera not started"
         self.sent_at[frame.frame_id] = time.monotonic()
@@ -93,7 +93,7 @@ class Camera:
             self.topic, frame.value, key=frame.part_id.encode(), headers=self._headers(frame)
         )
 
-    async def publish(self, frames: Sequence[Frame], fps: float | None = None) -> None:
+    async def publish(self, frames: Sequence[CameraFrame], fps: float | None = None) -> None:
         """All ``frames``: as fast as the broker takes them, or paced at ``fps``."""
         pending = []
         start = time.monotonic()

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import logging
 import signal
+import socket
 import sys
 import time
 from collections import Counter, deque
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +29,8 @@ from configs.settings import Settings
 DEMO_IDS = {"recipe_id": "demo", "role_id": "camera-1", "roi_id": "friction-ring"}
 DEMO_MM_PER_PX = 0.05
 CHUNK = 1000  # frames generated per seeded stream chunk
+DRAIN_S = 30.0  # after the last frame, how long the line may take to answer what is in flight
+DRAIN_AFTER_CTRL_C_S = 5.0  # the same after a Ctrl-C (a second one ends the wait)
 
 
 def add_demo_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -34,7 +40,7 @@ def add_demo_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     demo.add_argument("--duration", type=float, default=0.0, help="seconds (0: until Ctrl-C)")
     demo.add_argument("--train", type=int, default=30, help="OK images to train from")
     demo.add_argument("--size", type=int, default=224, help="generated ROI size (px)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0, help="seed of the generated discs")
     demo.add_argument("--no-live", action="store_true", help="plain status lines, no live view")
     demo.add_argument("--port", type=int, default=None, help="API port (BDI_BACKEND_PORT)")
     demo.add_argument("--broker-port", type=int, default=None, help="local broker port")
@@ -50,6 +56,8 @@ class LineStats:
     answered_at: deque[float] = field(default_factory=lambda: deque(maxlen=5000))
     lag: int | None = None
     wrong: int = 0
+    interrupts: int = 0  # Ctrl-C / SIGTERM received
+    failure: str | None = None  # why the line stopped early: the service went away
 
     def rate(self, window_s: float = 5.0) -> float:
         now = time.monotonic()
@@ -106,6 +114,7 @@ def train_demo(url: str, size: int, n_train: int, seed: int, say: Any) -> float:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from edge.cli.supervisor import shutdown
     from edge.cli.up import api_url, default_consumers, dev_settings, start_service
 
     settings = dev_settings(args.port)
@@ -117,7 +126,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if url is None:
             print("starting broker, API and consumers (as bdi up) ...", flush=True)
             n = default_consumers(settings)
-            sup = start_service(settings, n, max(4, n), args.broker_port, 180.0)
+            sup = start_service(settings, n, max(4, n), args.broker_port, 180.0, prog="bdi demo")
             bootstrap = sup.env["BDI_KAFKA_BOOTSTRAP"]
             print(f"  API {api_url(settings)}, Kafka {bootstrap}, processes: {sup.pids()}",
                   flush=True)  # fmt: skip
@@ -129,57 +138,129 @@ def cmd_demo(args: argparse.Namespace) -> int:
             bootstrap = settings.kafka_bootstrap or f"127.0.0.1:{DEFAULT_BROKER_PORT}"
             print(f"using the running service at {url}, Kafka {bootstrap}", flush=True)
         train_demo(url, args.size, args.train, args.seed, lambda m: print(m, flush=True))
-        stats = asyncio.run(_run_line(args, settings, bootstrap))
+        stats = asyncio.run(_run_line(args, settings, bootstrap, url, sup))
+    except KeyboardInterrupt:
+        print("bdi demo: interrupted before the camera started", file=sys.stderr, flush=True)
+        return 130
+    except RuntimeError as exc:
+        print(f"bdi demo: {exc}", file=sys.stderr, flush=True)
+        return 1
     finally:
         if sup is not None:
-            sup.stop(settings.shutdown_grace_s)
+            shutdown(sup, settings.shutdown_grace_s, "bdi demo")
     lost = stats.sent - sum(stats.verdicts.values())
     if not sys.stdout.isatty() or args.no_live:  # the live view already showed it otherwise
         from rich.console import Console
 
         Console(width=100).print(_table(stats))
     print(_summary(stats, lost), flush=True)
-    return 0 if lost == 0 and stats.wrong == 0 else 1
+    if stats.failure is not None:
+        return 1
+    return 0 if (lost == 0 or stats.interrupts) and stats.wrong == 0 else 1
 
 
-async def _run_line(args: argparse.Namespace, settings: Settings, bootstrap: str) -> LineStats:
+async def _run_line(args: argparse.Namespace, settings: Settings, bootstrap: str, url: str,
+                    sup: Any) -> LineStats:  # fmt: skip
+    from aiokafka.errors import KafkaError
+
     from edge.simulator.camera import Camera, VerdictReader
 
+    # when the broker goes away the demo says so once (_watch_service); the Kafka clients
+    # would log it again on every poll until they are closed
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     stats = LineStats()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def interrupt() -> None:
+        stats.interrupts += 1
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, interrupt)
     ids = DEMO_IDS
     camera = Camera(bootstrap, settings.kafka_topic_frames, ids["recipe_id"], ids["role_id"],
                     ids["roi_id"], mm_per_px=DEMO_MM_PER_PX)  # fmt: skip
-    await camera.start()
-    reader = await VerdictReader(bootstrap, settings.kafka_topic_verdicts).start()
+    try:
+        await camera.start()
+        reader = await VerdictReader(bootstrap, settings.kafka_topic_verdicts).start()
+    except KafkaError as exc:
+        await _bounded(camera.stop())
+        raise RuntimeError(f"cannot use the broker at {bootstrap}: {exc}") from None
     expected: dict[str, str] = {}
     tasks = [
         asyncio.create_task(_publish(args, camera, stats, expected, stop)),
         asyncio.create_task(_collect(reader, camera, stats, expected, stop)),
         asyncio.create_task(_watch_lag(bootstrap, settings, stats, stop)),
+        asyncio.create_task(_watch_service(bootstrap, url, sup, stats, stop)),
     ]
     try:
         await _show(args, stats, stop)
-        # the camera has stopped: give the line a moment to answer what is in flight
-        deadline = time.monotonic() + 30
-        while sum(stats.verdicts.values()) < stats.sent and time.monotonic() < deadline:
+        # the camera has stopped: give the line a moment to answer what is in flight (less
+        # after a Ctrl-C, none once the service is gone; a second Ctrl-C ends the wait)
+        deadline = time.monotonic() + (DRAIN_AFTER_CTRL_C_S if stats.interrupts else DRAIN_S)
+        while (sum(stats.verdicts.values()) < stats.sent and time.monotonic() < deadline
+               and stats.interrupts < 2 and stats.failure is None):  # fmt: skip
             await asyncio.sleep(0.1)
     finally:
         stop.set()
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await camera.stop()
-        await reader.stop()
+        await _bounded(asyncio.gather(*tasks, return_exceptions=True))
+        await _bounded(camera.stop())
+        await _bounded(reader.stop())
     return stats
+
+
+async def _bounded(aw: Awaitable[Any], timeout_s: float = 2.0) -> None:
+    """Clean-up that must not hold the exit when the broker is gone (a producer's close
+    would otherwise wait out its request timeout for frames it cannot deliver)."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(aw, timeout_s)
+
+
+async def _watch_service(bootstrap: str, url: str, sup: Any, stats: LineStats,
+                         stop: asyncio.Event) -> None:  # fmt: skip
+    """Stop the line, saying why in one line, when the service goes away under it: a child
+    of ours exits, or the API or the broker stops answering (twice in a row)."""
+    misses = 0
+    while True:
+        await asyncio.sleep(1.0)
+        dead = sup.first_exit() if sup is not None else None
+        gone = f"{dead.name} exited" if dead is not None else await _unreachable(bootstrap, url)
+        misses = misses + 1 if gone else 0
+        if gone and (dead is not None or misses >= 2):
+            stats.failure = f"the service went away: {gone}"
+            print(f"bdi demo: {stats.failure}; stopping", file=sys.stderr, flush=True)
+            stop.set()
+            return
+
+
+async def _unreachable(bootstrap: str, url: str) -> str | None:
+    try:
+        async with httpx.AsyncClient(timeout=2.0) as http:
+            await http.get(f"{url}/health")
+    except httpx.TransportError:
+        return f"the API at {url} does not answer"
+    # in a thread, which closes its socket even when this task is cancelled meanwhile (a
+    # socket left open here would keep the broker from stopping)
+    if await asyncio.to_thread(_broker_answers, bootstrap):
+        return None
+    return f"the broker at {bootstrap} does not answer"
+
+
+def _broker_answers(bootstrap: str) -> bool:
+    for server in bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        with contextlib.suppress(OSError, ValueError):
+            socket.create_connection((host, int(port)), timeout=2.0).close()
+            return True
+    return False
 
 
 async def _publish(args: Any, camera: Any, stats: LineStats, expected: dict[str, str],
                    stop: asyncio.Event) -> None:  # fmt: skip
-    from edge.simulator.camera import Frame
+    from edge.simulator.camera import CameraFrame
     from edge.simulator.discs import encode_png, stream
 
     def discs() -> Any:  # endless when no duration: chunks of a seeded stream
@@ -197,8 +278,9 @@ async def _publish(args: Any, camera: Any, stats: LineStats, expected: dict[str,
         delay = start + i / args.fps - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        frame = Frame(f"demo-{args.seed}-{i:07d}", f"disc-{i:07d}", encode_png(disc.image),
-                      disc.defect)  # fmt: skip
+        frame = CameraFrame(
+            f"demo-{args.seed}-{i:07d}", f"disc-{i:07d}", encode_png(disc.image), disc.defect
+        )
         expected[frame.frame_id] = "NG" if disc.defect else "OK"
         await camera.send(frame)
         stats.sent += 1
@@ -242,7 +324,7 @@ async def _watch_lag(bootstrap: str, settings: Settings, stats: LineStats,
             stats.lag = int(sum(ends[tp] for tp in tps) - sum(committed))
             await asyncio.sleep(1.0)
     finally:
-        await client.stop()
+        await _bounded(client.stop())
 
 
 def _fmt(value: float | None, unit: str = "ms") -> str:
@@ -290,6 +372,8 @@ async def _show(args: Any, stats: LineStats, stop: asyncio.Event) -> None:
 
 def _summary(stats: LineStats, lost: int) -> str:
     counts = ", ".join(f"{k} {stats.verdicts[k]}" for k in ("OK", "NG", "ERROR", "NO_MODEL"))
+    stopped = stats.interrupts or stats.failure  # not lost: still in Kafka, unanswered yet
+    missing = f"unanswered {lost} when stopped" if stopped else f"lost {lost}"
     return (f"demo: {stats.sent} frames, {sum(stats.verdicts.values())} verdicts ({counts}), "
-            f"lost {lost}, wrong {stats.wrong}, latency p50 {_fmt(stats.percentile(50))} "
+            f"{missing}, wrong {stats.wrong}, latency p50 {_fmt(stats.percentile(50))} "
             f"p99 {_fmt(stats.percentile(99))}")  # fmt: skip

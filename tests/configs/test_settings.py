@@ -53,6 +53,7 @@ def test_new_name_wins_over_legacy(monkeypatch):
         ("BDI_CORESET_RATE", "1.5", "less than or equal to 1"),
         ("BDI_BACKEND_PORT", "70000", "65535"),
         ("BDI_KNN_MODE", "annoy", "exact"),
+        ("BDI_MODEL_REVISIONS_KEPT", "1", "greater than or equal to 2"),
     ],
 )
 def test_invalid_value_names_variable_and_accepted_values(monkeypatch, name, value, hint):

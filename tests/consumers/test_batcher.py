@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from consumers.batcher import SLOW_BATCH_SHARE, check_batch_time, note_batch_time
-from tests.consumers.conftest import TOO_SLOW, batcher_logs
+from tests.helpers.consumer import TOO_SLOW, batcher_logs
 
 
 class Source:

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY
-from tests.consumers.conftest import ENGINE_SETTINGS, GROUP_OPTIONS, SIZE
-from tests.consumers.kafka_io import (
+from tests.helpers.images import SIZE
+from tests.helpers.kafka import (
     WAIT_S,
     answered,
     disc_frames,
@@ -24,30 +19,9 @@ from tests.consumers.kafka_io import (
     read_until,
     wait_all_committed,
 )
+from tests.helpers.processes import consume_process, env_settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def consume_process(env_settings: dict[str, object], log: Path) -> subprocess.Popen[bytes]:
-    """``python -m edge.cli consume`` with ``BDI_*`` from ``env_settings`` only."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BDI_", "BRAKEDISC_"))}
-    env.update({f"BDI_{k.upper()}": str(v) for k, v in env_settings.items()})
-    with log.open("ab") as out:
-        options = [f"--consumer-option={k}={v}" for k, v in GROUP_OPTIONS.items()]
-        cmd = [sys.executable, "-m", "edge.cli", "consume", *options]
-        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-def env_settings(trained, topics, bootstrap: str, **extra: object) -> dict[str, object]:
-    return {
-        **TINY,
-        **ENGINE_SETTINGS,
-        "models_dir": trained.models_dir,
-        **topics.settings(bootstrap),
-        **extra,
-    }
 
 
 async def _verdict_count(bootstrap: str, topic: str, at_least: int, proc) -> int:

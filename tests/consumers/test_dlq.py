@@ -14,8 +14,9 @@ import pytest
 from consumers.dlq import dead_letter
 from consumers.frames import Failure, frame_from_record
 from edge.simulator.discs import encode_jpeg, encode_png, make_ng, make_ok
-from tests.consumers.conftest import SIZE, noise_png
-from tests.consumers.kafka_io import (
+from tests.helpers.fakes import Record
+from tests.helpers.images import SIZE, noise_png
+from tests.helpers.kafka import (
     FrameSpec,
     answered,
     headers,
@@ -26,7 +27,6 @@ from tests.consumers.kafka_io import (
     running,
     wait_all_committed,
 )
-from tests.consumers.test_frames import Record
 
 
 def _png_claiming(width: int, height: int) -> bytes:

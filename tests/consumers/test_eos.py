@@ -14,9 +14,9 @@ from aiokafka import TopicPartition
 
 from consumers import TransactionsUnsupportedError
 from consumers.eos import transactional_id
-from tests.conftest import TINY
-from tests.consumers.conftest import ENGINE_SETTINGS, SIZE
-from tests.consumers.kafka_io import (
+from tests.helpers.consumer import ENGINE_SETTINGS
+from tests.helpers.images import SIZE
+from tests.helpers.kafka import (
     answered,
     disc_frames,
     parse,
@@ -26,7 +26,8 @@ from tests.consumers.kafka_io import (
     running,
     wait_all_committed,
 )
-from tests.consumers.test_crash import REPO
+from tests.helpers.paths import REPO
+from tests.helpers.settings import TINY
 
 
 def test_one_transactional_id_per_input_partition():

@@ -3,41 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 import pytest
 
 from consumers.frames import Frame, decode_frame, frame_from_record
-
-GOOD = [
-    ("frame_id", b"f-1"),
-    ("recipe_id", b"Disc-A"),
-    ("role_id", b"Master1"),
-    ("roi_id", b"inspection-1"),
-    ("part_id", b"SN-42"),
-    ("mm_per_px", b"0.05"),
-]
-
-
-@dataclass
-class Record:
-    """Stands in for ``aiokafka.ConsumerRecord``."""
-
-    value: bytes | None = b""
-    headers: list[tuple[str, bytes]] = field(default_factory=lambda: list(GOOD))
-    topic: str = "bdi.frames"
-    partition: int = 3
-    offset: int = 17
-    timestamp: int = 1_700_000_000_000
-    key: bytes | None = b"key"
-
-
-def png(image: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", image)
-    assert ok
-    return buf.tobytes()
+from tests.helpers.fakes import GOOD, Record
+from tests.helpers.images import png
 
 
 def frame(**kw: object) -> Frame:

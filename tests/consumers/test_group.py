@@ -9,8 +9,8 @@ import time
 import pytest
 
 from consumers import FrameConsumer
-from tests.consumers.conftest import SIZE
-from tests.consumers.kafka_io import (
+from tests.helpers.images import SIZE
+from tests.helpers.kafka import (
     WAIT_S,
     answered,
     disc_frames,

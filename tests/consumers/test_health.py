@@ -8,8 +8,8 @@ import httpx
 import pytest
 
 from consumers.health import HealthServer, metrics_text
-from tests.consumers.conftest import SIZE
-from tests.consumers.kafka_io import answered, disc_frames, produce, read_until, running
+from tests.helpers.images import SIZE
+from tests.helpers.kafka import answered, disc_frames, produce, read_until, running
 
 
 def _health(ready: bool) -> dict:

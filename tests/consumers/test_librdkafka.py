@@ -14,8 +14,8 @@ import time
 import orjson
 import pytest
 
-from tests.consumers.conftest import SIZE
-from tests.consumers.kafka_io import WAIT_S, FrameSpec, disc_frames, running
+from tests.helpers.images import SIZE
+from tests.helpers.kafka import WAIT_S, FrameSpec, disc_frames, running
 
 ck = pytest.importorskip("confluent_kafka")
 

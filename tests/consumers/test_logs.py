@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import io
 import logging
+import subprocess
+import sys
 
 import orjson
 
 from consumers.logs import JsonFormatter, configure_json_logging
+from tests.helpers.paths import REPO
 
 
 def test_one_json_object_per_line_with_extra_fields():
@@ -50,3 +53,47 @@ def test_configure_replaces_only_its_own_handler():
             if h not in before:
                 root.removeHandler(h)
         root.setLevel(level)
+
+
+CAPTURED = r"""
+import logging, os, sys
+import cv2, numpy as np
+from consumers.logs import configure_json_logging, native_stderr_as_json
+
+with native_stderr_as_json() as stderr:
+    configure_json_logging("INFO", stderr)
+    logging.getLogger("test").info("python logging", extra={"frame_id": "f-1"})
+    png = cv2.imencode(".png", np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))[1]
+    assert cv2.imdecode(np.frombuffer(png.tobytes()[:-20], np.uint8), cv2.IMREAD_COLOR) is None
+    os.write(2, b"raw \xff bytes\r\n\n")
+    print("print to sys.stderr", file=sys.stderr)
+    os.write(2, b"no newline at the end")
+logging.getLogger("test").info("after")
+print("bdi: error: plain again", file=sys.stderr)
+"""
+
+
+def test_native_stderr_becomes_json_records(tmp_path):
+    """A real native message (libpng through OpenCV, on file descriptor 2), raw bytes and
+    ``sys.stderr`` each become one JSON record of the ``native`` logger; Python's own
+    logging stays JSON; once closed, stderr is the terminal's again."""
+    done = subprocess.run(
+        [sys.executable, "-c", CAPTURED], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    *lines, last = done.stderr.splitlines()
+    assert last == "bdi: error: plain again"
+    records = [orjson.loads(line) for line in lines]  # each line parses, or this fails
+    native = [r["stderr"] for r in records if r["logger"] == "native"]
+    assert native == [
+        "libpng error: PNG input buffer is incomplete",
+        "raw \ufffd bytes",
+        "print to sys.stderr",
+        "no newline at the end",
+    ]
+    assert {r["level"] for r in records if r["logger"] == "native"} == {"WARNING"}
+    ours = [r for r in records if r["logger"] == "test"]
+    assert [(r["msg"], r.get("frame_id")) for r in ours] == [
+        ("python logging", "f-1"),
+        ("after", None),
+    ]

@@ -3,35 +3,16 @@ of a newer version, failures mapped to NO_MODEL / ERROR."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 
 from consumers.models import ModelResolver
 from store import ModelStore
 from store.errors import CorruptModelError, InvalidIdError, MissingModelError
-from tests.consumers.conftest import RECIPE, ROI, ROLE, train_model
+from tests.helpers.consumer import train_model
+from tests.helpers.fakes import FakeModel, FakeStore
+from tests.helpers.kafka import RECIPE, ROI, ROLE
 
 KEY = (RECIPE, ROLE, ROI)
-
-
-@dataclass
-class FakeModel:
-    version: str
-
-
-class FakeStore:
-    """Counts ``load_model`` calls; ``current`` is what the disk holds."""
-
-    def __init__(self, current: object) -> None:
-        self.current = current
-        self.calls = 0
-
-    def load_model(self, recipe, role, roi):
-        self.calls += 1
-        if isinstance(self.current, Exception):
-            raise self.current
-        return self.current
 
 
 class Clock:
@@ -90,6 +71,26 @@ def test_invalid_id_is_an_error():
     assert (res.failure.verdict, res.failure.error_class) == ("ERROR", "InvalidIdError")
 
 
+def test_an_invalid_id_in_the_headers_is_an_error_without_a_load():
+    r, store, _ = resolver(FakeModel("v1"))
+    res = r.resolve([("../etc", ROLE, ROI)])[("../etc", ROLE, ROI)]
+    assert res.model is None and res.failure is not None
+    assert (res.failure.verdict, res.failure.error_class) == ("ERROR", "InvalidIdError")
+    assert store.calls == 0
+
+
+def test_recipe_ids_differing_in_case_share_one_model():
+    """``PLATE`` and ``plate`` are one recipe: one load, one entry, one copy in memory."""
+    r, store, clock = resolver(FakeModel("v1"))
+    keys = [("PLATE", ROLE, ROI), ("plate", ROLE, ROI)]
+    out = r.resolve(keys)
+    assert store.calls == 1 and out[keys[0]].model is out[keys[1]].model
+    clock.now += 5
+    r.resolve([("Plate", ROLE, ROI)])
+    assert store.calls == 2  # the poll period is the model's, whatever the spelling
+    assert list(r.versions()) == [f"plate/{ROLE}/{ROI}"]
+
+
 def test_a_broken_new_version_keeps_the_loaded_one():
     r, store, clock = resolver(FakeModel("v1"))
     r.resolve([KEY])
@@ -121,11 +122,11 @@ def test_hot_reload_from_a_real_store(trained, tmp_path):
     writer, reader = ModelStore(settings), ModelStore(settings)
     v1, _ = train_model(trained.engine, range(20, 32))
     v2, _ = train_model(trained.engine, range(40, 52))
-    writer.save_model(RECIPE, ROLE, ROI, v1)
+    writer.save_model(writer.ref(RECIPE, ROLE, ROI), v1)
     clock = Clock()
     r = ModelResolver(reader, poll_s=2.0, clock=clock)
     assert r.resolve([KEY])[KEY].model.version == v1.version
-    writer.save_model(RECIPE, ROLE, ROI, v2)
+    writer.save_model(writer.ref(RECIPE, ROLE, ROI), v2)
     assert r.resolve([KEY])[KEY].model.version == v1.version
     clock.now += 2.0
     assert r.resolve([KEY])[KEY].model.version == v2.version

@@ -13,9 +13,9 @@ from consumers.models import ModelResolver
 from consumers.pipeline import BatchProcessor
 from engine import Inference
 from store.errors import MissingModelError
-from tests.conftest import tiny_settings
-from tests.consumers.test_frames import GOOD, Record, png
-from tests.consumers.test_models import FakeModel, FakeStore
+from tests.helpers.fakes import GOOD, FakeModel, FakeStore, Record
+from tests.helpers.images import png
+from tests.helpers.settings import tiny_settings
 
 IMAGE = png(np.full((32, 32, 3), 128, np.uint8))
 

@@ -8,9 +8,14 @@ import asyncio
 import pytest
 
 from consumers import VERDICT_SCHEMA, FrameConsumer
+from edge.api.schemas import RegionPublic
 from store import ModelStore
-from tests.consumers.conftest import GROUP_OPTIONS, RECIPE, ROI, ROLE, SIZE, train_model
-from tests.consumers.kafka_io import (
+from tests.helpers.consumer import GROUP_OPTIONS, train_model
+from tests.helpers.images import SIZE
+from tests.helpers.kafka import (
+    RECIPE,
+    ROI,
+    ROLE,
     answered,
     committed,
     disc_frames,
@@ -76,7 +81,7 @@ def test_200_frames_get_exactly_200_correct_verdicts_and_all_offsets_commit(
         if v["verdict"] == "NG":
             assert v["regions"], "an NG verdict names where the defect is"
             region = v["regions"][0]
-            assert set(region) == {"bbox", "area_px", "area_mm2", "max_score"}
+            assert set(region) == set(RegionPublic.model_fields)  # as the REST API's
             assert region["area_mm2"] == pytest.approx(region["area_px"] * 0.01)
 
 
@@ -109,7 +114,7 @@ def test_a_retrained_model_is_picked_up_without_restart(
                 answered({f.frame_id for f in first}),
                 watch=task,
             )
-            store.save_model(RECIPE, ROLE, ROI, new_model)
+            store.save_model(store.ref(RECIPE, ROLE, ROI), new_model)
             ids: set[str] = set()
             for round_ in range(60):  # keep the line running until the new version shows
                 more = disc_frames(4, SIZE, seed=100 + round_, tag="after")

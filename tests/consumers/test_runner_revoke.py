@@ -14,7 +14,7 @@ from types import SimpleNamespace
 from aiokafka import TopicPartition
 
 from consumers import FrameConsumer
-from tests.conftest import tiny_settings
+from tests.helpers.settings import tiny_settings
 
 TP = TopicPartition("frames", 0)
 
@@ -44,8 +44,7 @@ def _consumer_with_acknowledged_frames() -> tuple[FrameConsumer, _Client]:
         consumer.tracker.track(TP, epoch, offset)
         consumer.tracker.ack(TP, epoch, offset)
     client = _Client()
-    consumer._consumer = client  # type: ignore[assignment]
-    consumer._publisher = object()  # type: ignore[assignment]
+    consumer._join(client)  # type: ignore[arg-type]
     return consumer, client
 
 
@@ -55,7 +54,8 @@ async def _revoke_during_commit(member_id: str) -> tuple[FrameConsumer, _Client]
     while not client.sent:
         await asyncio.sleep(0)
     client._coordinator.member_id = member_id
-    await consumer._on_revoked([TP])
+    assert consumer._rebalancer is not None
+    await consumer._rebalancer.on_partitions_revoked([TP])
     await asyncio.wait_for(commit, 5)
     client.release.set()  # were it still alive, the waiting commit would land now
     await asyncio.sleep(0.01)

@@ -9,8 +9,8 @@ import logging
 import pytest
 
 from consumers import FrameConsumer
-from tests.consumers.conftest import GROUP_OPTIONS, TOO_SLOW, batcher_logs
-from tests.consumers.kafka_io import running
+from tests.helpers.consumer import GROUP_OPTIONS, TOO_SLOW, batcher_logs
+from tests.helpers.kafka import running
 
 
 @pytest.mark.kafka

@@ -10,8 +10,8 @@ import pytest
 from consumers.frames import Decoded, Failure, frame_from_record
 from consumers.verdicts import SCHEMA, Timings, build_verdict, inference_failure
 from engine import Inference
-from engine.regions import Region
-from tests.consumers.test_frames import GOOD, Record
+from engine.regions import Region, area_mm2
+from tests.helpers.fakes import GOOD, Record
 
 T = Timings(queue_ms=1.23456, decode_ms=0.5, inference_ms=10.0, total_ms=12.0)
 
@@ -40,8 +40,9 @@ def test_ng_verdict_serialises_every_field():
     assert (data["verdict"], data["score"], data["threshold"]) == ("NG", 31.5, 24.0)
     assert data["model_version"] == "abc123"
     assert data["regions"] == [
-        {"bbox": [3, 4, 10, 6], "area_px": 42, "area_mm2": 0.105, "max_score": 31.5}
-    ]
+        {"bbox": [3, 4, 10, 6], "area_px": 42, "area_mm2": 0.105, "max_score": 31.5,
+         "mean_score": 29.0}
+    ]  # fmt: skip
     assert data["regions_total"] == 1
     assert data["source"] == {"topic": "bdi.frames", "partition": 3, "offset": 17}
     assert data["timings"] == {
@@ -132,3 +133,18 @@ def test_region_without_scale_has_null_area_mm2():
     r = Region(bbox=(0, 0, 1, 1), area_px=1, area_mm2=None, max_score=30.0, mean_score=30.0)
     v = build_verdict(decoded(), Inference("NG", 30.0, 24.0, [r], model_version="m"), None, T)
     assert v.regions[0]["area_mm2"] is None
+
+
+def test_a_region_reads_the_same_over_kafka_and_rest():
+    """One serialisation: the verdict's regions have the REST schema's fields and values,
+    areas without floating-point noise."""
+    from edge.api.service import regions_public
+
+    r = Region(bbox=(3, 4, 101, 11), area_px=1111, area_mm2=area_mm2(1111, 0.1),
+               max_score=31.5, mean_score=29.0)  # fmt: skip
+    inference = Inference("NG", 33.0, 24.0, [r], model_version="m")
+    (kafka,) = orjson.loads(build_verdict(decoded(), inference, None, T).to_json())["regions"]
+    (rest,) = [orjson.loads(p.model_dump_json()) for p in regions_public(inference)]
+    assert kafka == rest
+    assert set(kafka) == {"bbox", "area_px", "area_mm2", "max_score", "mean_score"}
+    assert kafka["area_mm2"] == 11.11  # 1111 * 0.1**2 is 11.110000000000003 in floats

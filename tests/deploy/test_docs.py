@@ -8,7 +8,8 @@ import shlex
 
 import pytest
 
-from tests.deploy.conftest import DEPLOY, REPO, load_compose, parse_bdi
+from tests.helpers.deploy import DEPLOY, load_compose, parse_bdi
+from tests.helpers.paths import REPO
 
 DOC = REPO / "docs" / "DEPLOY.md"
 SEPARATORS = {"&&", "||", "|", ";"}
@@ -108,7 +109,7 @@ def test_files_the_page_names_exist() -> None:
 
 def test_env_example_names_compose_variables() -> None:
     """Every variable env.example sets is one the compose file reads."""
-    from tests.deploy.conftest import variables
+    from tests.helpers.deploy import variables
 
     read = set(variables((DEPLOY / "compose.yaml").read_text()))
     lines = (DEPLOY / "env.example").read_text().splitlines()

@@ -16,11 +16,10 @@ import pytest
 import yaml
 
 from configs.settings import Settings, load_settings
-from tests.deploy.conftest import (
+from tests.helpers.deploy import (
     DEPLOY,
     K8S,
     OWN_PREFIXES,
-    REPO,
     REQUIRED,
     SETTING_NAMES,
     bdi_services,
@@ -36,6 +35,7 @@ from tests.deploy.conftest import (
     parse_bdi,
     variables,
 )
+from tests.helpers.paths import REPO
 
 DEFAULTS = {name: field.default for name, field in Settings.model_fields.items()}
 PORT = DEFAULTS["backend_port"]
@@ -285,7 +285,7 @@ def test_probe_paths_answer_without_the_api_key(tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
     from edge.api.app import create_app
-    from tests.conftest import tiny_settings
+    from tests.helpers.settings import tiny_settings
 
     app = create_app(tiny_settings(models_dir=tmp_path / "models", api_key="secret"))
     with TestClient(app) as client:

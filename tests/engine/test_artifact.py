@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +69,22 @@ def test_version_is_the_content_hash(model: PatchCoreModel, saved: Path) -> None
     loaded = artifact.load(saved, "base")
     rebuilt = PatchCoreModel(meta=loaded.meta, index=loaded.index)
     assert rebuilt.version == model.version
+
+
+def test_the_baseline_keeps_its_file_format_names(model: PatchCoreModel, tmp_path: Path) -> None:
+    """Artifacts written before and after name the baseline ``nominal`` (array) and
+    ``nominal_images`` (metadata), so that stored models load and keep their versions."""
+    baseline = np.linspace(0.0, 1.0, model.meta.grid[0] * model.meta.grid[1], dtype=np.float32)
+    with_baseline = PatchCoreModel(
+        meta=replace(model.meta, baseline_images=16), index=model.index,
+        baseline=baseline.reshape(model.meta.grid),
+    )  # fmt: skip
+    artifact.save(with_baseline, tmp_path, "b")
+    with np.load(tmp_path / "b.npz") as npz:
+        assert "nominal" in npz and json.loads(str(npz["meta"]))["nominal_images"] == 16
+    loaded = artifact.load(tmp_path, "b")
+    assert loaded.meta.baseline_images == 16 and loaded.version == with_baseline.version
+    np.testing.assert_array_equal(loaded.baseline, with_baseline.baseline)
 
 
 def test_uncalibrated_model_has_no_calibration_file(model: PatchCoreModel, tmp_path: Path) -> None:

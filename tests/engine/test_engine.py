@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 import engine.engine as engine_module
+from engine.config import EngineConfig
 from engine.engine import Engine, InferItem
 from engine.errors import EngineError
 from engine.images import PNG_MAGIC
 from engine.patchcore import PatchCoreModel, Scores
-from tests.engine.conftest import texture
+from tests.helpers.images import texture
 
 DEFECT = dict(y=20, x=24, size=16)
 
@@ -64,10 +65,11 @@ def test_backbone_forward_size_is_the_setting_or_the_device_default(
     import torch
 
     from engine.device import DeviceSpec
-    from tests.conftest import tiny_settings
+    from tests.helpers.settings import tiny_settings
 
     spec = DeviceSpec(torch.device(device), torch.float32)  # nothing runs on it here
-    assert Engine(tiny_settings(engine_batch_size=setting), spec).batch_size == expected
+    config = EngineConfig.from_settings(tiny_settings(engine_batch_size=setting))
+    assert Engine(config, spec).batch_size == expected
 
 
 def test_one_call_runs_the_backbone_in_forwards_of_the_batch_size(
@@ -324,7 +326,7 @@ def test_shortlist_changes_no_score_and_no_map(
     assert stripes.shortlist is not None
     plain = PatchCoreModel(
         meta=stripes.meta, index=stripes.index, calibration=stripes.calibration,
-        version=stripes.version, nominal=stripes.nominal,
+        version=stripes.version, baseline=stripes.baseline,
     )  # fmt: skip
     images = [make_texture("stripes", 300 + i) for i in range(3)] + [defective]
     fast = tiny_engine.infer([InferItem(stripes, im, want_map=True) for im in images])
@@ -359,7 +361,7 @@ def test_ng_frame_regions_are_unchanged_when_only_the_cells_near_them_are_search
     pixels that may reach the threshold; its regions must equal those of the model without
     a shortlist, whose frames are searched everywhere. Frames of another size are measured
     on the map resized to them, whose pixels interpolate their neighbours too."""
-    from tests.conftest import tiny_settings
+    from tests.helpers.settings import tiny_settings
 
     engine = Engine.from_settings(tiny_settings(image_size=224))
     train = [make_texture("stripes", 400 + i, 224, 224) for i in range(6)]
@@ -367,7 +369,7 @@ def test_ng_frame_regions_are_unchanged_when_only_the_cells_near_them_are_search
     assert model.shortlist is not None and model.meta.grid == (28, 28)
     plain = PatchCoreModel(
         meta=model.meta, index=model.index, calibration=model.calibration,
-        version=model.version, nominal=model.nominal,
+        version=model.version, baseline=model.baseline,
     )  # fmt: skip
     height, width = frame
 
@@ -417,7 +419,7 @@ def test_warm_up_runs_one_forward_twice_and_times_the_second(
         return forward(x)
 
     monkeypatch.setattr(bb, "forward", counting)
-    size = engine.settings.image_size
+    size = engine.config.image_size
     per_frame = engine.warm_up(16)
     assert sizes == [(3, 3, size, size)] * 2  # one forward of the engine's size, twice
     assert 0 < per_frame < 10

@@ -171,12 +171,12 @@ def test_upper_bounds_search_only_what_decides_and_keep_the_max_exact(
     # bounds as a positional shortlist gives them: some exact, some loose
     loose = rng.random(true.shape) < 0.4
     upper = np.where(loose, true * (1 + rng.random(true.shape)), true).astype(np.float32)
-    offset = rng.random(true.shape[1]).astype(np.float32)
-    got = ivf.search_images(image_queries, offset, upper)
+    baseline = rng.random(true.shape[1]).astype(np.float32)
+    got = ivf.search_images(image_queries, baseline, upper)
     assert (got >= true * (1 - 1e-6)).all()
     assert (got <= upper).all()  # never worse than the bound it started from
-    np.testing.assert_allclose((got - offset).max(1), (true - offset).max(1), rtol=1e-6)
-    assert ((got - offset).argmax(1) == (true - offset).argmax(1)).all()
+    np.testing.assert_allclose((got - baseline).max(1), (true - baseline).max(1), rtol=1e-6)
+    assert ((got - baseline).argmax(1) == (true - baseline).argmax(1)).all()
     # most patches were never searched: they keep their bound
     assert (got == upper).mean() > 0.5
 

@@ -1,4 +1,4 @@
-"""Patch feature aggregation onto the scoring grid; the positional kNN shortlist."""
+"""Patch feature aggregation onto the scoring grid; shortlist bounds; the region search."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.anomaly_map import anomaly_maps, resize_map
-from engine.patchcore import MapSpec, _search_near_regions, aggregate, positional_shortlist
+from engine.patchcore import MapSpec, _search_near_regions, aggregate
 
 
 def _maps() -> list[torch.Tensor]:
@@ -57,23 +57,6 @@ def test_aggregate_is_the_same_for_channels_last_inputs() -> None:
 def test_aggregate_defaults_to_the_first_map() -> None:
     fine, mid, _ = _maps()
     assert aggregate([mid, fine]).shape == (2, 8, 8, 7)
-
-
-def test_positional_shortlist_prefers_the_rows_nearest_around_each_cell() -> None:
-    # 3 images on a 2x3 grid; cell (0, 0) and its neighbours mostly pick row 7
-    nn = np.array(
-        [
-            [[7, 7, 1], [2, 3, 4]],
-            [[7, 5, 1], [2, 3, 9]],
-            [[6, 7, 1], [8, 3, 4]],
-        ]
-    )
-    short = positional_shortlist(nn, size=3, radius=1)
-    assert short.shape == (6, 3) and short.dtype == np.int32
-    assert short[0, 0] == 7  # 4 votes within one cell of (0, 0)
-    assert short[5, 0] in (1, 3, 4)  # corner (1, 2): neighbours 1, 1, 1, 3, 3, 3, 4, 4, 9
-    alone = positional_shortlist(nn, size=8, radius=0)
-    assert set(alone[0]) == {7, 6}  # only what was nearest at that very cell, padded
 
 
 def test_shortlist_bounds_are_upper_bounds_exact_when_the_neighbour_is_listed(

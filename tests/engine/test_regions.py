@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.regions import Region, find_regions, significant
+from engine.regions import Region, area_mm2, find_regions, significant
 
 
 @pytest.fixture
@@ -39,6 +39,17 @@ def test_area_mm2_is_pixels_times_scale_squared(
 ) -> None:
     for region in find_regions(two_rectangles, 1.0, mm_per_px):
         assert region.area_mm2 == pytest.approx(region.area_px * mm_per_px**2)
+
+
+def test_area_mm2_has_no_floating_point_noise_at_any_scale() -> None:
+    amap = np.zeros((40, 120), dtype=np.float32)
+    amap[10:21, 5:106] = 1.0  # 11 x 101 = 1111 px
+    (region,) = find_regions(amap, 0.5, mm_per_px=0.1)
+    assert 1111 * (0.1 * 0.1) == 11.110000000000003
+    assert region.area_mm2 == 11.11
+    assert area_mm2(4, 0.01) == 0.0004  # a fine scale keeps its small areas
+    assert area_mm2(5897, 0.05) == 14.7425
+    assert area_mm2(7, None) is None
 
 
 def test_unknown_scale_gives_no_area_mm2(two_rectangles: np.ndarray) -> None:

@@ -1,10 +1,10 @@
 """Reliability and security scenarios (``docs/RELIABILITY.md``): shared fixtures.
 
-The package suites' fixtures are reused, not copied: a real Kafka-wire broker, unique
-topics and a trained model from ``tests/consumers``; a live uvicorn server and a TestClient
-factory from ``tests/edge``. ``report(scenario, **figures)`` appends one JSON line per call
-to the file named by ``BDI_RELIABILITY_REPORT`` (when set): the measured figures that fill
-the table of ``docs/RELIABILITY.md`` (``python -m tests.reliability.report FILE``).
+The shared fixtures of ``tests/conftest.py`` are reused, not copied: a real Kafka-wire
+broker, unique topics and a trained model; a live uvicorn server and a TestClient factory.
+``report(scenario, **figures)`` appends one JSON line per call to the file named by
+``BDI_RELIABILITY_REPORT`` (when set): the measured figures that fill the table of
+``docs/RELIABILITY.md`` (``python -m tests.helpers.report FILE``).
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.consumers.conftest import kafka_broker, make_topics, trained  # noqa: F401 - fixtures
-from tests.edge.conftest import live_server, make_client  # noqa: F401 - fixtures
-from tests.reliability.report import Reporter
+from tests.helpers.report import Reporter
 
 # read at import: tests/conftest.py removes every BDI_* variable around each test
 REPORT_FILE = os.environ.get("BDI_RELIABILITY_REPORT", "").strip() or None

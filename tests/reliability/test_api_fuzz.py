@@ -24,8 +24,9 @@ from schemathesis.checks import (
 )
 from schemathesis.core.failures import FailureGroup
 
-from tests.edge.conftest import IDS, files, ok_png
-from tests.reliability.probes import ProductBug
+from tests.helpers.api import IDS, files
+from tests.helpers.images import ok_png
+from tests.helpers.probes import ProductBug
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,8 @@ from collections import Counter
 
 import httpx
 
-from tests.edge.conftest import ok_png
-from tests.reliability.api_requests import VALID, Operation, operations, send
+from tests.helpers.api_requests import VALID, Operation, operations, send
+from tests.helpers.images import ok_png
 
 KEY = "k3y-for-the-reliability-suite"
 OPEN = {"/health", "/ready", "/metrics"}  # probes and metrics (docs/API_CONTRACTS.md)

@@ -24,21 +24,24 @@ import uuid
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from consumers import FrameConsumer
 from consumers.broker import LocalBroker, free_port
 from consumers.topics import ensure_topics
-from tests.consumers.conftest import SIZE, Topics
-from tests.consumers.kafka_io import (
+from tests.helpers.images import SIZE
+from tests.helpers.kafka import (
+    Topics,
+    camera,
     committed,
     disc_frames,
     end_offsets,
+    publish,
     running,
     wait_all_committed,
 )
-from tests.reliability.probes import EngineProxy, TopicLog, early_commits
+from tests.helpers.probes import EngineProxy, TopicLog, early_commits
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -97,17 +100,6 @@ def fresh_topics() -> Topics:
 
 async def create(bootstrap: str, topics: Topics) -> None:
     await ensure_topics(bootstrap, {topics.frames: 2, topics.verdicts: 2, topics.dlq: 1})
-
-
-async def camera(bootstrap: str) -> AIOKafkaProducer:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", request_timeout_ms=30000)
-    await producer.start()
-    return producer
-
-
-async def publish(producer: AIOKafkaProducer, topic: str, frames) -> None:
-    futures = [await producer.send(topic, f.value, key=f.key, headers=f.headers) for f in frames]
-    await asyncio.gather(*futures)
 
 
 async def settle(log: TopicLog, ids: set[str], boot: str, topics: Topics, wait_s: float):

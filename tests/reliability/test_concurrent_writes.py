@@ -23,7 +23,8 @@ import pytest
 from engine.patchcore import content_version
 from store import ModelStore, atomic
 from store.locks import FileLocks
-from tests.edge.conftest import files, ng_png, ok_png
+from tests.helpers.api import files
+from tests.helpers.images import ng_png, ok_png
 
 pytestmark = pytest.mark.slow
 
@@ -161,11 +162,11 @@ def test_two_workers_write_one_recipe_concurrently(live_server, lock_audit, tmp_
                if r.status_code not in ALLOWED.get(op, {200})]  # fmt: skip
     pairs = {(r.json()["model_version"], r.json()["threshold"]) for op, r in log
              if r.status_code == 200 and ("fit" in op or "calibrate" in op)}  # fmt: skip
-    model = ModelStore(root=root).load_model(IDS["recipe_id"], IDS["role_id"], IDS["roi_id"])
-    complete = content_version(model.meta, model.index.bank(), model.nominal) == model.version
-    final_named = (model.version, model.threshold) in pairs
     store = ModelStore(root=root)
-    folder = store.datasets.folder(IDS["recipe_id"], IDS["role_id"], IDS["roi_id"])
+    model = store.load_model(store.ref(IDS["recipe_id"], IDS["role_id"], IDS["roi_id"]))
+    complete = content_version(model.meta, model.index.bank(), model.baseline) == model.version
+    final_named = (model.version, model.threshold) in pairs
+    folder = store.datasets.folder(store.ref(IDS["recipe_id"], IDS["role_id"], IDS["roi_id"]))
     on_disk = {lab: sorted(p.name for p in (folder / lab).glob("*.png")) for lab in ("ok", "ng")}
     listed = {lab: [i["name"] for i in listing_a[lab]] for lab in ("ok", "ng")}
     sidecars_ok = all(

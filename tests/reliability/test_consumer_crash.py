@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.consumers.conftest import SIZE
-from tests.consumers.kafka_io import committed, disc_frames, produce, wait_all_committed
-from tests.consumers.test_crash import env_settings
-from tests.reliability.probes import TopicLog, differing_duplicates, early_commits
+from tests.helpers.images import SIZE
+from tests.helpers.kafka import committed, disc_frames, produce, wait_all_committed
+from tests.helpers.probes import TopicLog, differing_duplicates, early_commits
+from tests.helpers.processes import env_settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

@@ -24,8 +24,9 @@ import store.atomic
 import store.models
 from engine.patchcore import content_version
 from store import ModelStore
-from tests.edge.conftest import IDS, files, ok_png
-from tests.reliability.probes import ProductBug
+from tests.helpers.api import IDS, files
+from tests.helpers.images import ok_png
+from tests.helpers.probes import ProductBug
 
 pytestmark = pytest.mark.slow
 
@@ -84,8 +85,9 @@ def served(http: httpx.Client, root) -> tuple[str, str, str]:
     """The version named by /state, used by /infer, and loaded by a fresh store."""
     state = http.get("/state", params=IDS).json()["version"]
     infer = http.post("/infer", data=IDS, files={"image": ("p.png", ok_png(999))}).json()
-    model = ModelStore(root=root).load_model(IDS["recipe_id"], IDS["role_id"], IDS["roi_id"])
-    assert content_version(model.meta, model.index.bank(), model.nominal) == model.version
+    fresh = ModelStore(root=root)
+    model = fresh.load_model(fresh.ref(IDS["recipe_id"], IDS["role_id"], IDS["roi_id"]))
+    assert content_version(model.meta, model.index.bank(), model.baseline) == model.version
     return state, infer["model_version"], model.version
 
 

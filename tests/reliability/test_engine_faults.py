@@ -25,9 +25,9 @@ import numpy as np
 import pytest
 
 from edge.simulator.discs import encode_png, make_ng, make_ok
-from tests.consumers.conftest import SIZE
-from tests.consumers.kafka_io import FrameSpec, committed, headers, produce, running
-from tests.reliability.probes import EngineProxy, TopicLog, early_commits
+from tests.helpers.images import SIZE
+from tests.helpers.kafka import FrameSpec, committed, headers, produce, running
+from tests.helpers.probes import EngineProxy, TopicLog, early_commits
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

@@ -18,11 +18,11 @@ from edge.simulator.discs import encode_jpeg, encode_png, make_ng, make_ok
 from engine import InferItem
 from engine.images import decode_image
 from store import ModelStore
-from tests.consumers.conftest import RECIPE, ROI, ROLE, SIZE
-from tests.consumers.kafka_io import FrameSpec, headers, produce, running
-from tests.consumers.test_crash import consume_process, env_settings
-from tests.reliability.malformed import Kind, kinds
-from tests.reliability.probes import ProductBug, TopicLog, proc_memory
+from tests.helpers.images import SIZE
+from tests.helpers.kafka import RECIPE, ROI, ROLE, FrameSpec, headers, produce, running
+from tests.helpers.malformed import Kind, kinds
+from tests.helpers.probes import ProductBug, TopicLog, proc_memory
+from tests.helpers.processes import consume_process, env_settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -77,7 +77,8 @@ def build(size: int) -> tuple[list[FrameSpec], dict[str, Kind], dict[str, str]]:
 
 def direct_verdicts(trained, specs, kind_of) -> dict[str, tuple[str, float]]:
     """What the engine itself answers for the odd-but-valid frames (same model)."""
-    model = ModelStore(trained.settings()).load_model(RECIPE, ROLE, ROI)
+    store = ModelStore(trained.settings())
+    model = store.load_model(store.ref(RECIPE, ROLE, ROI))
     odd = [s for s in specs if s.frame_id in kind_of and kind_of[s.frame_id].error_class is None]
     items = [InferItem(model, decode_image(s.value)) for s in odd]
     answers = trained.engine.infer(items)

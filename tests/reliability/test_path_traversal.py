@@ -23,9 +23,10 @@ import pytest
 
 from edge.simulator.discs import encode_png, make_ng
 from store import ModelStore
-from tests.edge.conftest import files, ok_png
-from tests.reliability.api_requests import PATH_LIKE, VALID, operations, send
-from tests.reliability.probes import ProductBug
+from tests.helpers.api import files
+from tests.helpers.api_requests import PATH_LIKE, VALID, operations, send
+from tests.helpers.images import ok_png
+from tests.helpers.probes import ProductBug
 
 pytestmark = pytest.mark.slow
 
@@ -116,7 +117,8 @@ def test_traversal_in_every_id_and_file_name_field(live_server, tmp_path, report
                 if leaked(r, canary_png, token):
                     problems.append((op.label, field, repr(value), -1))
         after = snapshot(tmp_path, root)
-        model = ModelStore(root=root).load_model("disc-a", "Master1", "inspection-1")
+        store = ModelStore(root=root)
+        model = store.load_model(store.ref("disc-a", "Master1", "inspection-1"))
     changed = sorted(set(before.items()) ^ set(after.items()))
     intact = model.version == fit.json()["model_version"]
     report(
@@ -140,7 +142,8 @@ def test_symlinks_planted_inside_the_dataset_folder(live_server, tmp_path, repor
         up = http.post("/datasets/upload", data={**ids, "label": "ok"},
                        files=files("images", [ok_png(9)]))  # fmt: skip
         assert up.status_code == 200, up.text
-        folder = ModelStore(root=root).datasets.folder(*ids.values())
+        store = ModelStore(root=root)
+        folder = store.datasets.folder(store.ref(*ids.values()))
         os.symlink(outside / "canary.png", folder / "ok" / "link.png")
         os.symlink(outside, folder / "ng")
         before = snapshot(tmp_path, root)

@@ -13,11 +13,11 @@ import time
 import httpx
 import pytest
 
-from tests.consumers.conftest import MM_PER_PX, RECIPE, ROI, ROLE, SIZE
-from tests.consumers.kafka_io import disc_frames, running
-from tests.edge.conftest import files, ok_png
-from tests.reliability.probes import EngineProxy, TopicLog
-from tests.reliability.test_broker_restart import camera, publish
+from tests.helpers.api import files
+from tests.helpers.consumer import MM_PER_PX
+from tests.helpers.images import SIZE, ok_png
+from tests.helpers.kafka import RECIPE, ROI, ROLE, camera, disc_frames, publish, running
+from tests.helpers.probes import EngineProxy, TopicLog
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -60,7 +60,7 @@ def retrain(url: str, done: threading.Event, writes: list[tuple[str, float]]) ->
 def test_retrain_and_recalibrate_while_frames_stream(
     kafka_broker, make_topics, trained, live_server, tmp_path, report
 ):
-    models = tmp_path / "models"  # the live server's store (tests/edge/conftest.py)
+    models = tmp_path / "models"  # the live server's store (tests/conftest.py)
     shutil.copytree(trained.models_dir, models)
     server = live_server(image_size=SIZE)
     topics = make_topics(partitions=1)

@@ -15,9 +15,10 @@ import time
 import pytest
 
 from consumers import FrameConsumer
-from tests.consumers.conftest import SIZE, TOO_SLOW
-from tests.consumers.kafka_io import committed, disc_frames, produce, running
-from tests.reliability.probes import EngineProxy, ProductBug, TopicLog
+from tests.helpers.consumer import TOO_SLOW
+from tests.helpers.images import SIZE
+from tests.helpers.kafka import committed, disc_frames, produce, running
+from tests.helpers.probes import EngineProxy, ProductBug, TopicLog
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

@@ -33,8 +33,8 @@ import pytest
 from edge.simulator.discs import make_ok
 from engine.patchcore import content_version
 from store import ModelStore, atomic
-from tests.consumers.conftest import SIZE
-from tests.reliability.probes import ProductBug
+from tests.helpers.images import SIZE
+from tests.helpers.probes import ProductBug
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +50,7 @@ from store import ModelStore
 
 target, source = Path(sys.argv[1]), Path(sys.argv[2])
 src = ModelStore(root=source, legacy=False)
-models = [src.load_model("src", "role", f"m{i}") for i in range(4)]
+models = [src.load_model(src.ref("src", "role", f"m{i}")) for i in range(4)]
 rng = np.random.default_rng(0)
 images = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(8)]
 ids = ("crash", "role", "roi")
@@ -58,26 +58,27 @@ ids = ("crash", "role", "roi")
 def write_models(store):
     i = 0
     while True:
-        store.save_model(*ids, models[i % len(models)])
+        store.save_model(store.ref(*ids), models[i % len(models)])
         i += 1
 
 def write_dataset(store):
     i = 0
     while True:
-        store.add_image(*ids, "ng" if i % 3 == 0 else "ok", images[i % 8], source=f"{i}.png")
+        label = "ng" if i % 3 == 0 else "ok"
+        store.datasets.add(store.ref(*ids), label, images[i % 8], source=f"{i}.png")
         if i % 5 == 4:
-            ok = store.list_images(*ids, "ok")["ok"]
+            ok = store.datasets.list_images(store.ref(*ids), "ok")["ok"]
             if ok:
-                store.delete_image(*ids, "ok", ok[0].name)
+                store.datasets.delete(store.ref(*ids), "ok", ok[0].name)
         if i % 17 == 16:
-            store.clear(*ids, "ng")
+            store.datasets.clear(store.ref(*ids), "ng")
         i += 1
 
 def clear_many(store):
     while True:
         for i in range(400):
-            store.add_image(*ids, "ng", images[i % 8])
-        store.clear(*ids, "ng")
+            store.datasets.add(store.ref(*ids), "ng", images[i % 8])
+        store.datasets.clear(store.ref(*ids), "ng")
 
 WRITERS = {"model": write_models, "dataset": write_dataset, "clear": clear_many}
 print("ready", flush=True)
@@ -154,10 +155,10 @@ class TornModel(AssertionError):  # noqa: N818
 def load_checked(store: ModelStore, known: dict[tuple[str, float], int]) -> tuple[str, float]:
     """Load the current model; :class:`TornModel` unless it is exactly one known version
     (bank hash recomputed from what was read, threshold = that version's)."""
-    model = store.load_model(*IDS)
+    model = store.load_model(store.ref(*IDS))
     threshold = None if model.threshold is None else float(model.threshold)
     pair = (model.version, threshold)
-    recomputed = content_version(model.meta, model.index.bank(), model.nominal)
+    recomputed = content_version(model.meta, model.index.bank(), model.baseline)
     if pair not in known or recomputed != model.version:
         raise TornModel(f"torn model: version {model.version}, threshold {threshold}, "
                         f"bank hash {recomputed}")  # fmt: skip
@@ -169,10 +170,11 @@ def stores(trained, tmp_path):
     """``(zygote, root, known)``: the writer factory, the store root, the known versions."""
     source, root = tmp_path / "source", tmp_path / "models"
     models = cycle_models(trained.engine)
+    src, dst = ModelStore(root=source, legacy=False), ModelStore(root=root, legacy=False)
     for i, model in enumerate(models):
-        ModelStore(root=source, legacy=False).save_model("src", "role", f"m{i}", model)
+        src.save_model(src.ref("src", "role", f"m{i}"), model)
     known = {(m.version, float(m.threshold)): i for i, m in enumerate(models)}
-    ModelStore(root=root, legacy=False).save_model(*IDS, models[0])
+    dst.save_model(dst.ref(*IDS), models[0])
     zygote = Zygote(root, source)
     yield zygote, root, known
     zygote.close()
@@ -236,17 +238,18 @@ def test_sigkill_while_writing_datasets(stores, report):
         zygote.kill_writer_after("dataset", rng.uniform(0.02, 0.4))
         visible += len(visible_temps(root))
         store = ModelStore(root=root, legacy=False)
-        for label, items in store.list_images(*IDS, with_meta=True).items():
+        for label, items in store.datasets.list_images(store.ref(*IDS), with_meta=True).items():
             for item in items:
                 images += 1
-                data = store.read_image(*IDS, label, item.name)
+                data = store.datasets.read(store.ref(*IDS), label, item.name)
                 decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
                 if decoded is None or item.meta.get("sha256") != hashlib.sha256(data).hexdigest():
                     torn += 1
         store.sweep()
         left |= set(temps(root))
     # and one kill aimed at clear(): as soon as the label folder is renamed for deletion
-    base = ModelStore(root=root, legacy=False).datasets.folder(*IDS)
+    store = ModelStore(root=root, legacy=False)
+    base = store.datasets.folder(store.ref(*IDS))
     zygote.kill_writer_when("clear", lambda: any(base.glob(".ng.*.tmp")), 60)
     ModelStore(root=root, legacy=False).sweep()
     left_now = temps(root)
@@ -268,8 +271,8 @@ def test_a_model_rewritten_twice_while_a_consumer_loads_it(trained, tmp_path, mo
     root = tmp_path / "models"
     models = cycle_models(trained.engine)
     known = {(m.version, float(m.threshold)): i for i, m in enumerate(models)}
-    ModelStore(root=root, legacy=False).save_model(*IDS, models[0])
     reader, writer = ModelStore(root=root, legacy=False), ModelStore(root=root, legacy=False)
+    writer.save_model(writer.ref(*IDS), models[0])
     real = engine.artifact.KnnIndex
     writes: list[str] = []
 
@@ -279,7 +282,7 @@ def test_a_model_rewritten_twice_while_a_consumer_loads_it(trained, tmp_path, mo
             index = real.load(*args, **kwargs)
             if not writes:  # a retraining and its recalibration land right now
                 for model in models[2:]:
-                    writes.append(writer.save_model(*IDS, model).revision)
+                    writes.append(writer.save_model(writer.ref(*IDS), model).revision)
             return index
 
     monkeypatch.setattr(engine.artifact, "KnnIndex", RacingIndex)

@@ -23,17 +23,10 @@ import httpx
 import pytest
 
 from consumers.broker import free_port
-from tests.conftest import TINY
-from tests.edge.conftest import (
-    IDS,
-    files,
-    id_parts,
-    multipart,
-    ok_png,
-    post_head,
-    read_until_closed,
-)
-from tests.reliability.probes import percentiles_ms, proc_memory
+from tests.helpers.api import IDS, files, id_parts, multipart, post_head, read_until_closed
+from tests.helpers.images import ok_png
+from tests.helpers.probes import percentiles_ms, proc_memory
+from tests.helpers.settings import TINY
 
 pytestmark = pytest.mark.slow
 

@@ -2,39 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from store import ModelStore
-from tests.conftest import tiny_settings as shared_tiny_settings
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-@dataclass(frozen=True)
-class Trained:
-    """A trained model and its serialised files (``engine.artifact.to_bytes``)."""
-
-    model: Any
-    files: dict[str, bytes]
-
-    @property
-    def version(self) -> str:
-        return self.model.version
-
-
-def tiny_settings(models_dir: Path, **overrides: Any) -> Any:
-    """The shared tiny settings, with the store rooted at ``models_dir``."""
-    return shared_tiny_settings(models_dir=models_dir, **overrides)
-
-
-def random_images(seed: int, n: int = 4, size: int = 64) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n)]
+from tests.helpers.images import random_images
+from tests.helpers.store import Trained, tiny_settings
 
 
 @pytest.fixture(scope="session")
@@ -58,17 +33,6 @@ def make_trained(engine: Any) -> Any:
         return made[(seed, mm_per_px)]
 
     return make
-
-
-def recalibrated(trained: Trained, threshold: float) -> Trained:
-    """The same model (same version, bank and index) with another threshold."""
-    import dataclasses
-
-    from engine.artifact import to_bytes
-
-    calibration = dataclasses.replace(trained.model.calibration, threshold=threshold)
-    model = dataclasses.replace(trained.model, calibration=calibration)
-    return Trained(model, to_bytes(model))
 
 
 @pytest.fixture(scope="session")

@@ -18,9 +18,19 @@ from pathlib import Path
 import pytest
 
 from store import ModelStore, atomic, models
-from tests.store.conftest import REPO_ROOT, Trained, recalibrated
+from tests.helpers.paths import REPO as REPO_ROOT
+from tests.helpers.store import Trained, recalibrated
 
 ROLE, ROI = "role", "roi"
+
+
+def _save(root: Path, trained: Trained) -> None:
+    """Store ``trained`` as the current model of the crash tests' ids (a fresh store that
+    keeps two revisions, so that every write past the second removes one)."""
+    store = ModelStore(root=root, revisions_kept=2)
+    store.save_artifacts(
+        store.ref("crash", ROLE, ROI), trained.files, version=trained.version, mm_per_px=0.1
+    )
 
 
 def _visible_files_are_final(root: Path) -> None:
@@ -44,7 +54,7 @@ def _current_matches_one_of(root: Path, *candidates: Trained) -> Trained:
     stored = {s: p.read_bytes() for s, p in loc.files.items()}
     matches = [c for c in candidates if c.files == stored]
     assert len(matches) == 1, "torn model: files of different versions"
-    model = store.load_model("crash", ROLE, ROI)
+    model = store.load_model(store.ref("crash", ROLE, ROI))
     assert model.version == matches[0].version
     assert model.threshold == pytest.approx(matches[0].model.threshold)
     return matches[0]
@@ -91,15 +101,11 @@ def test_every_step_of_a_write_can_fail_safely(
 
     template = tmp_path / "template"
     for old in (model_a, model_b):  # current B, previous A: the garbage collector has work
-        ModelStore(root=template).save_artifacts(
-            "crash", ROLE, ROI, old.files, version=old.version, mm_per_px=0.1
-        )
+        _save(template, old)
     new = make_trained(3)
 
     def write_new(root: Path) -> None:
-        ModelStore(root=root).save_artifacts(
-            "crash", ROLE, ROI, new.files, version=new.version, mm_per_px=0.1
-        )
+        _save(root, new)
 
     shutil.copytree(template, tmp_path / "count")
     with monkeypatch.context() as m:  # how many steps does one write take?
@@ -137,12 +143,13 @@ WRITER = textwrap.dedent(
         version = (src / name / "version").read_text()
         files[name] = (version, {s: (src / name / f"m{s}").read_bytes()
                                  for s in (".npz", "_index.faiss", "_calib.json")})
-    store = ModelStore(root=root, legacy=False)
+    store = ModelStore(root=root, legacy=False, revisions_kept=2)
     print("ready", flush=True)
     i = 0
     while True:
         version, data = files[names[i % len(names)]]
-        store.save_artifacts("crash", "role", "roi", data, version=version, mm_per_px=0.1)
+        ref = store.ref("crash", "role", "roi")
+        store.save_artifacts(ref, data, version=version, mm_per_px=0.1)
         i += 1
     """
 )
@@ -170,9 +177,7 @@ def test_sigkill_while_writing_never_tears_a_model(
     }
     for name, trained in cycle.items():
         _dump(trained, src / name)
-    ModelStore(root=root).save_artifacts(
-        "crash", ROLE, ROI, model_a.files, version=model_a.version, mm_per_px=0.1
-    )
+    _save(root, model_a)
     rng = random.Random(1234)
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     seen = set()
@@ -194,9 +199,7 @@ def test_sigkill_while_writing_never_tears_a_model(
         got = _current_matches_one_of(root, *cycle.values())
         seen.add(next(name for name, c in cycle.items() if c is got))
     assert len(seen) >= 3  # the kills landed at different points of the cycle
-    ModelStore(root=root).save_artifacts(
-        "crash", ROLE, ROI, model_a.files, version=model_a.version, mm_per_px=0.1
-    )
+    _save(root, model_a)
     _no_temps_left(root)
     ref = ModelStore(root=root).ref("crash", ROLE, ROI)
     assert len(list(models.versions_dir(ref.directory, ref.base_name).iterdir())) <= 2

@@ -28,10 +28,8 @@ def _decode(data: bytes) -> np.ndarray:
 
 def test_add_reencodes_and_names_server_side(store: ModelStore) -> None:
     image = _rgb()
-    item = store.add_image(
-        "Disc-A",
-        ROLE,
-        ROI,
+    item = store.datasets.add(
+        store.ref("Disc-A", ROLE, ROI),
         "OK",
         image,
         source="../../etc/evil.png",
@@ -43,9 +41,9 @@ def test_add_reencodes_and_names_server_side(store: ModelStore) -> None:
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         [item.name, item.name.replace(".png", ".json")]
     )
-    data = store.read_image("disc-a", ROLE, ROI, "ok", item.name)
+    data = store.datasets.read(store.ref("disc-a", ROLE, ROI), "ok", item.name)
     assert data.startswith(b"\x89PNG") and np.array_equal(_decode(data), image)
-    meta = store.datasets.meta("disc-a", ROLE, ROI, "ok", item.name)
+    meta = store.datasets.meta(store.ref("disc-a", ROLE, ROI), "ok", item.name)
     assert meta["source"] == "../../etc/evil.png"  # metadata only, never a path
     assert meta["mm_per_px"] == 0.05 and meta["label"] == "ok" and meta["timestamp"]
     assert (meta["width"], meta["height"]) == (10, 12) and meta["extra"] == {"part_id": "P1"}
@@ -55,58 +53,60 @@ def test_add_reencodes_and_names_server_side(store: ModelStore) -> None:
 def test_add_accepts_encoded_bytes(store: ModelStore, ext: str) -> None:
     image = np.full((16, 16, 3), 120, np.uint8)
     encoded = cv2.imencode(ext, image)[1].tobytes()
-    item = store.add_image("r", ROLE, ROI, "ng", encoded)
+    item = store.datasets.add(store.ref("r", ROLE, ROI), "ng", encoded)
     assert item.name.endswith(".png")
-    assert store.read_image("r", ROLE, ROI, "ng", item.name).startswith(b"\x89PNG")
+    assert store.datasets.read(store.ref("r", ROLE, ROI), "ng", item.name).startswith(b"\x89PNG")
 
 
 def test_grey_images_become_rgb(store: ModelStore) -> None:
-    item = store.add_image("r", ROLE, ROI, "ok", np.full((5, 6), 9, np.uint8))
-    assert _decode(store.read_image("r", ROLE, ROI, "ok", item.name)).shape == (5, 6, 3)
+    item = store.datasets.add(store.ref("r", ROLE, ROI), "ok", np.full((5, 6), 9, np.uint8))
+    assert _decode(store.datasets.read(store.ref("r", ROLE, ROI), "ok", item.name)).shape == (
+        5,
+        6,
+        3,
+    )
 
 
 @pytest.mark.parametrize(
     "bad", [b"not an image", b"", np.zeros((4, 4, 4), np.uint8), np.zeros((4, 4), np.float32)]
 )
 def test_unreadable_images_are_400(store: ModelStore, bad) -> None:
-    with pytest.raises(InvalidValueError) as err:
-        store.add_image("r", ROLE, ROI, "ok", bad)
-    assert err.value.status == 400
+    with pytest.raises(InvalidValueError):
+        store.datasets.add(store.ref("r", ROLE, ROI), "ok", bad)
 
 
 def test_bad_label_is_an_invalid_id(store: ModelStore) -> None:
     with pytest.raises(InvalidIdError):
-        store.add_image("r", ROLE, ROI, "maybe", _rgb())
+        store.datasets.add(store.ref("r", ROLE, ROI), "maybe", _rgb())
 
 
 def test_mm_per_px_must_match_the_recipe(store: ModelStore, model_a) -> None:
-    store.save_model("r", ROLE, ROI, model_a.model)  # locks 0.1
-    store.add_image("r", ROLE, ROI, "ok", _rgb(), mm_per_px=0.1)
+    store.save_model(store.ref("r", ROLE, ROI), model_a.model)  # locks 0.1
+    store.datasets.add(store.ref("r", ROLE, ROI), "ok", _rgb(), mm_per_px=0.1)
     with pytest.raises(ConflictError):
-        store.add_image("r", ROLE, ROI, "ok", _rgb(), mm_per_px=0.3)
+        store.datasets.add(store.ref("r", ROLE, ROI), "ok", _rgb(), mm_per_px=0.3)
 
 
 def test_list_delete_and_clear(store: ModelStore) -> None:
-    oks = [store.add_image("r", ROLE, ROI, "ok", _rgb(i)) for i in range(3)]
-    ng = store.add_image("r", ROLE, ROI, "ng", _rgb(9))
-    listing = store.list_images("r", ROLE, ROI, with_meta=True)
+    oks = [store.datasets.add(store.ref("r", ROLE, ROI), "ok", _rgb(i)) for i in range(3)]
+    ng = store.datasets.add(store.ref("r", ROLE, ROI), "ng", _rgb(9))
+    listing = store.datasets.list_images(store.ref("r", ROLE, ROI), with_meta=True)
     assert [i.name for i in listing["ok"]] == sorted(i.name for i in oks)
     assert listing["ng"][0].meta["label"] == "ng"
-    assert store.dataset_counts("r", ROLE, ROI) == {"ok": 3, "ng": 1}
+    assert store.datasets.counts(store.ref("r", ROLE, ROI)) == {"ok": 3, "ng": 1}
 
-    store.delete_image("r", ROLE, ROI, "ok", oks[0].name)
-    assert store.dataset_counts("r", ROLE, ROI) == {"ok": 2, "ng": 1}
-    with pytest.raises(NotFoundError) as err:
-        store.delete_image("r", ROLE, ROI, "ok", oks[0].name)
-    assert err.value.status == 404
+    store.datasets.delete(store.ref("r", ROLE, ROI), "ok", oks[0].name)
+    assert store.datasets.counts(store.ref("r", ROLE, ROI)) == {"ok": 2, "ng": 1}
     with pytest.raises(NotFoundError):
-        store.read_image("r", ROLE, ROI, "ok", ng.name)  # wrong label
+        store.datasets.delete(store.ref("r", ROLE, ROI), "ok", oks[0].name)
+    with pytest.raises(NotFoundError):
+        store.datasets.read(store.ref("r", ROLE, ROI), "ok", ng.name)  # wrong label
 
-    images = store.datasets.load("r", ROLE, ROI, "ok")
+    images = store.datasets.load(store.ref("r", ROLE, ROI), "ok")
     assert len(images) == 2 and all(i.dtype == np.uint8 and i.shape == (12, 10, 3) for i in images)
-    assert store.clear("r", ROLE, ROI, "ng") == 1
-    assert store.clear("r", ROLE, ROI) == 2
-    assert store.dataset_counts("r", ROLE, ROI) == {"ok": 0, "ng": 0}
+    assert store.datasets.clear(store.ref("r", ROLE, ROI), "ng") == 1
+    assert store.datasets.clear(store.ref("r", ROLE, ROI)) == 2
+    assert store.datasets.counts(store.ref("r", ROLE, ROI)) == {"ok": 0, "ng": 0}
     assert not [p for p in store.root.rglob("*.json") if p.name != "recipe.json"]
 
 
@@ -124,16 +124,16 @@ def test_list_delete_and_clear(store: ModelStore) -> None:
     ],
 )
 def test_image_names_are_validated(store: ModelStore, name: str) -> None:
-    store.add_image("r", ROLE, ROI, "ok", _rgb())
+    store.datasets.add(store.ref("r", ROLE, ROI), "ok", _rgb())
     with pytest.raises(InvalidIdError):
-        store.delete_image("r", ROLE, ROI, "ok", name)
+        store.datasets.delete(store.ref("r", ROLE, ROI), "ok", name)
     with pytest.raises(InvalidIdError):
-        store.read_image("r", ROLE, ROI, "ok", name)
+        store.datasets.read(store.ref("r", ROLE, ROI), "ok", name)
 
 
 def test_no_temp_files_after_writes(store: ModelStore, tmp_path: Path) -> None:
-    folder = store.datasets.folder("r", ROLE, ROI) / "ok"
+    folder = store.datasets.folder(store.ref("r", ROLE, ROI)) / "ok"
     folder.mkdir(parents=True)
     (folder / ".x.png.1.abcd.tmp").write_bytes(b"left by a killed writer")
-    store.add_image("r", ROLE, ROI, "ok", _rgb())
+    store.datasets.add(store.ref("r", ROLE, ROI), "ok", _rgb())
     assert not [p for p in store.root.rglob("*") if is_temp(p.name)]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from store import CorruptModelError, ModelStore, naming
-from tests.store.conftest import Trained, tiny_settings
+from tests.helpers.store import Trained, tiny_settings
 
 ROLE, ROI = "Master 1", "inspection-1"  # the space is sanitised to "_" in legacy names
 
@@ -33,10 +33,10 @@ FOLDER_NAMINGS = {
 
 def test_flat_legacy_model_loads(store: ModelStore, root: Path, model_a: Trained) -> None:
     _write(root, _triple("Master_1_inspection-1"), model_a)
-    model = store.load_model("any-recipe", ROLE, ROI)
+    model = store.load_model(store.ref("any-recipe", ROLE, ROI))
     assert model.version == model_a.version
     assert model.threshold == pytest.approx(model_a.model.threshold)
-    state = store.state("any-recipe", ROLE, ROI)
+    state = store.state(store.ref("any-recipe", ROLE, ROI))
     assert state.source == "legacy_flat" and state.ready and state.version == model_a.version
 
 
@@ -45,24 +45,24 @@ def test_folder_legacy_model_loads(
     store: ModelStore, root: Path, model_a: Trained, naming_kind: str
 ) -> None:
     _write(root / "Master_1" / "inspection-1", FOLDER_NAMINGS[naming_kind], model_a)
-    model = store.load_model("default", ROLE, ROI)
+    model = store.load_model(store.ref("default", ROLE, ROI))
     assert model.version == model_a.version
     assert model.index.size == model_a.model.index.size
     assert model.threshold == pytest.approx(model_a.model.threshold)
-    assert store.state(None, ROLE, ROI).source == "legacy_dir"
-    assert store.model_version(None, ROLE, ROI) == model_a.version
+    assert store.state(store.ref(None, ROLE, ROI)).source == "legacy_dir"
+    assert store.model_version(store.ref(None, ROLE, ROI)) == model_a.version
 
 
 def test_recipe_layout_wins_then_flat_then_folder(
     store: ModelStore, root: Path, model_a: Trained, model_b: Trained, make_trained
 ) -> None:
     _write(root / "Master_1" / "inspection-1", ORIGINAL, make_trained(3))
-    assert store.model_version("r", ROLE, ROI) == make_trained(3).version
+    assert store.model_version(store.ref("r", ROLE, ROI)) == make_trained(3).version
     _write(root, _triple("Master_1_inspection-1"), model_b)
-    assert store.load_model("r", ROLE, ROI).version == model_b.version
-    store.save_model("r", ROLE, ROI, model_a.model)
-    assert store.load_model("r", ROLE, ROI).version == model_a.version
-    assert store.state("r", ROLE, ROI).source == "recipe"
+    assert store.load_model(store.ref("r", ROLE, ROI)).version == model_b.version
+    store.save_model(store.ref("r", ROLE, ROI), model_a.model)
+    assert store.load_model(store.ref("r", ROLE, ROI)).version == model_a.version
+    assert store.state(store.ref("r", ROLE, ROI)).source == "recipe"
     assert (root / "Master_1_inspection-1.npz").read_bytes() == model_b.files[".npz"]  # untouched
 
 
@@ -71,16 +71,16 @@ def test_recalibrating_a_legacy_model_moves_it_to_the_recipe_layout(
 ) -> None:
     _write(root, _triple("Master_1_inspection-1"), model_a)
     calibration = engine.calibrate(model_a.model, [1.0, 2.0], [5.0, 6.0])
-    saved = store.save_calibration("r", ROLE, ROI, calibration)
+    saved = store.save_calibration(store.ref("r", ROLE, ROI), calibration)
     assert saved.version == model_a.version
-    assert store.state("r", ROLE, ROI).source == "recipe"
+    assert store.state(store.ref("r", ROLE, ROI)).source == "recipe"
     assert (root / "Master_1_inspection-1_calib.json").read_bytes() == model_a.files["_calib.json"]
 
 
 def test_legacy_can_be_switched_off(root: Path, model_a: Trained) -> None:
     _write(root, _triple("Master_1_inspection-1"), model_a)
     store = ModelStore(tiny_settings(root), legacy=False)
-    assert store.find_model("r", ROLE, ROI) is None
+    assert store.find_model(store.ref("r", ROLE, ROI)) is None
     assert "legacy" not in store.manifest()
 
 
@@ -88,9 +88,9 @@ def test_original_npz_schema_is_reported_not_guessed(store: ModelStore, root: Pa
     folder = root / "Master_1" / "inspection-1"
     folder.mkdir(parents=True)
     np.savez(folder / "memory.npz", emb=np.zeros((4, 8), np.float32), token_h=2, token_w=2)
-    assert store.state("r", ROLE, ROI).has_memory
+    assert store.state(store.ref("r", ROLE, ROI)).has_memory
     with pytest.raises(CorruptModelError):
-        store.load_model("r", ROLE, ROI)
+        store.load_model(store.ref("r", ROLE, ROI))
 
 
 def test_manifest_lists_legacy_files(store: ModelStore, root: Path, model_a: Trained) -> None:
@@ -111,20 +111,24 @@ def test_legacy_dataset_is_listed_read_and_counted(store: ModelStore, root: Path
     folder = root / "datasets" / ROLE / ROI / "ok"  # ids verbatim, as the original wrote them
     folder.mkdir(parents=True)
     (folder / "20240101-120000-000001.png").write_bytes(_png(7))
-    new = store.add_image("r", ROLE, ROI, "ok", np.zeros((8, 8, 3), np.uint8))
-    items = store.list_images("r", ROLE, ROI)["ok"]
+    new = store.datasets.add(store.ref("r", ROLE, ROI), "ok", np.zeros((8, 8, 3), np.uint8))
+    items = store.datasets.list_images(store.ref("r", ROLE, ROI))["ok"]
     assert [(i.name, i.legacy) for i in items] == [
         ("20240101-120000-000001.png", True),
         (new.name, False),
     ]
-    assert store.read_image("r", ROLE, ROI, "ok", "20240101-120000-000001.png") == _png(7)
-    assert store.dataset_counts("r", ROLE, ROI) == {"ok": 2, "ng": 0}
+    assert store.datasets.read(
+        store.ref("r", ROLE, ROI), "ok", "20240101-120000-000001.png"
+    ) == _png(7)
+    assert store.datasets.counts(store.ref("r", ROLE, ROI)) == {"ok": 2, "ng": 0}
     assert store.manifest()["legacy"]["datasets"] == [
         {"role_id": ROLE, "roi_id": ROI, "counts": {"ok": 1, "ng": 0}}
     ]
-    assert len(store.datasets.load("r", ROLE, ROI, "ok")) == 2
-    assert store.clear("r", ROLE, ROI) == 1  # legacy images stay unless asked for
-    assert store.clear("r", ROLE, ROI, include_legacy=True) == 1
+    assert len(store.datasets.load(store.ref("r", ROLE, ROI), "ok")) == 2
+    assert (
+        store.datasets.clear(store.ref("r", ROLE, ROI)) == 1
+    )  # legacy images stay unless asked for
+    assert store.datasets.clear(store.ref("r", ROLE, ROI), include_legacy=True) == 1
     assert not list(folder.iterdir())
 
 
@@ -132,5 +136,5 @@ def test_unsafe_ids_never_reach_legacy_datasets(store: ModelStore, root: Path) -
     (root / "datasets" / "x" / "ok").mkdir(parents=True)
     (root / "datasets" / "x" / "ok" / "a.png").write_bytes(_png(1))
     # role ".." would have pointed the original backend at <root>/datasets/../x/ok
-    assert store.list_images("r", "..", "x")["ok"] == []
-    assert store.list_images("r", "datasets", "..")["ok"] == []
+    assert store.datasets.list_images(store.ref("r", "..", "x"))["ok"] == []
+    assert store.datasets.list_images(store.ref("r", "datasets", ".."))["ok"] == []

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from store import ModelStore
 from store.locks import FileLocks
-from tests.store.conftest import REPO_ROOT
+from tests.helpers.paths import REPO as REPO_ROOT
 
 INCREMENTER = textwrap.dedent(
     """

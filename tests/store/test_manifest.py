@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from store import InvalidIdError, ModelStore
-from tests.store.conftest import Trained
+from tests.helpers.store import Trained
 
 ROLE = "Master1"
 
@@ -17,19 +17,21 @@ def test_empty_store(store: ModelStore) -> None:
         "recipes": [],
         "legacy": {"models": [], "datasets": []},
     }
-    state = store.state("r", ROLE, "roi")
+    state = store.state(store.ref("r", ROLE, "roi"))
     assert state.source is None and not state.ready and state.dataset == {"ok": 0, "ng": 0}
 
 
 def test_manifest_reports_models_datasets_and_readiness(
     store: ModelStore, model_a: Trained
 ) -> None:
-    store.save_model("Disc-A", ROLE, "calibrated", model_a.model)
+    store.save_model(store.ref("Disc-A", ROLE, "calibrated"), model_a.model)
     bare = {s: b for s, b in model_a.files.items() if s != "_calib.json"}
-    store.save_artifacts("disc-a", ROLE, "bare", bare, version=model_a.version, mm_per_px=0.1)
-    store.add_image("disc-a", ROLE, "calibrated", "ok", np.zeros((4, 4, 3), np.uint8))
-    store.add_image("disc-a", ROLE, "data only", "ng", np.zeros((4, 4, 3), np.uint8))
-    store.add_image("disc-b", "other", "x", "ok", np.zeros((4, 4, 3), np.uint8))
+    store.save_artifacts(
+        store.ref("disc-a", ROLE, "bare"), bare, version=model_a.version, mm_per_px=0.1
+    )
+    store.datasets.add(store.ref("disc-a", ROLE, "calibrated"), "ok", np.zeros((4, 4, 3), np.uint8))
+    store.datasets.add(store.ref("disc-a", ROLE, "data only"), "ng", np.zeros((4, 4, 3), np.uint8))
+    store.datasets.add(store.ref("disc-b", "other", "x"), "ok", np.zeros((4, 4, 3), np.uint8))
 
     manifest = store.manifest()
     assert [r["recipe_id"] for r in manifest["recipes"]] == ["disc-a", "disc-b"]
@@ -52,9 +54,9 @@ def test_manifest_reports_models_datasets_and_readiness(
 
 
 def test_state_of_a_damaged_model_is_not_ready(store: ModelStore, model_a: Trained) -> None:
-    saved = store.save_model("r", ROLE, "roi", model_a.model)
+    saved = store.save_model(store.ref("r", ROLE, "roi"), model_a.model)
     for path in saved.files.values():
         path.unlink()
-    state = store.state("r", ROLE, "roi")
+    state = store.state(store.ref("r", ROLE, "roi"))
     assert not state.ready and state.error
     assert state.to_dict()["ready"] is False

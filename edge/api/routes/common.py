@@ -1,25 +1,25 @@
-"""Pieces shared by the routers: id resolution, upload reading, running blocking work."""
+"""Pieces shared by the routers: the documented error answers, upload reading, running
+blocking work off the event loop."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
-from fastapi import Form, Request, UploadFile
+from fastapi import UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from edge.api import service
-from edge.api.deps import AppState, remember_ids
+from edge.api.deps import AppState
+from edge.api.diagnostics import Diagnostics
 from edge.api.errors import BadRequest
+from edge.api.metrics import ApiMetrics
 from edge.api.schemas import ErrorPublic
-from store import ModelRef
+from engine import Engine
+from store import ModelStore
 
 T = TypeVar("T")
-
-# the ids every form names a model or dataset by
-IdField = Annotated[str, Form(min_length=1, max_length=256)]
-OptIdField = Annotated[str | None, Form(max_length=256)]
 
 # what every endpoint that takes ids and images may answer besides 200
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -27,7 +27,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     for code, text in [
         (400, "invalid id or value, missing memory/OK samples, token-grid mismatch"),
         (401, "missing or wrong X-API-Key (when BDI_API_KEY is set)"),
-        (404, "no such dataset image"),
+        (404, "no such dataset image or model revision"),
         (409, "mm_per_px differs from the recipe's locked value"),
         (413, "request body or image too large"),
         (415, "image is not a PNG or JPEG of a supported kind"),
@@ -38,27 +38,17 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def resolve(
-    request: Request,
-    state: AppState,
-    recipe_id: str | None,
-    role_id: str,
-    roi_id: str,
-    model_key: str | None = None,
-) -> ModelRef:
-    """Validate the ids (400 on a bad one) and tag the request's log line with them."""
-    remember_ids(request, recipe_id=recipe_id, role_id=role_id, roi_id=roi_id)
-    ref = state.store.ref(recipe_id, role_id, roi_id, model_key)
-    remember_ids(request, recipe_id=ref.recipe_id, model_key=ref.model_key)
-    return ref
+def workers(state: AppState) -> tuple[ModelStore, Engine, ApiMetrics, Diagnostics]:
+    """What the training, calibration and inference services take, in their order."""
+    return state.store, state.engine, state.metrics, state.diagnostics
 
 
-async def read_images(state: AppState, files: list[UploadFile]) -> list[np.ndarray]:
+async def read_images(files: list[UploadFile], max_pixels: int) -> list[np.ndarray]:
     """Decode uploads in a worker thread; the body bound already capped their total size."""
     if not files:
         raise BadRequest("no images uploaded (file field 'images')", code="missing_images")
     blobs = [await f.read() for f in files]
-    return await run_in_threadpool(lambda: [service.decode(state, b) for b in blobs])
+    return await run_in_threadpool(lambda: [service.decode(b, max_pixels) for b in blobs])
 
 
 async def blocking(func: Callable[..., T], *args: Any) -> T:

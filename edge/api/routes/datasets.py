@@ -9,100 +9,79 @@ from __future__ import annotations
 import os
 import tempfile
 import zipfile
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
-from edge.api.deps import AppState, StateDep
-from edge.api.routes.common import ERRORS, IdField, blocking, read_images, resolve
+from edge.api.deps import AppState, FormDatasetRef, QueryDatasetRef, StateDep
+from edge.api.routes.common import ERRORS, blocking, read_images
 from edge.api.schemas import (
     DatasetImagePublic,
     DatasetListPublic,
     DatasetUploadResult,
     DeletedPublic,
 )
-from store import ModelRef
+from store import DatasetImage, ModelRef
 
 router = APIRouter(prefix="/datasets", tags=["datasets"], responses=ERRORS)
 
 LabelQ = Annotated[Literal["ok", "ng"], Query()]
 OptLabelQ = Annotated[Literal["ok", "ng"] | None, Query()]
-IdQ = Annotated[str, Query(min_length=1, max_length=256)]
-OptIdQ = Annotated[str | None, Query(max_length=256)]
 NameQ = Annotated[str, Query(min_length=1, max_length=255)]
 
 
-def _public(items: list) -> list[DatasetImagePublic]:  # type: ignore[type-arg]
+def _public(items: list[DatasetImage]) -> list[DatasetImagePublic]:
     return [DatasetImagePublic(**item.to_dict()) for item in items]
+
+
+def _ids(ref: ModelRef) -> dict[str, str]:
+    """A dataset's ids (datasets belong to a role and ROI, not to a model key)."""
+    return {"recipe_id": ref.recipe_id, "role_id": ref.role_id, "roi_id": ref.roi_id}
+
+
+def _changed(state: AppState, event: str, ref: ModelRef, **fields: Any) -> dict[str, int]:
+    """Log a change to a dataset; the dataset's counts after it."""
+    state.diagnostics.log(event, **_ids(ref), **fields)
+    return state.store.datasets.counts(ref)
 
 
 @router.post("/upload")
 async def upload(
-    request: Request,
     state: StateDep,
-    role_id: IdField,
-    roi_id: IdField,
+    ref: FormDatasetRef,
     label: Annotated[Literal["ok", "ng"], Form()],
     images: Annotated[list[UploadFile], File()],
-    recipe_id: Annotated[str | None, Form(max_length=256)] = None,
     mm_per_px: Annotated[float | None, Form(gt=0, allow_inf_nan=False)] = None,
 ) -> DatasetUploadResult:
     """Store images (re-encoded as PNG under generated names, with a JSON sidecar)."""
-    ref = resolve(request, state, recipe_id, role_id, roi_id)
-    rgbs = await read_images(state, images)
+    rgbs = await read_images(images, state.settings.max_image_pixels)
     sources = [f.filename for f in images]
 
-    def store_all() -> list[DatasetImagePublic]:
-        stored = [
-            state.store.add_image(
-                ref.recipe_id,
-                ref.role_id,
-                ref.roi_id,
-                label,
-                rgb,
-                source=src,
-                mm_per_px=mm_per_px,
-            )  # fmt: skip
+    def store_all() -> list[DatasetImage]:
+        add = state.store.datasets.add
+        return [
+            add(ref, label, rgb, source=src, mm_per_px=mm_per_px)
             for rgb, src in zip(rgbs, sources, strict=True)
         ]
-        return _public(stored)
 
-    stored = await blocking(store_all)
-    state.diagnostics.log(
-        "dataset_upload", recipe_id=ref.recipe_id, role_id=ref.role_id, roi_id=ref.roi_id,
-        label=label, n_images=len(stored),
-    )  # fmt: skip
-    return DatasetUploadResult(
-        recipe_id=ref.recipe_id, role_id=ref.role_id, roi_id=ref.roi_id, label=label,
-        stored=stored, counts=_counts(state, ref),
-    )  # fmt: skip
-
-
-def _counts(state: AppState, ref: ModelRef) -> dict[str, int]:
-    return state.store.dataset_counts(ref.recipe_id, ref.role_id, ref.roi_id)
+    stored = _public(await blocking(store_all))
+    counts = _changed(state, "dataset_upload", ref, label=label, n_images=len(stored))
+    return DatasetUploadResult(**_ids(ref), label=label, stored=stored, counts=counts)
 
 
 @router.get("/list")
 async def list_images(
-    request: Request,
-    state: StateDep,
-    role_id: IdQ,
-    roi_id: IdQ,
-    recipe_id: OptIdQ = None,
-    label: OptLabelQ = None,
-    with_meta: bool = False,
+    state: StateDep, ref: QueryDatasetRef, label: OptLabelQ = None, with_meta: bool = False
 ) -> DatasetListPublic:
-    ref = resolve(request, state, recipe_id, role_id, roi_id)
-    listing = await blocking(
-        state.store.list_images, ref.recipe_id, ref.role_id, ref.roi_id, label, with_meta
-    )
+    listing = await blocking(state.store.datasets.list_images, ref, label, with_meta)
     return DatasetListPublic(
-        recipe_id=ref.recipe_id, role_id=ref.role_id, roi_id=ref.roi_id,
-        ok=_public(listing.get("ok", [])), ng=_public(listing.get("ng", [])),
-        counts=_counts(state, ref),
-    )  # fmt: skip
+        **_ids(ref),
+        ok=_public(listing.get("ok", [])),
+        ng=_public(listing.get("ng", [])),
+        counts=state.store.datasets.counts(ref),
+    )
 
 
 @router.get(
@@ -111,19 +90,10 @@ async def list_images(
     responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}},
 )
 async def download_file(
-    request: Request,
-    state: StateDep,
-    role_id: IdQ,
-    roi_id: IdQ,
-    label: LabelQ,
-    name: NameQ,
-    recipe_id: OptIdQ = None,
+    state: StateDep, ref: QueryDatasetRef, label: LabelQ, name: NameQ
 ) -> Response:
     """One stored image, as stored."""
-    ref = resolve(request, state, recipe_id, role_id, roi_id)
-    data = await blocking(
-        state.store.read_image, ref.recipe_id, ref.role_id, ref.roi_id, label, name
-    )
+    data = await blocking(state.store.datasets.read, ref, label, name)
     media = "image/jpeg" if name.lower().endswith((".jpg", ".jpeg")) else "image/png"
     return Response(data, media_type=media)
 
@@ -134,26 +104,19 @@ async def download_file(
     responses={200: {"content": {"application/zip": {}}}},
 )
 async def download_zip(
-    request: Request,
-    state: StateDep,
-    role_id: IdQ,
-    roi_id: IdQ,
-    recipe_id: OptIdQ = None,
-    label: OptLabelQ = None,
+    state: StateDep, ref: QueryDatasetRef, label: OptLabelQ = None
 ) -> FileResponse:
     """A zip of the stored images (``ok/…``, ``ng/…``) and their sidecars."""
-    ref = resolve(request, state, recipe_id, role_id, roi_id)
+    datasets = state.store.datasets
 
     def build() -> str:
-        listing = state.store.list_images(ref.recipe_id, ref.role_id, ref.roi_id, label)
+        listing = datasets.list_images(ref, label)
         fd, path = tempfile.mkstemp(prefix="bdi-dataset-", suffix=".zip")
         try:
             with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED) as zf:
                 for lab, items in listing.items():
                     for item in items:
-                        src = state.store.datasets.path(
-                            ref.recipe_id, ref.role_id, ref.roi_id, lab, item.name
-                        )
+                        src = datasets.path(ref, lab, item.name)
                         zf.write(src, f"{lab}/{item.name}")
                         sidecar = src.with_suffix(".json")
                         if sidecar.is_file():
@@ -166,42 +129,25 @@ async def download_zip(
     path = await blocking(build)
     filename = f"{ref.recipe_id}_{ref.base_name}{'_' + label if label else ''}.zip"
     return FileResponse(
-        path, media_type="application/zip", filename=filename,
+        path,
+        media_type="application/zip",
+        filename=filename,
         background=BackgroundTask(os.unlink, path),
-    )  # fmt: skip
+    )
 
 
 @router.delete("/file")
 async def delete_file(
-    request: Request,
-    state: StateDep,
-    role_id: IdQ,
-    roi_id: IdQ,
-    label: LabelQ,
-    name: NameQ,
-    recipe_id: OptIdQ = None,
+    state: StateDep, ref: QueryDatasetRef, label: LabelQ, name: NameQ
 ) -> DeletedPublic:
-    ref = resolve(request, state, recipe_id, role_id, roi_id)
-    await blocking(state.store.delete_image, ref.recipe_id, ref.role_id, ref.roi_id, label, name)
-    state.diagnostics.log("dataset_delete", **_log_ids(ref), label=label, name=name)
-    return DeletedPublic(deleted=1, counts=_counts(state, ref))
+    await blocking(state.store.datasets.delete, ref, label, name)
+    counts = _changed(state, "dataset_delete", ref, label=label, name=name)
+    return DeletedPublic(deleted=1, counts=counts)
 
 
 @router.delete("/clear")
-async def clear(
-    request: Request,
-    state: StateDep,
-    role_id: IdQ,
-    roi_id: IdQ,
-    recipe_id: OptIdQ = None,
-    label: OptLabelQ = None,
-) -> DeletedPublic:
+async def clear(state: StateDep, ref: QueryDatasetRef, label: OptLabelQ = None) -> DeletedPublic:
     """Remove one label's images, or both labels'."""
-    ref = resolve(request, state, recipe_id, role_id, roi_id)
-    n = await blocking(state.store.clear, ref.recipe_id, ref.role_id, ref.roi_id, label)
-    state.diagnostics.log("dataset_clear", **_log_ids(ref), label=label, deleted=n)
-    return DeletedPublic(deleted=n, counts=_counts(state, ref))
-
-
-def _log_ids(ref: ModelRef) -> dict[str, str]:
-    return {"recipe_id": ref.recipe_id, "role_id": ref.role_id, "roi_id": ref.roi_id}
+    n = await blocking(state.store.datasets.clear, ref, label)
+    counts = _changed(state, "dataset_clear", ref, label=label, deleted=n)
+    return DeletedPublic(deleted=n, counts=counts)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.edge.conftest import IDS
+from tests.helpers.api import IDS
 
 
 def test_health_is_cheap_and_complete(client):
@@ -97,7 +97,7 @@ def test_ready_waits_for_the_engine(make_client, monkeypatch):
     from fastapi.testclient import TestClient
 
     from edge.api.app import create_app
-    from tests.conftest import tiny_settings
+    from tests.helpers.settings import tiny_settings
 
     gate = threading.Event()
     settings = tiny_settings()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import io
 import zipfile
 
-from tests.edge.conftest import IDS, files, ok_jpeg, ok_png
+from tests.helpers.api import IDS, files
+from tests.helpers.images import ok_jpeg, ok_png
 
 Q = IDS
 

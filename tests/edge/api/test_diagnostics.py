@@ -7,8 +7,8 @@ import json
 import pytest
 
 from edge.api.diagnostics import Diagnostics
-from tests.conftest import tiny_settings
-from tests.edge.conftest import IDS, fit
+from tests.helpers.api import IDS, fit
+from tests.helpers.settings import tiny_settings
 
 
 def read_log(client) -> list[dict]:

@@ -10,7 +10,8 @@ import pytest
 
 from edge.simulator.discs import encode_png, make_ng
 from engine.images import PNG_MAGIC
-from tests.edge.conftest import IDS, SIZE, files, ng_png, ok_png
+from tests.helpers.api import IDS, files
+from tests.helpers.images import SIZE, ng_png, ok_png
 
 pytestmark = pytest.mark.slow
 
@@ -127,11 +128,11 @@ def test_token_grid_mismatch_is_a_400(trained):
     from engine.patchcore import PatchCoreModel
 
     store = trained.app.state.bdi.store
-    model = store.load_model("disc-a", "Master1", "inspection-1")
+    model = store.load_model(store.ref("disc-a", "Master1", "inspection-1"))
     h, w = model.meta.grid
     odd = PatchCoreModel(dataclasses.replace(model.meta, grid=(h + 1, w)), model.index,
                          model.calibration)  # fmt: skip
-    store.save_model("disc-a", "Master1", "inspection-1", odd)
+    store.save_model(store.ref("disc-a", "Master1", "inspection-1"), odd)
     r = infer(trained, ok_png(5))
     assert r.status_code == 400 and r.json()["error"] == "token_grid_mismatch"
 

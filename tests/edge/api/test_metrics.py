@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.edge.conftest import IDS, ok_png
+from tests.helpers.api import IDS
+from tests.helpers.images import ok_png
 
 
 def samples(client) -> dict[tuple[str, tuple], float]:

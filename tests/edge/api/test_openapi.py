@@ -13,8 +13,9 @@ from schemathesis.checks import (
 )
 
 from edge.api.app import create_app
-from tests.conftest import tiny_settings
-from tests.edge.conftest import IDS, files, ok_png
+from tests.helpers.api import IDS, files
+from tests.helpers.images import ok_png
+from tests.helpers.settings import tiny_settings
 
 
 @pytest.fixture(scope="module")

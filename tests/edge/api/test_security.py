@@ -6,7 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.edge.conftest import IDS, files, ok_png
+from tests.helpers.api import IDS, files
+from tests.helpers.images import ok_png
 
 KEY = "s3cret-key-for-tests"
 

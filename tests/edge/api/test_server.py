@@ -15,16 +15,8 @@ import httpx
 import pytest
 
 from engine.images import PNG_MAGIC
-from tests.edge.conftest import (
-    IDS,
-    files,
-    id_parts,
-    multipart,
-    ng_png,
-    ok_png,
-    post_head,
-    read_until_closed,
-)
+from tests.helpers.api import IDS, files, id_parts, multipart, post_head, read_until_closed
+from tests.helpers.images import ng_png, ok_png
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.edge.conftest import IDS, files, fit, ng_png, ok_jpeg, ok_png
+from tests.helpers.api import IDS, files, fit
+from tests.helpers.images import ng_png, ok_jpeg, ok_png
 
 pytestmark = pytest.mark.slow  # each test trains a (tiny) model
 

@@ -15,7 +15,7 @@ import pytest
 from edge.bench.consumers import ConsumerGroup, tally
 from edge.bench.pipeline import BenchConfig, PipelineRun, consumer_env
 from edge.cli import main
-from edge.simulator.camera import Frame
+from edge.simulator.camera import CameraFrame
 
 KEYS = [
     "frames", "verdicts", "lost", "duplicates", "wrong",
@@ -85,8 +85,8 @@ def test_an_interrupted_run_stops_the_consumers_and_the_broker(monkeypatch):
     assert _children() <= before
 
 
-def _frame(i: int, defect: str | None = None) -> Frame:
-    return Frame(f"f{i}", f"p{i}", b"", defect)
+def _frame(i: int, defect: str | None = None) -> CameraFrame:
+    return CameraFrame(f"f{i}", f"p{i}", b"", defect)
 
 
 def test_tally_counts_answers_duplicates_and_wrong_verdicts():

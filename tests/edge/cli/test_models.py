@@ -1,17 +1,22 @@
-"""``bdi train`` and ``bdi models`` (edge/cli/models.py) against a real store."""
+"""``bdi train`` and ``bdi models`` (edge/cli/models.py) against a real store: the
+manifest, each model's revisions, and rolling back to one."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import cv2
 import pytest
 
+from configs.settings import load_settings
+from edge.cli import main
 from edge.cli.models import add_store_commands
-from store import ConflictError, InvalidIdError, ModelStore
-from tests.store.conftest import random_images
+from store import ConflictError, InvalidIdError, ModelStore, Revision
+from tests.helpers.images import random_images
+from tests.helpers.settings import tiny_settings
 
 
 def _run(argv: list[str]) -> int:
@@ -78,7 +83,8 @@ def test_train_calibrate_and_list(
     result = json.loads(captured.out)
     assert result["recipe_id"] == "disc-a" and result["n_ok"] == 4 and result["n_ng"] == 2
     assert "embed" in captured.err  # the progress bars go to stderr
-    model = ModelStore(root=env_store).load_model("disc-a", "Master1", "inspection-1")
+    store = ModelStore(root=env_store)
+    model = store.load_model(store.ref("disc-a", "Master1", "inspection-1"))
     assert model.version == result["version"] and model.calibration is not None
     assert model.calibration.method == "ok_ng" and model.meta.mm_per_px == 0.05
 
@@ -116,3 +122,84 @@ def test_train_refuses_bad_input_before_training(env_store: Path, tmp_path: Path
     with pytest.raises(ValueError, match="no images"):
         _run(["train", "--recipe", "a", "--role", "r", "--roi", "x", "--ok", str(empty)])
     assert issubclass(InvalidIdError, ValueError)  # what edge/cli/main.py's main catches
+
+
+# --- bdi models --revisions / --rollback -----------------------------------------------------
+HISTORY_IDS = ["--recipe", "Disc-A", "--role", "Master1", "--roi", "inspection-1"]
+
+
+@pytest.fixture(scope="module")
+def history_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Revision]]:
+    """A store holding one model in two revisions: as trained, then calibrated with NG."""
+    from engine import Engine
+
+    root = tmp_path_factory.mktemp("history") / "models"
+    settings = tiny_settings(models_dir=root)
+    engine = Engine.from_settings(settings)
+    model = engine.fit(random_images(1), mm_per_px=0.05).model
+    store = ModelStore(settings)
+    ref = store.ref("disc-a", "Master1", "inspection-1")
+    store.save_model(ref, model)
+    store.save_calibration(ref, engine.calibrate(model, [1.0, 2.0, 3.0], [10.0, 12.0]))
+    return root, store.revisions(ref)
+
+
+@pytest.fixture
+def history(
+    history_template: tuple[Path, list[Revision]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> list[Revision]:
+    """A copy of the two-revision store as ``BDI_MODELS_DIR``; its revisions, current first."""
+    template, revisions = history_template
+    shutil.copytree(template, tmp_path / "models")
+    monkeypatch.setenv("BDI_MODELS_DIR", str(tmp_path / "models"))
+    return revisions
+
+
+def test_revisions_table_says_which_is_calibrated_and_current(
+    history: list[Revision], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["models", "--revisions"]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split() == [
+        "recipe_id", "role_id", "roi_id", "revision", "version", "threshold", "calibrated",
+        "saved_at", "current",
+    ]  # fmt: skip
+    calibrated, trained = history
+    assert len(rows) == 2 and rows[0].split()[3] == calibrated.revision
+    assert rows[0].split()[-1] == "current" and rows[1].split()[3] == trained.revision
+    assert f"{calibrated.threshold:.4g}" in rows[0] and f"{trained.threshold:.4g}" in rows[1]
+    assert " yes " in rows[0] and " no " in rows[1]
+
+    assert main(["models", "--revisions", *HISTORY_IDS, "--json"]) == 0
+    (model,) = json.loads(capsys.readouterr().out)
+    assert model["recipe_id"] == "disc-a"
+    assert [(r["revision"], r["current"], r["calibrated"]) for r in model["revisions"]] == [
+        (calibrated.revision, True, True),
+        (trained.revision, False, False),
+    ]
+
+
+def test_rollback_by_revision_id(
+    history: list[Revision], capsys: pytest.CaptureFixture[str]
+) -> None:
+    calibrated, trained = history
+    assert main(["models", *HISTORY_IDS, "--rollback", trained.revision]) == 0
+    out = capsys.readouterr().out
+    assert f"rolled back to revision {trained.revision}" in out and calibrated.revision in out
+    store = ModelStore(load_settings())
+    state = store.state(store.ref("disc-a", "Master1", "inspection-1"))
+    assert (state.revision, state.threshold) == (trained.revision, trained.threshold)
+
+
+def test_rollback_refuses_what_it_cannot_do(
+    history: list[Revision], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["models", *HISTORY_IDS, "--rollback", "0" * 16]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bdi: error: no revision '0000000000000000'") and "Traceback" not in err
+    assert main(["models", "--role", "Master1", "--rollback", history[1].revision]) == 2
+    assert "--rollback needs --recipe, --role and --roi" in capsys.readouterr().err
+    store = ModelStore(load_settings())
+    assert (
+        store.state(store.ref("disc-a", "Master1", "inspection-1")).revision == history[0].revision
+    )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -11,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from tests.edge.conftest import free_port
+from tests.helpers.api import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -46,8 +48,9 @@ def test_bdi_serve_runs_the_api(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
-    # uvicorn shuts down gracefully, then re-raises the signal it caught
+    # uvicorn shuts down gracefully, then re-raises the signal it caught: a requested stop
     assert proc.returncode in (0, -signal.SIGTERM), out
+    assert proc.returncode == 0, "a SIGTERM is a clean stop (bdi up's summary shows exit 0)"
     assert f"http://127.0.0.1:{port}" in out and "X-API-Key required" in out
     log = (tmp_path / "models" / "logs" / "api.jsonl").read_text()
     assert '"event":"shutdown"' in log  # the lifespan ran to its end
@@ -63,6 +66,7 @@ def test_bdi_serve_refuses_to_start_without_cuda_by_default(tmp_path):
         **{k: v for k, v in os.environ.items() if not k.startswith(("BDI_", "BRAKEDISC_"))},
         "BDI_MODELS_DIR": str(tmp_path / "models"),
         "BDI_BACKEND_PORT": str(free_port()),
+        "BDI_ENV_FILE": os.devnull,  # not the checkout's own bdi.env
     }
     done = subprocess.run(
         [sys.executable, "-m", "edge.cli", "serve"],
@@ -70,3 +74,74 @@ def test_bdi_serve_refuses_to_start_without_cuda_by_default(tmp_path):
     )  # fmt: skip
     assert done.returncode == 2
     assert "CUDA is required" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_bdi_serve_on_a_taken_port_says_so_before_any_banner(tmp_path):
+    """The port is bound before the banner: a second instance fails with one line."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("BDI_", "BRAKEDISC_"))},
+        "BDI_REQUIRE_CUDA": "0",
+        "BDI_BACKBONE": "efficientnet_lite0",
+        "BDI_MODELS_DIR": str(tmp_path / "models"),
+    }
+    with socket.socket() as first:  # the first instance, as far as the port is concerned
+        first.bind(("127.0.0.1", 0))
+        first.listen()
+        port = first.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "edge.cli", "serve", "--port", str(port)],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "BDI Edge API on" not in done.stdout
+    assert done.stderr.splitlines() == [
+        f"bdi: error: port {port} on 127.0.0.1 is in use (another bdi serve?); "
+        "choose another with --port or BDI_BACKEND_PORT"
+    ]
+
+
+def test_every_stderr_line_of_bdi_serve_is_json_native_ones_included(tmp_path):
+    """A corrupt PNG upload makes libpng write to file descriptor 2, past Python's logging:
+    ``bdi serve`` turns that line into a JSON record like every other on its stderr."""
+    import cv2
+    import numpy as np
+
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("BDI_", "BRAKEDISC_"))},
+        "BDI_REQUIRE_CUDA": "0",
+        "BDI_BACKBONE": "efficientnet_lite0",
+        "BDI_MODELS_DIR": str(tmp_path / "models"),
+        "BDI_BACKEND_PORT": str(port),
+        "BDI_ENV_FILE": os.devnull,
+    }
+    rng = np.random.default_rng(0)
+    png = cv2.imencode(".png", rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))[1].tobytes()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "serve", "--no-warmup"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, "no answer"
+                time.sleep(0.2)
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/datasets/upload",
+            data={"role_id": "r", "roi_id": "i", "label": "ok"},
+            files=[("images", ("cut.png", png[:-20], "image/png"))],
+            timeout=30,
+        )
+        assert r.status_code == 400, r.text  # refused as an image that does not decode
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "BDI Edge API on" in out
+    records = [json.loads(line) for line in err.splitlines()]  # each line parses, or this fails
+    native = [r for r in records if r["logger"] == "native"]
+    assert [r["stderr"] for r in native] == ["libpng error: PNG input buffer is incomplete"]

@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 
 from edge.cli import main
-from edge.cli import transfer as transfer_cli
-from store import ModelStore
-from tests.conftest import tiny_settings
+from store import ModelState, ModelStore, archive
+from tests.helpers.settings import tiny_settings
 
 IDS = {"recipe": "Disc-A", "role": "Master1", "roi": "inner ring/1"}
 ARGS = ["--recipe", IDS["recipe"], "--role", IDS["role"], "--roi", IDS["roi"]]
@@ -54,15 +53,20 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Source:
     images = [make_ok(seed, 64).image for seed in range(5)]
     model = engine.fit(images[:4], mm_per_px=MM).model
     store = ModelStore(settings)
-    store.save_model(IDS["recipe"], IDS["role"], IDS["roi"], model)
+    store.save_model(store.ref(IDS["recipe"], IDS["role"], IDS["roi"]), model)
     assert model.calibration is not None
     first = model.calibration.threshold
     recal = dataclasses.replace(model.calibration, threshold=first * 1.5)
-    store.save_calibration(IDS["recipe"], IDS["role"], IDS["roi"], recal)
+    store.save_calibration(store.ref(IDS["recipe"], IDS["role"], IDS["roi"]), recal)
     archive = tmp_path_factory.mktemp("out") / "model.tar.gz"
     with pytest.MonkeyPatch.context() as mp:
         assert _bdi(mp, root, "export-model", *ARGS, "--out", str(archive)) == 0
     return Source(root, engine, images, first, archive)
+
+
+def _state(root: Path) -> ModelState:
+    store = ModelStore(root=root)
+    return store.state(store.ref(**IDS))
 
 
 def _members(path: Path) -> dict[str, bytes]:
@@ -92,7 +96,7 @@ def test_round_trip_scores_identically(
     assert result["stored"] is True
 
     src, dst = ModelStore(root=source.root), ModelStore(root=dest)
-    a, b = src.state(**IDS), dst.state(**IDS)
+    a, b = src.state(src.ref(**IDS)), dst.state(dst.ref(**IDS))
     assert b.ready and b.source == "recipe"
     assert (b.version, b.revision, b.threshold) == (a.version, a.revision, a.threshold)
     assert dst.recipe_mm_per_px("disc-a") == MM  # the scale is locked on the new machine too
@@ -101,8 +105,8 @@ def test_round_trip_scores_identically(
     assert {s: p.read_bytes() for s, p in src_files.items()} == {
         s: p.read_bytes() for s, p in dst_files.items()
     }
-    before = source.engine.image_scores(src.load_model(**IDS), source.images)
-    after = source.engine.image_scores(dst.load_model(**IDS), source.images)
+    before = source.engine.image_scores(src.load_model(src.ref(**IDS)), source.images)
+    after = source.engine.image_scores(dst.load_model(dst.ref(**IDS)), source.images)
     np.testing.assert_array_equal(before, after)
 
 
@@ -110,7 +114,7 @@ def test_manifest_names_the_model(source: Source) -> None:
     members = _members(source.archive)
     assert set(members) == {"manifest.json", "model.npz", "model_index.faiss", "model_calib.json"}
     manifest = json.loads(members["manifest.json"])
-    state = ModelStore(root=source.root).state(**IDS)
+    state = _state(source.root)
     assert manifest["format"] == "bdi-model" and manifest["format_version"] == 1
     assert (manifest["recipe_id"], manifest["role_id"], manifest["roi_id"]) == (
         "disc-a",
@@ -128,32 +132,76 @@ def test_default_archive_name_and_reimport_is_idempotent(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     assert _bdi(monkeypatch, source.root, "export-model", *ARGS) == 0
-    state = ModelStore(root=source.root).state(**IDS)
+    state = _state(source.root)
     archive = tmp_path / f"disc-a_inner_ring_1_{state.revision}.tar.gz"
     assert archive.is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
     dest = tmp_path / "dest"
     for _ in range(2):
         assert _bdi(monkeypatch, dest, "import-model", str(archive)) == 0
-        assert ModelStore(root=dest).state(**IDS).revision == state.revision
+        assert _state(dest).revision == state.revision
 
 
 def test_previous_revision_rolls_back(
-    source: Source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    source: Source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
     dest = tmp_path / "dest"
     assert _bdi(monkeypatch, dest, "import-model", str(source.archive)) == 0
-    current = ModelStore(root=dest).state(**IDS)
+    current = _state(dest)
     assert _bdi(monkeypatch, dest, "export-model", *ARGS, "--previous") == 2  # nothing kept yet
+    capsys.readouterr()
 
     prev = tmp_path / "prev.tar.gz"
-    argv = ["export-model", *ARGS, "--previous", "--out", str(prev)]
+    argv = ["export-model", *ARGS, "--previous", "--out", str(prev), "--json"]
     assert _bdi(monkeypatch, source.root, *argv) == 0
-    assert _bdi(monkeypatch, dest, "import-model", str(prev)) == 0
-    rolled = ModelStore(root=dest).state(**IDS)
+    out, err = capsys.readouterr()
+    exported = json.loads(out)
+    assert exported["current"] is False and exported["revision"] != current.revision
+    assert exported["threshold"] == pytest.approx(source.first_threshold)
+    # said plainly: which revision, and that it is not the one served now
+    assert f"exported the previous revision {exported['revision']}, not the current one" in err
+    assert f"threshold {source.first_threshold}" in err and "not calibrated" in err
+
+    assert _bdi(monkeypatch, dest, "import-model", str(prev), "--json") == 0
+    imported = json.loads(capsys.readouterr().out)
+    assert (imported["revision"], imported["stored"]) == (exported["revision"], True)
+    assert imported["threshold"] == pytest.approx(source.first_threshold)
+    rolled = _state(dest)
     assert rolled.version == current.version  # a recalibration keeps the version
     assert rolled.revision != current.revision
     assert rolled.threshold == pytest.approx(source.first_threshold)
+
+
+def test_export_and_import_print_threshold_and_revision(
+    source: Source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    state = _state(source.root)
+    out = tmp_path / "m.tar.gz"
+    assert _bdi(monkeypatch, source.root, "export-model", *ARGS, "--out", str(out)) == 0
+    printed, err = capsys.readouterr()
+    assert err == ""  # the current revision: nothing to warn about
+    lines = dict(line.split(maxsplit=1) for line in printed.splitlines())
+    assert lines["revision"] == state.revision and lines["current"] == "True"
+    assert float(lines["threshold"]) == pytest.approx(state.threshold)
+    assert _bdi(monkeypatch, tmp_path / "dest", "import-model", str(out)) == 0
+    lines = dict(line.split(maxsplit=1) for line in capsys.readouterr().out.splitlines())
+    assert lines["revision"] == state.revision
+    assert float(lines["threshold"]) == pytest.approx(state.threshold)
+
+
+def test_export_a_stored_revision_by_id(
+    source: Source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    store = ModelStore(root=source.root)
+    _, previous = store.revisions(store.ref(**IDS))
+    out = tmp_path / "m.tar.gz"
+    argv = ["export-model", *ARGS, "--revision", previous.revision, "--out", str(out)]
+    assert _bdi(monkeypatch, source.root, *argv) == 0
+    assert f"stored revision {previous.revision}" in capsys.readouterr().err
+    assert json.loads(_members(out)["manifest.json"])["revision"] == previous.revision
+    argv = ["export-model", *ARGS, "--revision", "0" * 16, "--out", str(out)]
+    assert _bdi(monkeypatch, source.root, *argv) == 2
+    assert "no revision" in capsys.readouterr().err
 
 
 def test_dry_run_stores_nothing(
@@ -170,7 +218,8 @@ def test_mm_per_px_conflict_is_refused(
 ) -> None:
     dest = tmp_path / "dest"
     other = source.engine.fit(source.images[:2], mm_per_px=0.1).model
-    ModelStore(root=dest).save_model(IDS["recipe"], IDS["role"], "outer", other)
+    store = ModelStore(root=dest)
+    store.save_model(store.ref(IDS["recipe"], IDS["role"], "outer"), other)
     snapshot = sorted(p for p in dest.rglob("*"))
     assert _bdi(monkeypatch, dest, "import-model", str(source.archive)) == 2
     assert "mm_per_px" in capsys.readouterr().err
@@ -301,7 +350,7 @@ def test_oversized_and_unreadable_archives(
 ) -> None:
     dest = tmp_path / "dest"
     with monkeypatch.context() as mp:
-        mp.setattr(transfer_cli, "MAX_FILE_BYTES", 1024)
+        mp.setattr(archive, "MAX_FILE_BYTES", 1024)
         assert _bdi(mp, dest, "import-model", str(source.archive)) == 2
         assert "is larger than 1024 bytes" in capsys.readouterr().err
 

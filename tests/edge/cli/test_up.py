@@ -1,63 +1,52 @@
-"""``bdi up`` as a real process: broker, API and consumers come up on free ports, frames
-published to Kafka get verdicts, SIGINT stops every process it started."""
+"""``bdi up`` as a real process, run as a terminal runs it (its own process group, Ctrl-C
+to the whole group): broker, API and consumers come up on free ports, each consumer
+reports on its own health port, frames published to Kafka get verdicts, a Ctrl-C stops
+every process in order with a summary and no traceback, and answered frames are committed.
+Taken ports are refused before anything claims to be up."""
 
 from __future__ import annotations
 
 import asyncio
-import os
+import http.server
 import re
-import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from edge.simulator.discs import encode_png, make_ng, make_ok
-from tests.consumers.kafka_io import ROI, ROLE, answered, disc_frames, parse, produce, read_until
-from tests.edge.conftest import free_port
+from tests.helpers.api import free_port
+from tests.helpers.kafka import (
+    ROI,
+    ROLE,
+    Broker,
+    FrameSpec,
+    answered,
+    committed,
+    disc_frames,
+    end_offsets,
+    parse,
+    produce,
+    read_all,
+    read_until,
+)
+from tests.helpers.terminal import BdiProcess, bdi_env, free_run, still_alive
 
-pytestmark = [pytest.mark.slow, pytest.mark.kafka]
+pytestmark = pytest.mark.slow
 SIZE = 96
 IDS = {"recipe_id": "disc-a", "role_id": ROLE, "roi_id": ROI}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie (exited, not reaped by its parent yet) counts as gone
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-class Output:
-    """The process's output lines, collected in a thread; ``wait_for(pattern)``."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.lines: list[str] = []
-        self._thread = threading.Thread(target=self._pump, args=(proc,), daemon=True)
-        self._thread.start()
-
-    def _pump(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            self.lines.append(line)
-
-    def wait_for(self, pattern: str, timeout_s: float = 120) -> re.Match[str]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for line in self.lines:
-                if m := re.search(pattern, line):
-                    return m
-            time.sleep(0.1)
-        raise AssertionError(f"{pattern!r} not seen:\n{''.join(self.lines[-40:])}")
+# consumers first, then the API, then the broker (when bdi up started one)
+STOPPED = (
+    r"bdi up: stopped consumer-1 \(exit 0, [\d.]+ s\), consumer-2 \(exit 0, [\d.]+ s\), "
+    r"api \(exit 0, [\d.]+ s\)(, broker \((exit 0|signal 15), [\d.]+ s\))? in [\d.]+ s"
+)
+NOT_CLEAN = ("Traceback", "KafkaConnectionError", "CancelledError", "Unable connect")
 
 
 def _train(api: str) -> None:
@@ -83,30 +72,44 @@ def _train(api: str) -> None:
     assert cal.status_code == 200, cal.text
 
 
+def _health_urls(up: BdiProcess) -> dict[str, str]:
+    up.wait_for(r"processes : ")
+    return dict(re.findall(r"^\s+(consumer-\d+)\s+(http://\S+/health)\s+/metrics$", up.text, re.M))
+
+
 def test_bdi_up_runs_the_line_and_stops_cleanly(tmp_path):
     api_port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("BDI_", "BRAKEDISC_"))},
-        "BDI_MODELS_DIR": str(tmp_path / "models"),
-        "BDI_IMAGE_SIZE": str(SIZE),
-        "BDI_MODEL_POLL_S": "0.5",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edge.cli", "up", "--port", str(api_port), "--broker-port", "0",
-         "--partitions", "2", "--consumers", "2"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    out = Output(proc)
-    pids: list[int] = []
-    try:
-        bootstrap = out.wait_for(r"Kafka\s+: (\S+)").group(1)
-        assert f"http://127.0.0.1:{api_port}" in "".join(out.lines)
-        assert "CPU allowed" in "".join(out.lines)
-        pids = [int(p) for p in re.findall(r"=(\d+)", out.wait_for(r"processes : .*").group(0))]
+    env = bdi_env(tmp_path / "models", BDI_IMAGE_SIZE=SIZE, BDI_MODEL_POLL_S=0.5)
+    with BdiProcess(["up", "--port", str(api_port), "--broker-port", "0", "--partitions", "2",
+                     "--consumers", "2"], env) as up:  # fmt: skip
+        bootstrap = up.wait_for(r"Kafka\s+: (\S+)").group(1)
+        assert f"http://127.0.0.1:{api_port}" in up.text
+        assert "CPU allowed" in up.text
+        pids = up.pids()
         assert len(pids) == 4  # api, two consumers, the broker
-        out.wait_for(r"consumer-2\].*partitions assigned")
-        _train(f"http://127.0.0.1:{api_port}")
 
+        # consumer metrics are on by default, one health port each, both reporting
+        urls = _health_urls(up)
+        assert sorted(urls) == ["consumer-1", "consumer-2"] and len(set(urls.values())) == 2
+        for url in urls.values():
+            health = httpx.get(url, timeout=5)
+            assert health.status_code == 200 and health.json()["ready"] is True, health.text
+            metrics = httpx.get(url.replace("/health", "/metrics"), timeout=5).text
+            assert "bdi_consumer_ready 1" in metrics
+
+        # the port is ours: a second bdi up or bdi serve on it refuses, and never says "up"
+        dev = {**env, "BDI_REQUIRE_CUDA": "0", "BDI_BACKBONE": "efficientnet_lite0"}
+        for args in (["up", "--port", str(api_port), "--broker-port", "0", "--consumers", "1"],
+                     ["serve", "--port", str(api_port)]):  # fmt: skip
+            second = subprocess.run([sys.executable, "-m", "edge.cli", *args], env=dev,
+                                    capture_output=True, text=True, timeout=120)  # fmt: skip
+            assert second.returncode == 2, second.stdout + second.stderr
+            assert "is up" not in second.stdout and "BDI Edge API on" not in second.stdout
+            assert len(second.stderr.splitlines()) == 1, second.stderr
+            assert f"port {api_port} on 127.0.0.1 is in use" in second.stderr
+
+        up.wait_for(r"consumer-2\].*partitions assigned")
+        _train(f"http://127.0.0.1:{api_port}")
         frames = disc_frames(20, SIZE, ng_every=5, tag="up")
         asyncio.run(produce(bootstrap, "bdi.frames", frames))
         records = asyncio.run(
@@ -114,15 +117,158 @@ def test_bdi_up_runs_the_line_and_stops_cleanly(tmp_path):
         )
         verdicts = {v["frame_id"]: v["verdict"] for v in parse(records)}
         assert verdicts == {f.frame_id: f.expect for f in frames}
-    finally:
-        proc.send_signal(signal.SIGINT)
+
+        up.ctrl_c()
+        assert up.wait(60) == 0, up.text[-3000:]
+    assert re.search(STOPPED, up.text) and "broker (" in up.text, up.text[-3000:]
+    assert not [s for s in NOT_CLEAN if s in up.text], up.text[-5000:]
+    assert not still_alive(pids), "bdi up left processes running"
+
+
+class _Camera(threading.Thread):
+    """Publishes frames at a steady rate until stopped; where each one landed."""
+
+    def __init__(self, bootstrap: str, topic: str, frames: list[FrameSpec], fps: float) -> None:
+        super().__init__(daemon=True)
+        self.bootstrap, self.topic, self.frames, self.fps = bootstrap, topic, frames, fps
+        self.landed: dict[tuple[int, int], FrameSpec] = {}
+        self.halt = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
         try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-    assert proc.returncode == 0, "".join(out.lines[-30:])
-    deadline = time.monotonic() + 10
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not [p for p in pids if _alive(p)], "bdi up left processes running"
+            asyncio.run(self._publish())
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+    async def _publish(self) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
+        await producer.start()
+        try:
+            for f in self.frames:
+                if self.halt.is_set():
+                    break
+                sent = await producer.send(self.topic, f.value, key=f.key, headers=f.headers)
+                meta = await sent
+                self.landed[(meta.partition, meta.offset)] = f
+                await asyncio.sleep(1 / self.fps)
+        finally:
+            await producer.stop()
+
+
+@pytest.fixture
+def camera() -> Iterator[list[_Camera]]:
+    cameras: list[_Camera] = []
+    yield cameras
+    for cam in cameras:
+        cam.halt.set()
+        cam.join(30)
+
+
+@pytest.mark.kafka
+def test_ctrl_c_with_traffic_flowing_commits_every_answered_frame(
+    tmp_path, kafka_broker: Broker, make_topics, camera
+):
+    """On an external broker, so that the group's commits can be read after ``bdi up`` is
+    gone: every frame answered is below the committed offset, every frame below it was
+    answered, and nothing is left running or printed a traceback."""
+    topics = make_topics(partitions=2)
+    base = free_run(2)
+    env = bdi_env(
+        tmp_path / "models", BDI_IMAGE_SIZE=SIZE, BDI_MODEL_POLL_S=0.5,
+        BDI_CONSUMER_HEALTH_PORT=base,
+        **{f"BDI_{k.upper()}": v for k, v in topics.settings(kafka_broker.bootstrap).items()},
+    )  # fmt: skip
+    api_port = free_port()
+    with BdiProcess(["up", "--port", str(api_port), "--partitions", "2", "--consumers", "2"],
+                    env) as up:  # fmt: skip
+        pids = up.pids()
+        assert len(pids) == 3, up.text  # api and two consumers: the broker is not ours
+        assert _health_urls(up) == {
+            "consumer-1": f"http://127.0.0.1:{base}/health",
+            "consumer-2": f"http://127.0.0.1:{base + 1}/health",
+        }  # BDI_CONSUMER_HEALTH_PORT + index
+        _train(f"http://127.0.0.1:{api_port}")
+        cam = _Camera(kafka_broker.bootstrap, topics.frames, disc_frames(400, SIZE, tag="cc"), 8)
+        camera.append(cam)
+        cam.start()
+        asyncio.run(read_until(kafka_broker.bootstrap, topics.verdicts, lambda r: len(r) >= 16))
+        up.ctrl_c()
+        sent_at_ctrl_c = len(cam.landed)
+        assert up.wait(60) == 0, up.text[-3000:]
+        stop_s = time.monotonic() - (up.interrupted_at or 0.0)
+        assert len(cam.landed) > sent_at_ctrl_c, "frames kept coming while bdi up stopped"
+        cam.halt.set()
+        cam.join(30)
+    assert cam.error is None, cam.error
+    assert re.search(STOPPED, up.text), up.text[-3000:]
+    assert not [s for s in NOT_CLEAN if s in up.text], up.text[-5000:]
+    assert not still_alive(pids), "bdi up left processes running"
+
+    bootstrap = kafka_broker.bootstrap
+    commits = asyncio.run(committed(bootstrap, topics.group, topics.frames))
+    ends = asyncio.run(end_offsets(bootstrap, topics.frames))
+    verdicts = parse(asyncio.run(read_all(bootstrap, topics.verdicts)))
+    answered_at = {(v["source"]["partition"], v["source"]["offset"]): v for v in verdicts}
+    for (p, o), v in answered_at.items():
+        assert v["frame_id"] == cam.landed[(p, o)].frame_id
+        assert v["verdict"] == cam.landed[(p, o)].expect
+    uncommitted = [po for po in answered_at if po[1] >= (commits[po[0]] or 0)]
+    assert not uncommitted, f"answered but not committed: {uncommitted} (commits {commits})"
+    unanswered = [(p, o) for p, c in commits.items() for o in range(c or 0)
+                  if (p, o) not in answered_at]  # fmt: skip
+    assert not unanswered, f"committed without a verdict: {unanswered}"
+    assert sum(ends.values()) > sum(c or 0 for c in commits.values())  # some left for later
+    print(f"stopped in {stop_s:.1f} s; committed {commits} of {ends}; {len(answered_at)} answered")
+
+
+class _Healthy(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - the http.server spelling
+        body = b'{"status": "ok"}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _bdi_up(env: dict[str, str], port: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edge.cli", "up", "--port", str(port), "--consumers", "2"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_bdi_up_on_taken_ports_refuses_before_starting_anything(tmp_path):
+    env = bdi_env(tmp_path / "models")
+    # the API port held by a service that answers /health: not ours, so never "up"
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Healthy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
+        done = _bdi_up(env, port)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "is up" not in done.stdout and "[api]" not in done.stdout
+    assert done.stderr.splitlines() == [
+        f"bdi: error: port {port} on 127.0.0.1 is in use (another bdi up or bdi serve?); "
+        "choose another with --port or BDI_BACKEND_PORT"
+    ]
+
+    # the second consumer's health port (BDI_CONSUMER_HEALTH_PORT + 1) taken
+    base = free_run(2)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", base + 1))
+        holder.listen()
+        done = _bdi_up({**env, "BDI_CONSUMER_HEALTH_PORT": str(base)}, free_port())
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "is up" not in done.stdout and "[api]" not in done.stdout
+    assert done.stderr.splitlines() == [
+        f"bdi: error: port {base + 1} on 127.0.0.1 is in use (another bdi up?); "
+        "set BDI_CONSUMER_HEALTH_PORT to a free base"
+    ]

@@ -133,7 +133,7 @@ def test_stream_mix_and_determinism() -> None:
 @pytest.mark.slow
 def test_learnable_by_patchcore() -> None:
     from engine import Engine
-    from tests.conftest import tiny_settings
+    from tests.helpers.settings import tiny_settings
 
     size = 128
     engine = Engine.from_settings(tiny_settings(image_size=size))

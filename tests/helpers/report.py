@@ -2,7 +2,7 @@
 table of ``docs/RELIABILITY.md`` rendered from them.
 
     BDI_RELIABILITY_REPORT=/tmp/rel.jsonl .venv/bin/python -m pytest tests/reliability -q
-    .venv/bin/python -m tests.reliability.report /tmp/rel.jsonl
+    .venv/bin/python -m tests.helpers.report /tmp/rel.jsonl
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def render(lines: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m tests.reliability.report RESULTS.jsonl", file=sys.stderr)
+        print("usage: python -m tests.helpers.report RESULTS.jsonl", file=sys.stderr)
         return 2
     lines = [json.loads(t) for t in Path(argv[0]).read_text().splitlines() if t.strip()]
     sys.stdout.write(render(lines))

@@ -1,5 +1,6 @@
-"""Test-side Kafka I/O over the wire: produce frames as a camera would, read verdicts as an
-MES would (manual assignment, no group), check the group's committed offsets."""
+"""Test-side Kafka I/O over the wire: the test broker and its topics, produce frames as a
+camera would, read verdicts as an MES would (manual assignment, no group), check the
+group's committed offsets."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -21,6 +22,33 @@ from edge.simulator.discs import encode_jpeg, encode_png, make_ng, make_ok
 
 RECIPE, ROLE, ROI = "disc-a", "Master1", "inspection-1"
 WAIT_S = 120.0  # a generous deadline for *arrival*; nothing asserts on durations
+
+BrokerKind = Literal["external", "testcontainers", "tansu"]
+
+
+@dataclass(frozen=True)
+class Broker:
+    bootstrap: str
+    kind: BrokerKind
+    transactions: bool  # probed: InitProducerId works
+
+
+@dataclass(frozen=True)
+class Topics:
+    frames: str
+    verdicts: str
+    dlq: str
+    heatmaps: str
+    group: str
+
+    def settings(self, bootstrap: str) -> dict[str, object]:
+        return dict(
+            kafka_bootstrap=bootstrap,
+            kafka_group=self.group,
+            kafka_topic_frames=self.frames,
+            kafka_topic_verdicts=self.verdicts,
+            kafka_topic_dlq=self.dlq,
+        )
 
 
 @dataclass(frozen=True)
@@ -203,3 +231,15 @@ async def supports_transactions(bootstrap: str) -> bool:
         with contextlib.suppress(Exception):
             await producer.stop()
     return True
+
+
+async def camera(bootstrap: str) -> AIOKafkaProducer:
+    """A started producer that publishes as a line camera does (the caller stops it)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", request_timeout_ms=30000)
+    await producer.start()
+    return producer
+
+
+async def publish(producer: AIOKafkaProducer, topic: str, frames: Sequence[FrameSpec]) -> None:
+    futures = [await producer.send(topic, f.value, key=f.key, headers=f.headers) for f in frames]
+    await asyncio.gather(*futures)

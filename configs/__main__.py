@@ -1,0 +1,7 @@
+"""``python -m configs auto|dev|production``: choose the profile in the local settings file."""
+
+import sys
+
+from configs.profile import main
+
+sys.exit(main())

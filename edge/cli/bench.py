@@ -1,0 +1,115 @@
+"""``bdi bench engine`` and ``bdi bench pipeline``: the parsers of the benchmarks in
+``edge.bench`` (imported when a benchmark runs, not when ``bdi`` starts)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+import orjson
+
+
+def add_bench_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    bench = sub.add_parser("bench", help="benchmarks that print JSON")
+    bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
+    _add_bench_engine(bench_sub)
+    _add_bench_pipeline(bench_sub)
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``minimum`` (a clear usage error otherwise)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
+        return value
+
+    return parse
+
+
+def _cmd_bench_engine(args: argparse.Namespace) -> int:
+    from edge.bench.engine import run_engine_benchmark
+
+    return run_engine_benchmark(args)
+
+
+def _add_bench_engine(bench_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    eng = bench_sub.add_parser("engine", help="train on DIR/train/good, score DIR/test")
+    eng.add_argument("--data", required=True, help="MVTec-layout folder")
+    eng.add_argument(
+        "--backbone", default="efficientnet_lite0", help="dinov2_vits14 or efficientnet_lite0"
+    )
+    eng.add_argument("--weights", default=None, help="backbone weights file, or 'random'")
+    eng.add_argument("--size", type=int, default=224, help="backbone input size (px)")
+    eng.add_argument(
+        "--coreset-rate", type=float, default=0.1, help="share of patches kept in the memory bank"
+    )
+    eng.add_argument("--max-train", type=_count(0), default=0, help="0 = all training images")
+    eng.add_argument(
+        "--knn", choices=["exact", "ivf"], default=None, help="kNN index (default: BDI_KNN_MODE)"
+    )
+    eng.add_argument("--batch", type=_count(1), default=16, help="frames per engine call")
+    eng.add_argument(
+        "--chunk",
+        type=_count(0),
+        default=0,
+        help="images per backbone forward (BDI_ENGINE_BATCH_SIZE; 0 = the device's default)",
+    )
+    eng.add_argument(
+        "--shortlist",
+        type=int,
+        default=None,
+        help="memory-bank rows per grid position for the kNN (0 = off)",
+    )
+    eng.add_argument(
+        "--rounds",
+        type=_count(1),
+        default=5,
+        help="timed passes; each batch runs backbone then engine, fastest of each kept",
+    )
+    eng.add_argument("--json", action="store_true", help="print only the JSON line on stdout")
+    eng.set_defaults(func=_cmd_bench_engine)
+
+
+def _add_bench_pipeline(bench_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = bench_sub.add_parser(
+        "pipeline",
+        help="frames -> Kafka -> bdi consume -> verdicts: throughput vs engine, latency",
+        description="End-to-end benchmark over a real broker (BDI_KAFKA_BOOTSTRAP, else a "
+        "local one): max-rate and paced runs through `bdi consume` processes, with an "
+        "engine-only baseline in the same run. See docs/BENCHMARKS.md.",
+    )
+    p.add_argument("--frames", type=int, default=400, help="frames per run (default 400)")
+    p.add_argument("--batch", type=int, default=16, help="BDI_BATCH_MAX and engine batch")
+    p.add_argument("--size", type=int, default=224, help="ROI and model input size (px)")
+    p.add_argument("--consumers", type=int, default=1, help="bdi consume processes")
+    p.add_argument("--train", type=int, default=30, help="OK images to train from")
+    p.add_argument(
+        "--rounds", type=int, default=1,
+        help="engine-only + max-rate pairs, best of each reported (noisy machines)",
+    )  # fmt: skip
+    p.add_argument(
+        "--consumer-option", action="append", default=[], metavar="KEY=VALUE",
+        help="passed to each bdi consume (repeatable)",
+    )  # fmt: skip
+    p.add_argument("--json", action="store_true", help="only the JSON line on stdout")
+    p.set_defaults(func=_cmd_bench_pipeline)
+
+
+def _cmd_bench_pipeline(args: argparse.Namespace) -> int:
+    from edge.bench.pipeline import BenchConfig, run_pipeline_benchmark
+
+    if min(args.frames, args.batch, args.consumers, args.rounds) < 1 or args.train < 2:
+        raise ValueError("--frames, --batch, --consumers and --rounds must be >= 1, --train >= 2")
+    cfg = BenchConfig(
+        frames=args.frames, batch=args.batch, size=args.size, consumers=args.consumers,
+        train_images=args.train, consumer_options=tuple(args.consumer_option),
+        rounds=args.rounds,
+    )  # fmt: skip
+    result = run_pipeline_benchmark(cfg)
+    print(orjson.dumps(result, option=0 if args.json else orjson.OPT_INDENT_2).decode())
+    return 0

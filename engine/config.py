@@ -1,0 +1,35 @@
+"""What the engine reads from the service's settings, as one small frozen value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from configs.settings import KnnMode, Settings
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """The engine's part of :class:`configs.settings.Settings`: each field has the name and
+    meaning of the setting it comes from (``BDI_<NAME>``, documented in the README)."""
+
+    backbone: str
+    backbone_weights: str | None  # a weights file, "random", or None for the packaged one
+    image_size: int
+    coreset_rate: float
+    coreset_projection_dim: int
+    knn_mode: KnnMode
+    knn_ivf_nprobe: int
+    knn_shortlist: int  # bank rows kept per grid position as first kNN bounds; 0 = none
+    anomaly_sigma: float
+    score_reweight: bool
+    position_norm: bool  # subtract the per-position OK baseline from patch distances
+    score_percentile: float
+    area_mm2_thr: float  # regions smaller than this (mm²) do not make a frame NG
+    engine_batch_size: int  # images per backbone forward; 0 = by device
+    seed: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EngineConfig:
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
