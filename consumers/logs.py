@@ -60,6 +60,28 @@ def configure_json_logging(level: str | int = "INFO", stream: IO[str] | None = N
     logging.getLogger("aiokafka").setLevel(max(root.level, logging.WARNING))
 
 
+@contextlib.contextmanager
+def json_logging(level: str | int = "INFO") -> Iterator[None]:
+    """A command's logging for as long as it runs: native stderr wrapped
+    (:func:`native_stderr_as_json`) and Python's records as JSON lines
+    (:func:`configure_json_logging`). On exit the root logger's handlers and levels are
+    what they were before, so a command run inside another process (a test, a notebook)
+    leaves no handler behind on a stream that is closed later."""
+    root, client = logging.getLogger(), logging.getLogger("aiokafka")
+    saved = (list(root.handlers), root.level, client.level)
+    try:
+        with native_stderr_as_json() as stderr:
+            configure_json_logging(level, stderr)
+            yield
+    finally:
+        handlers, root_level, client_level = saved
+        for handler in list(root.handlers):
+            if handler not in handlers:
+                root.removeHandler(handler)
+        root.setLevel(root_level)
+        client.setLevel(client_level)
+
+
 NATIVE_LOGGER = "native"
 MAX_NATIVE_LINE = 64 * 1024  # a longer run without a newline is logged in pieces
 

@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from configs.settings import load_settings
 from consumers.errors import PublishError
 from consumers.health import HealthServer
-from consumers.logs import configure_json_logging, native_stderr_as_json
+from consumers.logs import json_logging
 from consumers.runner import FrameConsumer
 from consumers.topics import ensure_topics, service_topics
 
@@ -126,16 +126,16 @@ def cmd_consume(args: argparse.Namespace) -> int:
             consumer.health, settings.consumer_health_host, settings.consumer_health_port
         ).bind()
     try:
-        with native_stderr_as_json() as stderr:
-            configure_json_logging(args.log_level, stderr)
+        with json_logging(args.log_level):
             if args.create_topics is not None:
                 topics = service_topics(settings, args.create_topics)
                 created = asyncio.run(ensure_topics(consumer.bootstrap, topics))
                 log.info("topics created", extra={"topics": created})
-            asyncio.run(_serve(consumer, health))
-    except PublishError as exc:
-        log.error("stopping: verdicts could not be delivered", extra={"error": str(exc)})
-        return 1
+            try:
+                asyncio.run(_serve(consumer, health))
+            except PublishError as exc:  # logged while the JSON handler is still in place
+                log.error("stopping: verdicts could not be delivered", extra={"error": str(exc)})
+                return 1
     finally:
         if health is not None:
             health.close()

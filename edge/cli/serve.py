@@ -15,7 +15,7 @@ import socket
 from typing import NoReturn
 
 from configs.settings import Settings, load_settings
-from consumers.logs import configure_json_logging, native_stderr_as_json
+from consumers.logs import json_logging
 
 BANNER = "BDI Edge API on"  # printed once the port is ours; ``bdi up`` waits for it
 
@@ -72,8 +72,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sock = listen_socket(host, port, hint)
     # every line on stderr is one JSON object: uvicorn's and native libraries' (libpng on a
     # corrupt upload) included; the API's own events go to api.jsonl (docs/LOGGING.md)
-    with contextlib.closing(sock), native_stderr_as_json() as stderr:
-        configure_json_logging("WARNING", stderr)
+    with contextlib.closing(sock), json_logging("WARNING"):
         _serve(args, settings, sock, host, port)
     return 0
 

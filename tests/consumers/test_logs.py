@@ -97,3 +97,16 @@ def test_native_stderr_becomes_json_records(tmp_path):
         ("python logging", "f-1"),
         ("after", None),
     ]
+
+
+def test_json_logging_leaves_the_root_logger_as_it_found_it():
+    """A command run inside another process (a test, a notebook) leaves no handler behind:
+    one left on a stream closed later turned every later record into a logging error."""
+    from consumers.logs import json_logging
+
+    root, client = logging.getLogger(), logging.getLogger("aiokafka")
+    before = (list(root.handlers), root.level, client.level)
+    with json_logging("DEBUG"):
+        assert any(isinstance(h.formatter, JsonFormatter) for h in root.handlers)
+        assert root.level == logging.DEBUG
+    assert (list(root.handlers), root.level, client.level) == before
