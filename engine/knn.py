@@ -16,6 +16,7 @@ image score: only contenders are searched, approximately first, then exactly.
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -344,8 +345,21 @@ def _read_rows(index: faiss.Index) -> np.ndarray:
     raise TypeError(f"cannot read the bank of {type(index).__name__}")
 
 
-def _to_device(index: faiss.Index) -> faiss.Index:
+# GPU scratch memory faiss may hold per process (its default reserves ~1.5 GiB per
+# StandardGpuResources); exact searches of a batch's patches need far less
+GPU_TEMP_MEMORY_BYTES = 256 * 1024 * 1024
+
+
+@functools.cache
+def gpu_resources() -> faiss.StandardGpuResources:
+    """The process's one ``StandardGpuResources``, made on first use and shared by every
+    GPU index (one each would reserve scratch and pinned host memory per cached model).
+    Held here for the life of the process, which keeps it alive as long as its indexes:
+    faiss index objects refuse new attributes, so it cannot ride on the index."""
     resources = faiss.StandardGpuResources()
-    gpu = faiss.index_cpu_to_gpu(resources, 0, index)
-    gpu.referenced_resources = resources  # type: ignore[attr-defined]  # keep the resources alive with the index
-    return gpu
+    resources.setTempMemory(GPU_TEMP_MEMORY_BYTES)
+    return resources
+
+
+def _to_device(index: faiss.Index) -> faiss.Index:
+    return faiss.index_cpu_to_gpu(gpu_resources(), 0, index)

@@ -276,3 +276,49 @@ def test_image_scores_stay_exact_when_their_exact_searches_are_pruned(
     got = ivf.search_images(queries, None, upper)
     np.testing.assert_allclose(got.max(1), true.max(1), rtol=1e-5)
     assert (got >= true * (1 - 1e-5)).all()
+
+
+class _FakeGpuResources:
+    """faiss-gpu's ``StandardGpuResources`` as far as :mod:`engine.knn` uses it."""
+
+    made = 0
+
+    def __init__(self) -> None:
+        type(self).made += 1
+        self.temp_memory: int | None = None
+
+    def setTempMemory(self, size: int) -> None:  # noqa: N802  (faiss's name)
+        self.temp_memory = size
+
+
+def test_gpu_indexes_share_one_bounded_resources_object(monkeypatch):
+    """The GPU path, simulated on the CPU: ``index_cpu_to_gpu`` hands back a real faiss
+    index, which (like faiss-gpu's) refuses unknown attributes. Fitting and loading two
+    indexes works and makes one resources object, with its scratch memory bounded."""
+    from engine import knn as knn_module
+
+    moved = []
+
+    def to_gpu(resources, device, index):
+        moved.append((resources, device))
+        return index  # a faiss-cpu IndexFlatL2: setting an attribute on it raises
+
+    _FakeGpuResources.made = 0
+    knn_module.gpu_resources.cache_clear()
+    monkeypatch.setattr(knn_module.faiss, "StandardGpuResources", _FakeGpuResources, raising=False)
+    monkeypatch.setattr(knn_module.faiss, "index_cpu_to_gpu", to_gpu, raising=False)
+    monkeypatch.setattr(knn_module, "_gpu_available", lambda: True)
+    try:
+        rng = np.random.default_rng(0)
+        bank = rng.standard_normal((64, 8)).astype(np.float32)
+        first, second = KnnIndex(use_gpu=True), KnnIndex(use_gpu=True)
+        first.fit(bank)
+        second.fit(bank[:32])
+        assert first.use_gpu and second.use_gpu
+        assert _FakeGpuResources.made == 1
+        assert len(moved) == 2 and moved[0][0] is moved[1][0] and moved[0][1] == 0
+        assert moved[0][0].temp_memory == knn_module.GPU_TEMP_MEMORY_BYTES
+        distances, ids = first.search(bank[:3], k=1)
+        assert ids[:, 0].tolist() == [0, 1, 2] and np.allclose(distances[:, 0], 0.0, atol=1e-4)
+    finally:
+        knn_module.gpu_resources.cache_clear()
