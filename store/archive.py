@@ -65,10 +65,7 @@ class ModelArchive:
 
 
 def threshold_of(files: dict[str, bytes]) -> float | None:
-    try:
-        return float(orjson.loads(files[CALIB])["threshold"])
-    except (KeyError, TypeError, ValueError):
-        return None
+    return models.calibration_facts(files.get(CALIB))[0]
 
 
 def _npz_facts(data: bytes, what: str) -> tuple[str, dict[str, Any]]:

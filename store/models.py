@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from store import atomic, retention
 from store.errors import CorruptModelError
 
@@ -95,12 +97,13 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def calibration_facts(path: Path | None) -> tuple[float | None, str | None]:
-    """``(threshold, method)`` of a calibration file; ``(None, None)`` if absent or unreadable."""
-    if path is None:
+def calibration_facts(source: Path | bytes | None) -> tuple[float | None, str | None]:
+    """``(threshold, method)`` of a calibration file (its path, or its bytes from an
+    archive); ``(None, None)`` if absent or unreadable."""
+    if source is None:
         return None, None
     try:
-        data = atomic.read_json(path)
+        data = orjson.loads(source) if isinstance(source, bytes) else atomic.read_json(source)
         return float(data["threshold"]), str(data.get("method", "ok_percentile"))
     except (ValueError, KeyError, TypeError):
         return None, None

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from configs.settings import Settings, apply_profile, load_settings
+from edge.cli.serve import check_port_free
 from edge.cli.supervisor import Child, Supervisor, on_interrupt, restore, shutdown
 
 if TYPE_CHECKING:
@@ -98,7 +99,7 @@ def _start_broker(port: int | None) -> LocalBroker:
         taken = answers("127.0.0.1", DEFAULT_BROKER_PORT)
         port = None if taken else DEFAULT_BROKER_PORT
     elif port:
-        _check_free("127.0.0.1", port, "(another bdi up?); choose another with --broker-port")
+        check_port_free("127.0.0.1", port, "(another bdi up?); choose another with --broker-port")
     return LocalBroker(port=port).start()
 
 
@@ -169,12 +170,6 @@ def api_url(settings: Settings) -> str:
     return f"http://{_local(settings.backend_host)}:{settings.backend_port}"
 
 
-def _check_free(host: str, port: int, hint: str) -> None:
-    from edge.cli.serve import check_port_free
-
-    check_port_free(host, port, hint)
-
-
 def health_ports(settings: Settings, n: int) -> list[int]:
     """Consumer i's health port: ``BDI_CONSUMER_HEALTH_PORT`` + i when the variable is set
     (0: none), else the first run of ``n`` free ports from ``DEFAULT_HEALTH_PORT``."""
@@ -185,14 +180,14 @@ def health_ports(settings: Settings, n: int) -> list[int]:
             raise ValueError(f"BDI_CONSUMER_HEALTH_PORT {base} + {n} consumers passes 65535")
         ports = list(range(base, base + n)) if base else []
         for port in ports:
-            _check_free(host, port, f"{hint}; set BDI_CONSUMER_HEALTH_PORT to a free base")
+            check_port_free(host, port, f"{hint}; set BDI_CONSUMER_HEALTH_PORT to a free base")
         return ports
     from edge.cli.serve import PortInUse
 
     for base in range(DEFAULT_HEALTH_PORT, DEFAULT_HEALTH_PORT + HEALTH_PORT_SEARCH):
         try:
             for port in range(base, base + n):
-                _check_free(host, port, hint)
+                check_port_free(host, port, hint)
         except PortInUse:
             continue
         return list(range(base, base + n))
@@ -211,7 +206,7 @@ def start_service(
         raise ValueError("--consumers must be at least 1")
     stop = stop or threading.Event()
     hint = "(another bdi up or bdi serve?); choose another with --port or BDI_BACKEND_PORT"
-    _check_free(settings.backend_host, settings.backend_port, hint)
+    check_port_free(settings.backend_host, settings.backend_port, hint)
     ports = health_ports(settings, consumers)
     _preflight(settings)
     sup = Supervisor(dict(os.environ))
