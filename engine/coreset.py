@@ -21,6 +21,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+# the distance a chosen row is given: below any real one, so it is never chosen twice
+_CHOSEN = -1.0
+
 
 class Coreset(NamedTuple):
     indices: torch.Tensor  # (k,) int64 indices into the input rows, in selection order
@@ -73,8 +76,12 @@ def _greedy_dense(z: torch.Tensor, k: int, start: int) -> tuple[torch.Tensor, to
         centre = z.index_select(0, current.view(1))  # (1, d)
         d2 = sq + (centre * centre).sum() - 2.0 * (z @ centre.T).squeeze(1)
         torch.minimum(min_d2, d2.clamp_min_(0.0), out=min_d2)
+        # a chosen row ranks below every other, 0 included: the expansion above leaves it a
+        # rounding error (not 0) that could win the next argmax, and once every row is
+        # covered exactly (duplicates) a chosen row could tie for it
+        min_d2.index_fill_(0, current.view(1), _CHOSEN)
         current = torch.argmax(min_d2)
-    return selected, min_d2.max().sqrt()
+    return selected, min_d2.max().clamp_min(0.0).sqrt()
 
 
 def _greedy_pruned(
@@ -90,6 +97,7 @@ def _greedy_pruned(
     owner = np.zeros(n, dtype=np.int32)
     z_sq = np.einsum("ij,ij->i", z, z)
     r = np.sqrt(np.maximum(((z - z[start]) ** 2).sum(1), 0.0)).astype(np.float32)
+    r[start] = _CHOSEN
     twice_r = 2.0 * r
     selected[0], centres[0] = start, z[start]
     centre_sq[0] = float(z[start] @ z[start])
@@ -101,8 +109,9 @@ def _greedy_pruned(
         c = z[new]
         c_sq = float(c @ c)
         selected[i], centres[i], centre_sq[i] = new, c, c_sq
-        # the centre covers itself exactly (the expansion below may leave a rounding error)
-        r[new] = twice_r[new] = 0.0
+        # a chosen row ranks below every other (see _greedy_dense) and is never a candidate
+        # again (its twice_r is negative)
+        r[new] = twice_r[new] = _CHOSEN
         # distance of the new centre to every earlier centre, via one mat-vec
         dc2 = centre_sq[:i] + c_sq - 2.0 * (centres[:i] @ c)
         dc = np.sqrt(np.maximum(dc2, 0.0))
@@ -122,7 +131,7 @@ def _greedy_pruned(
         owner[hit] = i
     if progress is not None:
         progress(k, k)
-    return selected, float(r.max())
+    return selected, max(0.0, float(r.max()))
 
 
 def coverage_radius(z: torch.Tensor, indices: torch.Tensor, chunk: int = 8192) -> float:

@@ -176,3 +176,22 @@ def test_random_projection_roughly_preserves_distances() -> None:
     ratio = after / before
     assert float(ratio.min()) > 0.75
     assert float(ratio.max()) < 1.25
+
+
+@pytest.mark.parametrize("kind", ["dense", "pruned"])
+def test_duplicate_rows_are_never_picked_twice(kind: str) -> None:
+    """100 distinct rows, each stored three times, and 150 picks: once every distinct row is
+    chosen the rest are covered exactly, and no chosen row may come back (a rounding error
+    left on a chosen centre's own distance, or a tie at zero, used to bring one back)."""
+    rng = np.random.default_rng(0)
+    distinct = rng.standard_normal((100, 64)).astype(np.float32) * 3.0
+    z = np.repeat(distinct, 3, axis=0)[rng.permutation(300)]
+    if kind == "dense":
+        idx_t, radius_t = _greedy_dense(torch.from_numpy(z), 150, 0)
+        idx, radius = idx_t.numpy(), float(radius_t)
+    else:
+        idx, radius = _greedy_pruned(z, 150, 0)
+    assert len(set(idx.tolist())) == 150
+    # the first 100 picks are the 100 distinct rows: coverage is complete after them
+    assert len({z[i].tobytes() for i in idx[:100]}) == 100
+    assert radius == pytest.approx(0.0, abs=1e-2)
