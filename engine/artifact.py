@@ -47,9 +47,7 @@ def to_bytes(model: PatchCoreModel) -> dict[str, bytes]:
     if model.shortlist is not None:
         arrays["shortlist"] = model.shortlist
     np.savez(buf, **arrays)  # type: ignore[arg-type]
-    index = model.index._require()
-    if model.index.use_gpu:
-        index = faiss.index_gpu_to_cpu(index)
+    index = model.index.cpu_index()
     out = {NPZ: buf.getvalue(), INDEX: faiss.serialize_index(index).tobytes()}
     if model.calibration is not None:
         out[CALIB] = calibration_bytes(model.calibration)
@@ -75,11 +73,15 @@ def load(directory: Path, base_name: str, nprobe: int = 8, use_gpu: bool = False
         raise ArtifactError(f"unreadable memory bank {paths[NPZ]}: {exc}") from exc
     if paths[INDEX].is_file():
         try:
-            index = KnnIndex.load(paths[INDEX], nprobe=nprobe, use_gpu=use_gpu)
-        except RuntimeError as exc:
+            index = KnnIndex.read(paths[INDEX], nprobe=nprobe)
+        except (RuntimeError, TypeError) as exc:
             raise ArtifactError(f"unreadable index {paths[INDEX]}: {exc}") from exc
         if index.size != len(bank):
             raise ArtifactError(f"{paths[INDEX]} holds {index.size} rows, bank {len(bank)}")
+        # outside the file checks: a GPU failure here (out of memory, a driver error) is a
+        # DeviceError, never a damaged model
+        if use_gpu:
+            index = index.to_device()
     else:  # older artifacts may carry the bank only; rebuild the exact index
         index = KnnIndex("exact", use_gpu=use_gpu).fit(bank)
     calibration = None

@@ -19,6 +19,11 @@ class DeviceError(EngineError):
     """CUDA is required but not available."""
 
 
+class DeviceMemoryError(DeviceError):
+    """The GPU ran out of memory (placing a model's index, or a search): transient, the
+    model itself is sound (HTTP 503; ERROR verdicts for the frames concerned)."""
+
+
 class GridMismatchError(EngineError):
     """An image's token grid differs from the model's (HTTP 400)."""
 

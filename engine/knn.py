@@ -1,9 +1,11 @@
 """Nearest-neighbour search over a memory bank, behind ``fit / search / save / load``.
 
-faiss is hidden here; GPU vs CPU is chosen in :func:`_to_device` only.
+faiss is hidden here. The bank always sits in a CPU faiss index (rows read back, saved);
+with ``use_gpu`` every search goes to an accelerator instead (:mod:`engine.device_knn`:
+faiss-gpu, or torch where faiss-gpu is absent), always exactly.
 
 Modes:
-- ``exact``: brute-force L2 (``IndexFlatL2``); on CUDA always this one.
+- ``exact``: brute-force L2 (``IndexFlatL2``); on an accelerator always this one.
 - ``ivf``: inverted lists (``IndexIVFFlat``) on the CPU. An IVF search can miss the true
   nearest neighbour but never returns a distance *below* it, so it can only raise a score.
   :meth:`KnnIndex.search_images` then re-scores exactly the patches that decide each
@@ -16,14 +18,16 @@ image score: only contenders are searched, approximately first, then exactly.
 
 from __future__ import annotations
 
-import functools
+import copy
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import faiss
 import numpy as np
 import torch
+
+from engine.device_knn import DeviceBackend, DeviceSearch, device_backend, device_search
 
 if TYPE_CHECKING:
     from configs.settings import KnnMode  # the accepted values of BDI_KNN_MODE
@@ -65,19 +69,16 @@ def _top(values: np.ndarray, k: int) -> np.ndarray:
     return mask
 
 
-def _gpu_available() -> bool:
-    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-
-
 class KnnIndex:
     """L2 nearest neighbours of query rows ``(Q, C)`` in a memory bank ``(M, C)``."""
 
     def __init__(self, mode: KnnMode = "exact", nprobe: int = 4, use_gpu: bool = False) -> None:
         self.mode: KnnMode = mode
         self.nprobe = nprobe
-        self.use_gpu = use_gpu and _gpu_available()
+        self.use_gpu = use_gpu and device_backend() is not None
         self._index: faiss.Index | None = None
         self._flat: faiss.Index | None = None  # exact index used for refinement
+        self._device: DeviceSearch | None = None  # every search, with use_gpu
         self._bank: np.ndarray | None = None  # the rows, read out of the index once
         self._pruner: _Projection | None = None  # lower bounds for exact searches
 
@@ -87,7 +88,20 @@ class KnnIndex:
 
     @property
     def kind(self) -> str:
-        return "ivf" if isinstance(self._index, faiss.IndexIVF) else "exact"
+        """How searches run: "ivf" (approximate first) or "exact"."""
+        if self._device is None and isinstance(self._index, faiss.IndexIVF):
+            return "ivf"
+        return "exact"
+
+    @property
+    def backend(self) -> DeviceBackend | Literal["faiss-cpu"]:
+        """What answers the searches: "faiss-cpu", or the accelerator's "faiss-gpu" or
+        "torch"."""
+        if not self.use_gpu:
+            return "faiss-cpu"
+        backend = device_backend()
+        assert backend is not None  # use_gpu is only kept where one exists
+        return backend
 
     def fit(self, bank: np.ndarray) -> KnnIndex:
         bank = np.ascontiguousarray(bank, dtype=np.float32)
@@ -111,8 +125,8 @@ class KnnIndex:
     def _configure(self) -> None:
         index = self._index
         assert index is not None
-        # read while the index is still on the host; scoring (reweighting) and saving
-        # need the rows, and reading IVF lists back is a loop over every list
+        # read once: scoring (reweighting) needs the rows, and reading IVF lists back is
+        # a loop over every list
         self._bank = _read_rows(index)
         if isinstance(index, faiss.IndexIVF):
             index.nprobe = min(self.nprobe, index.nlist)
@@ -121,7 +135,7 @@ class KnnIndex:
         else:
             self._flat = index
         if self.use_gpu:
-            self._index = self._flat = _to_device(self._flat)
+            self._device = device_search(self._bank, self._flat)
         self._pruner = (
             _Projection(self._bank)
             if not self.use_gpu and len(self._bank) >= PRUNE_MIN_BANK
@@ -146,7 +160,10 @@ class KnnIndex:
         index = self._flat if exact else self._require()
         assert index is not None
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        d2, ids = index.search(queries, k)
+        if self._device is not None:
+            d2, ids = self._device.search(queries, k)
+        else:
+            d2, ids = index.search(queries, k)
         # an IVF probe that reached no list answers -1 / +inf: never a low score
         d2 = np.where(ids < 0, np.inf, d2)
         return np.sqrt(np.maximum(d2, 0.0)), ids
@@ -255,20 +272,39 @@ class KnnIndex:
             dist[where] = np.minimum(dist[where], self.search(q)[0][:, 0])
         return dist
 
+    def cpu_index(self) -> faiss.Index:
+        """The faiss index holding the bank on the host (what is saved)."""
+        return self._require()
+
     def save(self, path: Path) -> None:
-        index = self._require()
-        if self.use_gpu:
-            index = faiss.index_gpu_to_cpu(index)
-        faiss.write_index(index, str(path))
+        faiss.write_index(self._require(), str(path))
 
     @classmethod
-    def load(cls, path: Path, nprobe: int = 8, use_gpu: bool = False) -> KnnIndex:
+    def read(cls, path: Path, nprobe: int = 8) -> KnnIndex:
+        """A saved index, on the host. A damaged file raises RuntimeError (faiss) or
+        TypeError (an index kind this class does not hold)."""
         index = faiss.read_index(str(path))
         mode: KnnMode = "ivf" if isinstance(index, faiss.IndexIVF) else "exact"
-        knn = cls(mode=mode, nprobe=nprobe, use_gpu=use_gpu)
+        knn = cls(mode=mode, nprobe=nprobe)
         knn._index = index
         knn._configure()
         return knn
+
+    def to_device(self) -> KnnIndex:
+        """The same index searched on the accelerator, where one exists (else itself).
+        Failures there are :class:`engine.errors.DeviceError`, never a damaged file's."""
+        if self.use_gpu or device_backend() is None:
+            return self
+        assert self._flat is not None
+        knn = copy.copy(self)
+        knn.use_gpu, knn._pruner = True, None  # pruning is a CPU aid
+        knn._device = device_search(self.bank(), self._flat)
+        return knn
+
+    @classmethod
+    def load(cls, path: Path, nprobe: int = 8, use_gpu: bool = False) -> KnnIndex:
+        knn = cls.read(path, nprobe)
+        return knn.to_device() if use_gpu else knn
 
 
 class _Projection:
@@ -343,23 +379,3 @@ def _read_rows(index: faiss.Index) -> np.ndarray:
     if hasattr(index, "reconstruct_n"):
         return index.reconstruct_n(0, index.ntotal)
     raise TypeError(f"cannot read the bank of {type(index).__name__}")
-
-
-# GPU scratch memory faiss may hold per process (its default reserves ~1.5 GiB per
-# StandardGpuResources); exact searches of a batch's patches need far less
-GPU_TEMP_MEMORY_BYTES = 256 * 1024 * 1024
-
-
-@functools.cache
-def gpu_resources() -> faiss.StandardGpuResources:
-    """The process's one ``StandardGpuResources``, made on first use and shared by every
-    GPU index (one each would reserve scratch and pinned host memory per cached model).
-    Held here for the life of the process, which keeps it alive as long as its indexes:
-    faiss index objects refuse new attributes, so it cannot ride on the index."""
-    resources = faiss.StandardGpuResources()
-    resources.setTempMemory(GPU_TEMP_MEMORY_BYTES)
-    return resources
-
-
-def _to_device(index: faiss.Index) -> faiss.Index:
-    return faiss.index_cpu_to_gpu(gpu_resources(), 0, index)

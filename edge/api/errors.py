@@ -72,6 +72,7 @@ ERROR_TABLE: list[tuple[type[Exception], int, str]] = [
     (engine_errors.ImageTooLargeError, 413, "image_too_large"),
     (engine_errors.ImageDecodeError, 400, "invalid_image"),
     (engine_errors.BackboneWeightsError, 500, "backbone_weights"),
+    (engine_errors.DeviceMemoryError, 503, "device_out_of_memory"),
     (engine_errors.DeviceError, 500, "device"),
     # calibration errors (empty or non-finite scores) and the like: the input's fault
     (engine_errors.EngineError, 400, "engine_error"),
