@@ -28,6 +28,9 @@ from store import errors as store_errors
         (engine_errors.ImageTooLargeError("x"), 413, "image_too_large"),
         (engine_errors.ImageDecodeError("x"), 400, "invalid_image"),
         (CalibrationError("x"), 400, "engine_error"),
+        # a full GPU is transient (the client may retry), a model's files are not at fault
+        (engine_errors.DeviceMemoryError("x"), 503, "device_out_of_memory"),
+        (engine_errors.DeviceError("x"), 500, "device"),
     ],
 )
 def test_error_classes_map_to_statuses(error: Exception, status: int, code: str) -> None:
