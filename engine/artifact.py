@@ -15,6 +15,7 @@ import numpy as np
 import orjson
 
 from engine.calibration import Calibration
+from engine.device import COMPUTE_DTYPES
 from engine.errors import EngineError
 from engine.knn import KnnIndex
 from engine.patchcore import ModelMeta, PatchCoreModel
@@ -71,6 +72,12 @@ def load(directory: Path, base_name: str, nprobe: int = 8, use_gpu: bool = False
             shortlist = npz["shortlist"].astype(np.int32) if "shortlist" in npz else None
     except Exception as exc:  # zip, header and payload damage surface as many types
         raise ArtifactError(f"unreadable memory bank {paths[NPZ]}: {exc}") from exc
+    # checked now, not at the model's first frame (JSON may hold any type there)
+    if not isinstance(meta.compute_dtype, str) or meta.compute_dtype not in COMPUTE_DTYPES:
+        raise ArtifactError(
+            f"{paths[NPZ]} records compute dtype {meta.compute_dtype!r}; "
+            f"expected one of {', '.join(COMPUTE_DTYPES)}"
+        )
     if paths[INDEX].is_file():
         try:
             index = KnnIndex.read(paths[INDEX], nprobe=nprobe)

@@ -51,13 +51,18 @@ class Backbone(nn.Module):
         self.spec = spec
 
     @torch.inference_mode()
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, images: torch.Tensor, dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+        """Feature maps of ``images``, computed in ``dtype`` (None: the device's default,
+        ``spec.dtype``): bf16 / fp16 by autocast on either device, else plain fp32. The
+        maps come back fp32 whatever the compute dtype."""
+        dtype = self.spec.dtype if dtype is None else dtype
         images = images.to(self.spec.device, non_blocking=True)
         if self.spec.device.type == "cpu":
-            images = images.contiguous(memory_format=torch.channels_last)
             # left channels-last: ``aggregate`` wants (B, h, w, C) rows, a free view of it
+            images = images.contiguous(memory_format=torch.channels_last)
+        if dtype == torch.float32:
             return [f.float() for f in self.net(images)]
-        with torch.autocast(self.spec.device.type, dtype=self.spec.dtype):
+        with torch.autocast(self.spec.device.type, dtype=dtype):
             return [f.float() for f in self.net(images)]
 
 

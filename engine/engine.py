@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from engine import calibration as calib
 from engine.anomaly_map import anomaly_maps
 from engine.backbone import RANDOM_WEIGHTS, Backbone, load_backbone
 from engine.config import EngineConfig
 from engine.decision import Inference, InferItem, decide, failed, needs_map
-from engine.device import DeviceSpec, select_device
+from engine.device import DeviceSpec, compute_dtype, dtype_name, select_device
 from engine.errors import EngineError
 from engine.images import to_tensor
 from engine.leave_one_out import leave_one_out_neighbours, position_baseline, positional_shortlist
@@ -105,13 +106,17 @@ class Engine:
         backbone: Backbone,
         size: int,
         progress: Progress = _noop,
+        dtype: torch.dtype | None = None,
     ) -> np.ndarray:
-        """RGB images -> patch features ``(B, h, w, C)`` float32, in device-sized batches."""
+        """RGB images -> patch features ``(B, h, w, C)`` float32, in device-sized batches,
+        the backbone computing in ``dtype`` (None: the device's default). A model's images
+        are embedded in the model's dtype (:meth:`model_dtype`)."""
         step = self.batch_size
         out: list[np.ndarray] = []
         for start in range(0, len(images), step):
             x = to_tensor(list(images[start : start + step]), size)
-            out.append(aggregate(backbone(x), backbone.info.grid_map).cpu().numpy())
+            maps = backbone(x, dtype)
+            out.append(aggregate(maps, backbone.info.grid_map).cpu().numpy())
             progress("embed", min(start + step, len(images)), len(images))
         if len(out) == 1:
             return out[0]  # one forward (the usual batch): no copy
@@ -148,8 +153,10 @@ class Engine:
         size = s.image_size
         rate = s.coreset_rate if coreset_rate is None else coreset_rate
         bb = self.backbone(s.backbone, size)
+        # the device's dtype: recorded in the model, which is scored in it from then on
+        dtype = self.spec.dtype
         t0 = time.perf_counter()
-        feats = self.embed(images, bb, size, progress)
+        feats = self.embed(images, bb, size, progress, dtype)
         n_img, h, w, c = feats.shape
         t1 = time.perf_counter()
         index, ids, timing = build_memory(
@@ -184,6 +191,7 @@ class Engine:
             n_patches=n_img * h * w,
             memory_bank=len(ids),
             baseline_images=0 if baseline is None else len(loo),
+            compute_dtype=dtype_name(dtype),
         )
         model = PatchCoreModel(meta=meta, index=index, baseline=baseline, shortlist=shortlist)
         ok = np.empty(0)
@@ -200,7 +208,7 @@ class Engine:
     def image_scores(self, model: PatchCoreModel, images: Sequence[np.ndarray]) -> np.ndarray:
         """Image scores of many images against one model (calibration, datasets)."""
         bb = self._backbone_for(model)
-        feats = self.embed(images, bb, model.meta.image_size)
+        feats = self.embed(images, bb, model.meta.image_size, dtype=self.model_dtype(model))
         no_maps = np.zeros(len(feats), dtype=bool)
         return score(model, feats, self.config.score_reweight, no_maps).image
 
@@ -211,6 +219,12 @@ class Engine:
         if ng_scores is None or len(ng_scores) == 0:
             return calib.from_ok(ok_scores, pct)
         return calib.from_ok_ng(ok_scores, ng_scores, pct)
+
+    @staticmethod
+    def model_dtype(model: PatchCoreModel) -> torch.dtype:
+        """The dtype the model's backbone ran in at fit (and calibration) time: its images
+        are embedded in it on any device, whatever the device's default."""
+        return compute_dtype(model.meta.compute_dtype)
 
     def _backbone_for(self, model: PatchCoreModel) -> Backbone:
         bb = self.backbone(model.meta.backbone, model.meta.image_size)
@@ -231,18 +245,20 @@ class Engine:
     def infer(self, items: Sequence[InferItem]) -> list[Inference]:
         """Score a batch of frames that may belong to different models.
 
-        The backbone runs once per (backbone, input size) group; each model then searches
-        its own memory bank. A failure is confined to the frames it concerns, as ERROR.
+        The backbone runs once per (backbone, input size, weights, compute dtype) group;
+        each model then searches its own memory bank. A failure is confined to the frames
+        it concerns, as ERROR.
         """
         t_start = time.perf_counter()
         results: list[Inference | None] = [None] * len(items)
-        groups: dict[tuple[str, int, str], list[int]] = {}
+        groups: dict[tuple[str, int, str, str], list[int]] = {}
         for i, item in enumerate(items):
             if item.model is None:
                 results[i] = Inference("NO_MODEL", None, None, error="no model for this frame")
                 continue
             meta = item.model.meta
-            groups.setdefault((meta.backbone, meta.image_size, meta.backbone_weights), []).append(i)
+            key = (meta.backbone, meta.image_size, meta.backbone_weights, meta.compute_dtype)
+            groups.setdefault(key, []).append(i)
         for members in groups.values():
             self._infer_group(items, members, results)
         total_ms = (time.perf_counter() - t_start) * 1e3
@@ -261,8 +277,10 @@ class Engine:
         assert first is not None
         try:
             bb = self._backbone_for(first)
+            dtype = self.model_dtype(first)
             t0 = time.perf_counter()
-            feats = self.embed([items[i].image for i in members], bb, first.meta.image_size)
+            images = [items[i].image for i in members]
+            feats = self.embed(images, bb, first.meta.image_size, dtype=dtype)
             embed_ms = (time.perf_counter() - t0) * 1e3 / len(members)
         except (EngineError, RuntimeError, ValueError) as exc:
             for i in members:

@@ -31,6 +31,7 @@ MAP_SLACK = 1e-5  # relative slack on region thresholds (see region_floor)
 # the artifact's name of ModelMeta.baseline_images (and "nominal" the baseline's array):
 # file-format names, kept so that stored models load and keep their versions
 _BASELINE_IMAGES_KEY = "nominal_images"
+FLOAT32 = "float32"  # ModelMeta.compute_dtype of fp32 models, left out of their metadata
 
 
 def aggregate(feature_maps: list[torch.Tensor], grid_map: int = 0) -> torch.Tensor:
@@ -83,6 +84,10 @@ class ModelMeta:
     n_patches: int
     memory_bank: int
     baseline_images: int = 0  # training images behind the per-position baseline; 0 = none
+    # the backbone's dtype when the model was fitted, and so calibrated: "float32",
+    # "bfloat16" or "float16" (engine.device.COMPUTE_DTYPES). The model is scored in it on
+    # any device, so that its threshold means what it meant at calibration.
+    compute_dtype: str = FLOAT32
     created_at: float = field(default_factory=time.time)
     format: int = FORMAT_VERSION
 
@@ -91,6 +96,10 @@ class ModelMeta:
         d = asdict(self)
         d["grid"] = list(self.grid)
         d[_BASELINE_IMAGES_KEY] = d.pop("baseline_images")
+        if self.compute_dtype == FLOAT32:
+            # absent means fp32, as in every model stored before the key existed: their
+            # metadata, and so their versions, stay what they were
+            del d["compute_dtype"]
         return d
 
     @classmethod

@@ -156,3 +156,35 @@ def test_shortlist_naming_rows_outside_the_bank_is_refused(
         np.savez(f, **arrays)
     with pytest.raises(ArtifactError, match="shortlist"):
         artifact.load(copy_of_saved, "base")
+
+
+def test_an_fp32_model_stores_no_compute_dtype_and_loads_as_fp32(
+    model: PatchCoreModel, saved: Path
+) -> None:
+    """Every model stored before the key existed was fitted in fp32: absent means fp32."""
+    with np.load(saved / "base.npz") as npz:
+        assert "compute_dtype" not in json.loads(str(npz["meta"]))
+    assert artifact.load(saved, "base").meta.compute_dtype == "float32"
+
+
+def test_a_bf16_model_keeps_its_compute_dtype(model: PatchCoreModel, tmp_path: Path) -> None:
+    bf16 = PatchCoreModel(meta=replace(model.meta, compute_dtype="bfloat16"), index=model.index)
+    artifact.save(bf16, tmp_path, "b")
+    with np.load(tmp_path / "b.npz") as npz:
+        assert json.loads(str(npz["meta"]))["compute_dtype"] == "bfloat16"
+    loaded = artifact.load(tmp_path, "b")
+    assert loaded.meta.compute_dtype == "bfloat16"
+    assert loaded.version == bf16.version != model.version
+
+
+@pytest.mark.parametrize("stored", ["float64", "bf16", "", 16, None, ["bfloat16"]])
+def test_an_unknown_compute_dtype_is_refused_at_load(copy_of_saved: Path, stored: object) -> None:
+    npz = copy_of_saved / "base.npz"
+    with np.load(npz, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    meta = json.loads(str(arrays["meta"]))
+    arrays["meta"] = np.array(json.dumps({**meta, "compute_dtype": stored}))
+    with npz.open("wb") as f:
+        np.savez(f, **arrays)
+    with pytest.raises(ArtifactError, match="compute dtype"):
+        artifact.load(copy_of_saved, "base")

@@ -181,3 +181,33 @@ def test_batch_norm_folding_keeps_outputs():
     with torch.no_grad():
         for a, b in zip(plain(x), folded(x), strict=True):
             assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(a.abs().max()))
+
+
+def test_forward_computes_in_the_dtype_asked_for(spec: DeviceSpec) -> None:
+    """bf16 / fp16 by autocast, on the CPU as on CUDA; the maps come back fp32 (and
+    channels-last on the CPU, as ``aggregate`` wants them) whatever the compute dtype."""
+    backbone = load_backbone("efficientnet_lite0", spec)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    fp32 = backbone(x, torch.float32)
+    for dtype in (torch.bfloat16, torch.float16):
+        low = backbone(x, dtype)
+        for ref, got in zip(fp32, low, strict=True):
+            assert got.dtype == torch.float32
+            if spec.device.type == "cpu":
+                assert got.is_contiguous(memory_format=torch.channels_last)
+            assert not torch.equal(ref, got)  # really computed in lower precision
+            # ... and still the same features, to that precision
+            assert float((got - ref).abs().max()) < 0.1 * float(ref.abs().max())
+
+
+def test_forward_defaults_to_the_device_dtype(spec: DeviceSpec) -> None:
+    fp32_net, bf16_net = (
+        load_backbone("efficientnet_lite0", DeviceSpec(spec.device, dtype))
+        for dtype in (torch.float32, torch.bfloat16)
+    )
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    for a, b in zip(bf16_net(x), fp32_net(x, torch.bfloat16), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for a, b in zip(bf16_net(x, torch.float32), fp32_net(x), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not all(torch.equal(a, b) for a, b in zip(bf16_net(x), fp32_net(x), strict=True))

@@ -84,9 +84,9 @@ def test_one_call_runs_the_backbone_in_forwards_of_the_batch_size(
     forward = bb.forward
     sizes: list[int] = []
 
-    def counting(x):
+    def counting(x, dtype=None):
         sizes.append(len(x))
-        return forward(x)
+        return forward(x, dtype)
 
     monkeypatch.setattr(bb, "forward", counting)
     a = split.infer([InferItem(model, im) for im in images])
@@ -414,9 +414,9 @@ def test_warm_up_runs_one_forward_twice_and_times_the_second(
     forward = bb.forward
     sizes: list[tuple[int, ...]] = []
 
-    def counting(x):
+    def counting(x, dtype=None):
         sizes.append(tuple(x.shape))
-        return forward(x)
+        return forward(x, dtype)
 
     monkeypatch.setattr(bb, "forward", counting)
     size = engine.config.image_size

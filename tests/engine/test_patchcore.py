@@ -1,4 +1,5 @@
-"""Patch feature aggregation onto the scoring grid; shortlist bounds; the region search."""
+"""Patch feature aggregation onto the scoring grid; shortlist bounds; the region search;
+model metadata."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.anomaly_map import anomaly_maps, resize_map
-from engine.patchcore import MapSpec, _search_near_regions, aggregate
+from engine.patchcore import MapSpec, ModelMeta, _search_near_regions, aggregate, content_version
 
 
 def _maps() -> list[torch.Tensor]:
@@ -131,3 +132,34 @@ def test_region_search_gives_the_fully_searched_map_wherever_it_reaches_the_thre
         np.testing.assert_array_equal(a >= threshold, hot)
         np.testing.assert_allclose(a[hot], b[hot], rtol=1e-6)
     assert index.searched < (0.6 if loose == "everywhere" else 1.0) * truth.size
+
+
+# A model's metadata as stored before ModelMeta.compute_dtype existed, and the content
+# version that metadata and _BANK were named by then.
+_META = dict(
+    backbone="efficientnet_lite0", backbone_weights="sha256:0123456789abcdef", image_size=224,
+    grid=(28, 28), feature_dim=176, mm_per_px=0.05, coreset_rate=0.1, n_train_images=54,
+    n_patches=42336, memory_bank=4233, baseline_images=54, created_at=1767225600.0,
+)  # fmt: skip
+_KEYS = {"backbone", "backbone_weights", "coreset_rate", "created_at", "feature_dim", "format",
+         "grid", "image_size", "memory_bank", "mm_per_px", "n_patches", "n_train_images",
+         "nominal_images"}  # fmt: skip
+_BANK = np.arange(12, dtype=np.float32).reshape(4, 3)
+_VERSION_BEFORE_COMPUTE_DTYPE = "0eb9973097e68481"
+
+
+def test_fp32_metadata_and_version_are_what_they_were() -> None:
+    meta = ModelMeta(**_META)  # type: ignore[arg-type]
+    assert meta.compute_dtype == "float32"
+    assert set(meta.to_dict()) == _KEYS
+    assert content_version(meta, _BANK) == _VERSION_BEFORE_COMPUTE_DTYPE
+
+
+def test_a_lower_precision_is_recorded_and_read_back() -> None:
+    meta = ModelMeta(**_META, compute_dtype="bfloat16")  # type: ignore[arg-type]
+    stored = meta.to_dict()
+    assert stored["compute_dtype"] == "bfloat16"
+    assert ModelMeta.from_dict(stored) == meta
+    assert content_version(meta, _BANK) != _VERSION_BEFORE_COMPUTE_DTYPE
+    old = ModelMeta(**_META).to_dict()  # type: ignore[arg-type]
+    assert ModelMeta.from_dict(old).compute_dtype == "float32"  # absent: fp32

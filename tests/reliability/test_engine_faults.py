@@ -94,9 +94,9 @@ def test_nan_inf_and_engine_exceptions_mid_batch(
 
     real_embed = trained.engine.embed
 
-    def corrupt_embed(images, backbone, size, progress=None):
-        feats = real_embed(images, backbone, size) if progress is None else real_embed(
-            images, backbone, size, progress)  # fmt: skip
+    def corrupt_embed(images, backbone, size, progress=None, dtype=None):
+        feats = real_embed(images, backbone, size, dtype=dtype) if progress is None else real_embed(
+            images, backbone, size, progress, dtype)  # fmt: skip
         for i, image in enumerate(images):
             if marker(image) == NAN_FEATURES:
                 feats[i] = np.nan
