@@ -278,8 +278,8 @@ def test_a_model_rewritten_twice_while_a_consumer_loads_it(trained, tmp_path, mo
 
     class RacingIndex(real):  # type: ignore[misc, valid-type]
         @classmethod
-        def load(cls, *args, **kwargs):
-            index = real.load(*args, **kwargs)
+        def read(cls, *args, **kwargs):
+            index = real.read(*args, **kwargs)
             if not writes:  # a retraining and its recalibration land right now
                 for model in models[2:]:
                     writes.append(writer.save_model(writer.ref(*IDS), model).revision)
