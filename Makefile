@@ -6,9 +6,9 @@ STAMP  := $(VENV)/.installed
 # the local settings file every `bdi` command reads (bdi reads the same BDI_ENV_FILE)
 BDI_ENV_FILE ?= bdi.env
 
-.PHONY: install dev run demo test test-fast lint bench clean
+.PHONY: install kafka-jars dev run demo test test-fast lint bench clean
 
-install: $(STAMP) $(BDI_ENV_FILE)
+install: $(STAMP) $(BDI_ENV_FILE) kafka-jars
 
 # Reinstall only when the dependency list changes; otherwise `make install` is a no-op.
 $(STAMP): pyproject.toml
@@ -21,6 +21,11 @@ $(STAMP): pyproject.toml
 # CPU allowed, packaged EfficientNet-Lite0) for every `bdi` command run from here.
 $(BDI_ENV_FILE): | $(STAMP)
 	$(PY) -m configs auto
+
+# Apache Kafka's jars from Maven Central, once (.kafka/, git-ignored): the Kafka tests and
+# `bdi up --broker kafka` run them. Where Java 17 or Maven is missing it says so and goes on.
+kafka-jars: | $(STAMP)
+	$(PY) -m consumers.apache_kafka
 
 # the dev profile for this checkout, whatever the machine (edit bdi.env to change it back)
 dev: install

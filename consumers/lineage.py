@@ -30,6 +30,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from consumers.frames import KafkaRecord
+from consumers.topics import stop_consumer
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ async def _read_before(
         log.warning("cannot read back committed positions", extra={"error": repr(exc)})
     finally:
         try:
-            await client.stop()
+            await stop_consumer(client)
         except Exception as exc:  # a reader that never started: nothing to release
             log.debug("reader stop failed", extra={"error": repr(exc)})
     return found

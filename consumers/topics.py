@@ -4,8 +4,10 @@ partition lookups and positions, and the names partitions go by in logs."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +49,15 @@ async def start_client(bootstrap: str, client: Any) -> None:
         with contextlib.suppress(Exception):
             await (client.close() if hasattr(client, "close") else client.stop())
         raise BrokerUnavailableError(f"cannot reach Kafka at {bootstrap}: {exc}") from None
+
+
+async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
+    """Stop a consumer. A group-less one (manual assignment) starts a background task that
+    aiokafka 0.14 cancels and awaits on ``stop()``: cancelled before it first ran (no await
+    between start and stop yielded to the loop), that await raises ``CancelledError`` out of
+    ``stop()``. One yield first lets it run."""
+    await asyncio.sleep(0)
+    await consumer.stop()
 
 
 async def committed_offsets(
@@ -124,11 +135,20 @@ async def ensure_topics(
         await admin.close()
 
 
-async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    """The partitions of ``topic``, waiting for metadata a fresh client may not have yet."""
+async def topic_partitions(
+    consumer: AIOKafkaConsumer, topic: str, timeout_s: float = 30.0
+) -> list[TopicPartition]:
+    """The partitions of ``topic``, waiting for metadata a fresh client may not have yet
+    (a topic just created is not in every broker's metadata at once)."""
+    deadline = time.monotonic() + timeout_s
     parts = consumer.partitions_for_topic(topic)
     while not parts:
-        await consumer.client.force_metadata_update()
+        if time.monotonic() > deadline:
+            raise ConsumerError(f"topic {topic!r} has no partitions after {timeout_s:.0f} s")
+        await asyncio.sleep(0.1)
+        # aiokafka has no public call that refreshes the client's own metadata (``topics()``
+        # fetches a copy and leaves it as it was)
+        await consumer._client.force_metadata_update()
         parts = consumer.partitions_for_topic(topic)
     return [TopicPartition(topic, p) for p in sorted(parts)]
 

@@ -13,7 +13,6 @@ import asyncio
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -87,13 +86,22 @@ def _start_testcontainers() -> tuple[str, Callable[[], None]]:
 
 
 @pytest.fixture(scope="session")
-def kafka_broker() -> Iterator[Broker]:
+def kafka_broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
+    """The broker of the Kafka tests: ``BDI_TEST_KAFKA_BOOTSTRAP`` when set, else Apache
+    Kafka in a container (a Docker engine) or from its jars (Java 17 and Maven), else the
+    tests skip saying what is missing. ``BDI_TEST_KAFKA=tansu`` runs them on the embedded
+    broker instead (fast, but no transactions and no durable log)."""
+    from consumers.apache_kafka import KafkaCluster, missing_tools
     from consumers.broker import LocalBroker
     from tests.helpers.kafka import Broker, supports_transactions
 
     external = os.environ.get("BDI_TEST_KAFKA_BOOTSTRAP", "").strip()
     if external:
         yield Broker(external, "external", asyncio.run(supports_transactions(external)))
+        return
+    if os.environ.get("BDI_TEST_KAFKA", "").strip() == "tansu":
+        with LocalBroker() as local:
+            yield Broker(local.bootstrap, "tansu", False)
         return
     if _docker_answers():
         bootstrap, stop = _start_testcontainers()
@@ -102,6 +110,29 @@ def kafka_broker() -> Iterator[Broker]:
         finally:
             stop()
         return
+    missing = missing_tools()
+    if missing:
+        pytest.skip(
+            f"Apache Kafka cannot run here (missing {'; '.join(missing)}); "
+            "BDI_TEST_KAFKA=tansu runs the Kafka tests on the embedded broker"
+        )
+    cluster = KafkaCluster(nodes=1).start()
+    failed_before = request.session.testsfailed
+    try:
+        yield Broker(cluster.bootstrap, "apache-kafka", True, cluster)
+    finally:
+        keep = request.session.testsfailed > failed_before
+        cluster.stop(keep=keep)
+        if keep:
+            print(f"\nApache Kafka's logs kept in {cluster.root}")
+
+
+@pytest.fixture(scope="session")
+def tansu_broker() -> Iterator[Broker]:
+    """The embedded broker (Tansu), for what only it shows: a broker without transactions."""
+    from consumers.broker import LocalBroker
+    from tests.helpers.kafka import Broker
+
     with LocalBroker() as local:
         yield Broker(local.bootstrap, "tansu", False)
 
@@ -109,24 +140,9 @@ def kafka_broker() -> Iterator[Broker]:
 @pytest.fixture
 def make_topics(kafka_broker: Broker) -> Callable[..., Topics]:
     """Factory: fresh, uniquely named topics (and group) on the test broker."""
-    from consumers.topics import ensure_topics
-    from tests.helpers.kafka import Topics
+    from tests.helpers.kafka import topic_maker
 
-    def make(partitions: int = 4) -> Topics:
-        tag = uuid.uuid4().hex[:10]
-        topics = Topics(
-            f"t{tag}.frames", f"t{tag}.verdicts", f"t{tag}.dlq", f"t{tag}.heatmaps", f"g{tag}"
-        )
-        wanted = {
-            topics.frames: partitions,
-            topics.verdicts: partitions,
-            topics.dlq: 1,
-            topics.heatmaps: 1,
-        }
-        asyncio.run(ensure_topics(kafka_broker.bootstrap, wanted))
-        return topics
-
-    return make
+    return topic_maker(kafka_broker)
 
 
 @pytest.fixture(scope="session")

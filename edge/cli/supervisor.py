@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from consumers.apache_kafka import KafkaCluster
     from consumers.broker import LocalBroker
 
 API_STOP_S = 10.0  # uvicorn's own graceful shutdown is quick; past this it is killed
@@ -58,7 +59,7 @@ class Stopped:
 class Supervisor:
     env: dict[str, str]
     children: list[Child] = field(default_factory=list)
-    broker: LocalBroker | None = None
+    broker: LocalBroker | KafkaCluster | None = None
 
     def spawn(
         self, name: str, args: list[str], env: dict[str, str] | None = None, **kw: Any

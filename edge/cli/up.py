@@ -1,7 +1,8 @@
 """``bdi up``: the whole service on one machine, on embedded defaults.
 
 A supervisor, not a server: it checks that the API port and the consumers' health ports
-are free, starts a local Kafka-compatible broker (when ``BDI_KAFKA_BOOTSTRAP`` is unset),
+are free, starts a local broker (when ``BDI_KAFKA_BOOTSTRAP`` is unset: the embedded Tansu,
+or Apache Kafka with ``--broker kafka``),
 creates the topics, then runs ``bdi serve`` and ``bdi consume`` as child processes. The
 children and the broker run in their own sessions, so that Ctrl-C reaches the supervisor
 alone and they are stopped in order: consumers first (they finish their batch and commit),
@@ -28,6 +29,7 @@ from edge.cli.serve import check_port_free
 from edge.cli.supervisor import Child, Supervisor, on_interrupt, restore, shutdown
 
 if TYPE_CHECKING:
+    from consumers.apache_kafka import KafkaCluster
     from consumers.broker import LocalBroker
 
 DEFAULT_BROKER_PORT = 9092
@@ -55,6 +57,12 @@ def add_up_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     )  # fmt: skip
     up.add_argument("--partitions", type=int, default=4, help="frames topic partitions")
     up.add_argument("--port", type=int, default=None, help="API port (BDI_BACKEND_PORT)")
+    up.add_argument(
+        "--broker", choices=("tansu", "kafka"), default="tansu",
+        help="the local broker when BDI_KAFKA_BOOTSTRAP is unset: tansu (embedded, in memory, "
+        "starts at once; no transactions) or kafka (Apache Kafka from its jars, one KRaft "
+        "node; needs Java 17 and Maven, fetches the jars once)",
+    )  # fmt: skip
     up.add_argument(
         "--broker-port", type=int, default=None,
         help=f"local broker port (default {DEFAULT_BROKER_PORT}, or a free one if taken)",
@@ -92,7 +100,7 @@ def _answers_200(httpx: Any, url: str) -> bool:
         return False
 
 
-def _start_broker(port: int | None) -> LocalBroker:
+def _start_broker(port: int | None, kind: str = "tansu") -> LocalBroker | KafkaCluster:
     from consumers.broker import LocalBroker, answers
 
     if port is None:
@@ -100,7 +108,22 @@ def _start_broker(port: int | None) -> LocalBroker:
         port = None if taken else DEFAULT_BROKER_PORT
     elif port:
         check_port_free("127.0.0.1", port, "(another bdi up?); choose another with --broker-port")
+    if kind == "kafka":
+        from consumers.apache_kafka import KafkaCluster
+
+        print("bdi up: starting Apache Kafka (one KRaft node) ...", file=sys.stderr, flush=True)
+        return KafkaCluster(nodes=1, port=port or None).start()
     return LocalBroker(port=port).start()
+
+
+def _broker_note(sup: Supervisor) -> str:
+    from consumers.apache_kafka import KAFKA_VERSION, KafkaCluster
+
+    if sup.broker is None:
+        return ""
+    if isinstance(sup.broker, KafkaCluster):
+        return f" (local Apache Kafka {KAFKA_VERSION}, KRaft, logs in {sup.broker.root})"
+    return " (local broker Tansu, in memory)"
 
 
 def _local(host: str) -> str:
@@ -110,11 +133,11 @@ def _local(host: str) -> str:
 def _banner(settings: Settings, sup: Supervisor) -> str:
     url = api_url(settings)
     consumers = [c for c in sup.children if c.name.startswith("consumer")]
-    local = " (local broker, in memory)" if sup.broker is not None else ""
+    local = _broker_note(sup)
     lines = [
         "BDI Edge is up",
         f"  REST API  : {url}   (OpenAPI: {url}/docs)",
-        f"  Kafka     : {sup.env['BDI_KAFKA_BOOTSTRAP']}  {local}",
+        f"  Kafka     : {sup.env['BDI_KAFKA_BOOTSTRAP']}{local}",
         f"  topics    : frames {settings.kafka_topic_frames} -> verdicts "
         f"{settings.kafka_topic_verdicts}, dead letters {settings.kafka_topic_dlq}",
         f"  consumers : {len(consumers)} in group {settings.kafka_group}"
@@ -198,6 +221,7 @@ def health_ports(settings: Settings, n: int) -> list[int]:
 def start_service(
     settings: Settings, consumers: int, partitions: int, broker_port: int | None,
     ready_timeout_s: float, *, stop: threading.Event | None = None, prog: str = "bdi up",
+    broker: str = "tansu",
 ) -> Supervisor:  # fmt: skip
     """Broker (when none is configured), topics, API and consumers; returns once they are
     ready. Ports are checked before anything starts; on failure or ``stop`` everything
@@ -214,7 +238,7 @@ def start_service(
         if stop.is_set():
             raise Interrupted
         if not settings.kafka_bootstrap:
-            sup.broker = _start_broker(broker_port)
+            sup.broker = _start_broker(broker_port, broker)
             sup.env["BDI_KAFKA_BOOTSTRAP"] = sup.broker.bootstrap
         _create_topics(sup.env["BDI_KAFKA_BOOTSTRAP"], settings, partitions)
         deadline = time.monotonic() + ready_timeout_s
@@ -247,7 +271,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     code = 0
     try:
         sup = start_service(settings, consumers, partitions, args.broker_port,
-                            args.ready_timeout, stop=stop)  # fmt: skip
+                            args.ready_timeout, stop=stop, broker=args.broker)  # fmt: skip
         print(_banner(settings, sup), flush=True)
         print(f"  processes : {sup.pids()}", flush=True)
         while not stop.wait(0.2):

@@ -17,7 +17,7 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from consumers.topics import topic_partitions
+from consumers.topics import stop_consumer, topic_partitions
 from edge.simulator.discs import encode_png, make_disc, stream
 
 
@@ -135,7 +135,7 @@ class VerdictReader:
 
     async def stop(self) -> None:
         if self._consumer is not None:
-            await self._consumer.stop()
+            await stop_consumer(self._consumer)
             self._consumer = None
 
     async def poll(self, timeout_ms: int = 100) -> list[dict[str, Any]]:

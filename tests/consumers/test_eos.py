@@ -1,6 +1,6 @@
 """Exactly-once mode: a clear start-up failure where the broker has no transactions (the
-local Tansu broker), and the transactional path itself where it has (Apache Kafka through
-``BDI_TEST_KAFKA_BOOTSTRAP`` or testcontainers)."""
+embedded Tansu broker), and the transactional path itself on the test broker (Apache
+Kafka)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from tests.helpers.kafka import (
     read_all,
     read_until,
     running,
+    topic_maker,
     wait_all_committed,
 )
 from tests.helpers.paths import REPO
@@ -37,25 +38,20 @@ def test_one_transactional_id_per_input_partition():
 
 
 @pytest.mark.kafka
-def test_start_fails_clearly_where_the_broker_has_no_transactions(
-    kafka_broker, make_topics, trained
-):
-    if kafka_broker.transactions:
-        pytest.skip(f"the {kafka_broker.kind} broker supports transactions")
-    topics = make_topics(partitions=1)
-    settings = trained.settings(kafka_exactly_once=True, **topics.settings(kafka_broker.bootstrap))
+def test_start_fails_clearly_where_the_broker_has_no_transactions(tansu_broker, trained):
+    topics = topic_maker(tansu_broker)(partitions=1)
+    settings = trained.settings(kafka_exactly_once=True, **topics.settings(tansu_broker.bootstrap))
     with pytest.raises(TransactionsUnsupportedError) as info:
         asyncio.run(trained.consumer(settings).run())
     message = str(info.value)
     assert "BDI_KAFKA_EXACTLY_ONCE" in message and "InitProducerId" in message
-    assert kafka_broker.bootstrap in message
+    assert tansu_broker.bootstrap in message
 
 
 @pytest.mark.kafka
-def test_bdi_consume_exits_2_with_the_message(kafka_broker, make_topics, trained):
-    if kafka_broker.transactions:
-        pytest.skip(f"the {kafka_broker.kind} broker supports transactions")
-    topics = make_topics(partitions=1)
+def test_bdi_consume_exits_2_with_the_message(tansu_broker, trained):
+    kafka_broker = tansu_broker
+    topics = topic_maker(tansu_broker)(partitions=1)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BDI_", "BRAKEDISC_"))}
     cfg = {
         **TINY,
@@ -85,8 +81,8 @@ def test_bdi_consume_exits_2_with_the_message(kafka_broker, make_topics, trained
 def test_exactly_once_verdicts_and_offsets_commit_together(kafka_broker, make_topics, trained):
     if not kafka_broker.transactions:
         pytest.skip(
-            f"the {kafka_broker.kind} broker has no transactions (InitProducerId): set "
-            "BDI_TEST_KAFKA_BOOTSTRAP to an Apache Kafka, or run where Docker is available"
+            f"the {kafka_broker.kind} broker has no transactions (InitProducerId): run the "
+            "Kafka tests on Apache Kafka (Java 17 and Maven, Docker, or BDI_TEST_KAFKA_BOOTSTRAP)"
         )
     topics = make_topics(partitions=2)
     settings = trained.settings(kafka_exactly_once=True, **topics.settings(kafka_broker.bootstrap))

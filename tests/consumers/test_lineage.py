@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from consumers.broker import LocalBroker, free_port
 from consumers.lineage import Lineage, identity, replaced_logs
-from consumers.topics import committed_offsets, ensure_topics
+from consumers.topics import committed_offsets, ensure_topics, stop_consumer
 
 
 @dataclass
@@ -120,7 +120,7 @@ async def _replaced(
 
         return await replaced_logs(await committed_offsets(consumer, [tp]), lineage, reader)
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
 
 
 async def _commit(bootstrap: str, group: str, tp: TopicPartition, offset: int) -> None:
@@ -131,7 +131,7 @@ async def _commit(bootstrap: str, group: str, tp: TopicPartition, offset: int) -
         consumer.assign([tp])
         await consumer.commit({tp: offset})
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
 
 
 @pytest.mark.kafka
@@ -193,7 +193,7 @@ def test_a_position_committed_elsewhere_or_unreadable_is_kept(own_broker) -> Non
             committed = await committed_offsets(consumer, [tp])
             unreadable = await replaced_logs(committed, lineage, dead_reader)
         finally:
-            await consumer.stop()
+            await stop_consumer(consumer)
         return elsewhere, unreadable
 
     assert asyncio.run(run()) == ([], [])

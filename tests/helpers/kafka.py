@@ -17,13 +17,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
 from consumers import FrameConsumer
-from consumers.topics import topic_partitions
+from consumers.apache_kafka import KafkaCluster
+from consumers.topics import ensure_topics, stop_consumer, topic_partitions
 from edge.simulator.discs import encode_jpeg, encode_png, make_ng, make_ok
 
 RECIPE, ROLE, ROI = "disc-a", "Master1", "inspection-1"
 WAIT_S = 120.0  # a generous deadline for *arrival*; nothing asserts on durations
 
-BrokerKind = Literal["external", "testcontainers", "tansu"]
+BrokerKind = Literal["external", "testcontainers", "apache-kafka", "tansu"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class Broker:
     bootstrap: str
     kind: BrokerKind
     transactions: bool  # probed: InitProducerId works
+    cluster: KafkaCluster | None = None  # Apache Kafka run from its jars: nodes to restart
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,22 @@ class Topics:
             kafka_topic_verdicts=self.verdicts,
             kafka_topic_dlq=self.dlq,
         )
+
+
+def topic_maker(broker: Broker) -> Callable[..., Topics]:
+    """Factory: fresh, uniquely named topics (and group) on ``broker``."""
+
+    def make(partitions: int = 4) -> Topics:
+        tag = uuid.uuid4().hex[:10]
+        topics = Topics(
+            f"t{tag}.frames", f"t{tag}.verdicts", f"t{tag}.dlq", f"t{tag}.heatmaps", f"g{tag}"
+        )
+        wanted = {topics.frames: partitions, topics.verdicts: partitions, topics.dlq: 1,
+                  topics.heatmaps: 1}  # fmt: skip
+        asyncio.run(ensure_topics(broker.bootstrap, wanted))
+        return topics
+
+    return make
 
 
 @dataclass(frozen=True)
@@ -137,7 +155,7 @@ async def read_until(
                 records.extend(part)
         return records
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
 
 
 async def read_all(bootstrap: str, topic: str) -> list[ConsumerRecord]:
@@ -155,7 +173,7 @@ async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
         ends = await consumer.end_offsets(tps)
         return {tp.partition: offset for tp, offset in ends.items()}
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
 
 
 async def committed(bootstrap: str, group: str, topic: str) -> dict[int, int | None]:
@@ -167,7 +185,7 @@ async def committed(bootstrap: str, group: str, topic: str) -> dict[int, int | N
         tps = await topic_partitions(consumer, topic)
         return {tp.partition: await consumer.committed(tp) for tp in tps}
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
 
 
 async def wait_all_committed(

@@ -14,7 +14,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from consumers.topics import topic_partitions
+from consumers.topics import stop_consumer, topic_partitions
 
 
 class ProductBug(AssertionError):  # noqa: N818 - reads as what it is in xfail(raises=...)
@@ -70,7 +70,7 @@ class TopicLog:
 
     async def stop(self) -> None:
         if self._consumer is not None:
-            await self._consumer.stop()
+            await stop_consumer(self._consumer)
             self._consumer = None
 
     async def sync(self, timeout_s: float = 30.0) -> list[ConsumerRecord]:

@@ -272,3 +272,50 @@ def test_bdi_up_on_taken_ports_refuses_before_starting_anything(tmp_path):
         f"bdi: error: port {base + 1} on 127.0.0.1 is in use (another bdi up?); "
         "set BDI_CONSUMER_HEALTH_PORT to a free base"
     ]
+
+
+@pytest.mark.kafka
+def test_bdi_up_on_apache_kafka(tmp_path):
+    """``--broker kafka``: one KRaft node from the jars instead of Tansu, named in the
+    banner; frames get verdicts and Ctrl-C stops the node too."""
+    from consumers.apache_kafka import missing_tools
+
+    if missing := missing_tools():
+        pytest.skip(f"Apache Kafka cannot run here: missing {'; '.join(missing)}")
+    api_port = free_port()
+    env = bdi_env(tmp_path / "models", BDI_IMAGE_SIZE=SIZE, BDI_MODEL_POLL_S=0.5)
+    with BdiProcess(["up", "--broker", "kafka", "--port", str(api_port), "--broker-port", "0",
+                     "--partitions", "2", "--consumers", "1"], env) as up:  # fmt: skip
+        bootstrap = up.wait_for(r"Kafka\s+: (\S+)").group(1)
+        assert "local Apache Kafka 4.4.0, KRaft" in up.text
+        pids = up.pids()
+        assert len(pids) == 3  # api, the consumer, the broker
+        up.wait_for(r"consumer-1\].*partitions assigned")
+        _train(f"http://127.0.0.1:{api_port}")
+        frames = disc_frames(10, SIZE, ng_every=5, tag="kup")
+        asyncio.run(produce(bootstrap, "bdi.frames", frames))
+        records = asyncio.run(
+            read_until(bootstrap, "bdi.verdicts", answered({f.frame_id for f in frames}))
+        )
+        assert {v["frame_id"]: v["verdict"] for v in parse(records)} == {
+            f.frame_id: f.expect for f in frames
+        }
+        up.ctrl_c()
+        assert up.wait(90) == 0, up.text[-3000:]
+    assert re.search(r"broker \(exit \d+, [\d.]+ s\)", up.text), up.text[-3000:]
+    assert not [s for s in NOT_CLEAN if s in up.text], up.text[-5000:]
+    assert not still_alive(pids), "bdi up left processes running"
+
+
+def test_bdi_up_names_what_apache_kafka_lacks(tmp_path):
+    env = bdi_env(tmp_path / "models")
+    env.update(PATH=str(tmp_path), BDI_KAFKA_HOME=str(tmp_path / "kafka"))  # no java, no mvn
+    done = subprocess.run(
+        [sys.executable, "-m", "edge.cli", "up", "--broker", "kafka", "--port", str(free_port()),
+         "--broker-port", "0", "--consumers", "1"],
+        env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "bdi: error: Apache Kafka cannot run here: missing Java 17+" in done.stderr
+    assert "Maven" in done.stderr and "Traceback" not in done.stderr
+    assert "is up" not in done.stdout
