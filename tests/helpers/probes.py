@@ -48,10 +48,17 @@ class TopicLog:
     """Every record of ``topic`` from its beginning (manual assignment, no group).
     :meth:`sync` reads up to the end offsets of the moment; ``values`` are parsed JSON."""
 
-    def __init__(self, bootstrap: str, topic: str, json_values: bool = True) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        json_values: bool = True,
+        isolation_level: str = "read_uncommitted",
+    ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
         self.json_values = json_values
+        self.isolation_level = isolation_level  # "read_committed": as an exactly-once MES
         self.records: list[ConsumerRecord] = []
         self.values: list[dict[str, Any]] = []
         self._consumer: AIOKafkaConsumer | None = None
@@ -59,8 +66,9 @@ class TopicLog:
 
     async def start(self) -> TopicLog:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50
-        )
+            bootstrap_servers=self.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50,
+            isolation_level=self.isolation_level,
+        )  # fmt: skip
         await consumer.start()
         self._tps = await topic_partitions(consumer, self.topic)
         consumer.assign(self._tps)

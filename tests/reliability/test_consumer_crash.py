@@ -2,9 +2,10 @@
 committing its offsets, 20 times across one stream.
 
 The kill is made to land in that window by a test hook run inside the consumer process
-(``HOOK`` below, not product code): it logs a line once a batch's verdicts are acknowledged
-by the broker and holds that batch's commit for ``HOLD_S``; the test kills the process at
-the k-th such line, k drawn from 1-3 each trial, so the kills are spread across the stream.
+(tests/helpers/hooked.py, not product code): it logs a line once a batch's verdicts are
+acknowledged by the broker and holds that batch's commit for ``HOLD_S``; the test kills the
+process at the k-th such line, k drawn from 1-3 each trial, so the kills are spread across
+the stream.
 After every kill it checks that no committed offset lies above a frame without a verdict,
 and that the killed batch's verdicts were published but not committed (the window was hit).
 """
@@ -12,17 +13,11 @@ and that the killed batch's verdicts were published but not committed (the windo
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import signal
-import subprocess
-import sys
-import threading
-import time
-from pathlib import Path
 
 import pytest
 
+from tests.helpers.hooked import COMMIT_HELD, HookedConsumer
 from tests.helpers.images import SIZE
 from tests.helpers.kafka import committed, disc_frames, produce, wait_all_committed
 from tests.helpers.probes import TopicLog, differing_duplicates, early_commits
@@ -30,93 +25,16 @@ from tests.helpers.processes import env_settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
 TRIALS = 20
 FRAMES = 80
 HOLD_S = 0.4
-# Tansu answers a JoinGroup only once the killed member's session expired: short sessions
-# keep 20 kill/restart cycles within a minute or two (production default: 10 s)
+# the broker answers a JoinGroup only once the killed member's session expired: short
+# sessions keep 20 kill/restart cycles within a minute or two (production default: 10 s)
 GROUP = {
     "session_timeout_ms": 1000,
     "heartbeat_interval_ms": 200,
     "rebalance_timeout_ms": 1000,
 }
-MARKER = b"test-hook: verdicts acknowledged, commit held"
-
-HOOK = f"""
-import asyncio, json, sys
-import edge.cli  # the heavy imports (torch, the engine) happen before the go signal
-from consumers.runner import FrameConsumer
-
-_commit = FrameConsumer._commit
-HOLD = [0.0]
-
-async def held_commit(self):
-    # _handle() calls _commit() right after every verdict of the batch was acknowledged
-    sys.stderr.write(json.dumps({{"msg": "{MARKER.decode()}", "batches": self.stats.batches}}))
-    sys.stderr.write("\\n")
-    sys.stderr.flush()
-    await asyncio.sleep(HOLD[0])
-    await _commit(self)
-
-FrameConsumer._commit = held_commit
-print("ready", flush=True)
-command = sys.stdin.readline().split()
-if not command or command[0] != "go":
-    sys.exit(3)
-HOLD[0] = float(command[1])
-sys.exit(edge.cli.main(["consume", *sys.argv[1:]]))
-"""
-
-
-class HookedConsumer:
-    """``bdi consume`` (through ``edge.cli.main``) with the commit hook, waiting for "go"."""
-
-    def __init__(self, settings: dict[str, object], log: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("BDI_", "BRAKEDISC_"))}
-        env.update({f"BDI_{k.upper()}": str(v) for k, v in settings.items()})
-        options = [f"--consumer-option={k}={v}" for k, v in GROUP.items()]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", HOOK, *options],
-            cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )  # fmt: skip
-        self.markers = 0
-        self._log = log
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.proc.stderr is not None
-        with self._log.open("ab") as out:
-            for line in self.proc.stderr:
-                out.write(line)
-                if MARKER in line:
-                    self.markers += 1
-
-    async def go(self, hold_s: float) -> None:
-        assert self.proc.stdout is not None and self.proc.stdin is not None
-        ready = await asyncio.to_thread(self.proc.stdout.readline)
-        assert ready == b"ready\n", self._log.read_text()[-2000:]
-        self.proc.stdin.write(f"go {hold_s}\n".encode())
-        self.proc.stdin.flush()
-
-    async def wait_markers(self, n: int, timeout_s: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while self.markers < n:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(
-                    f"no {n}th commit (rc={self.proc.poll()}): {self._log.read_text()[-2000:]}"
-                )
-            await asyncio.sleep(0.005)
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        assert self.proc.wait(30) == -signal.SIGKILL
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(60)
 
 
 def test_sigkill_between_publish_and_commit_20_times(
@@ -134,7 +52,7 @@ def test_sigkill_between_publish_and_commit_20_times(
     spawned: list[HookedConsumer] = []
 
     def spawn() -> HookedConsumer:
-        spawned.append(HookedConsumer(cfg, log))
+        spawned.append(HookedConsumer(cfg, log, GROUP))
         return spawned[-1]
 
     async def scenario() -> TopicLog:
@@ -147,7 +65,7 @@ def test_sigkill_between_publish_and_commit_20_times(
                 await current.go(HOLD_S)
                 standby = spawn()  # imports while this trial runs
                 k = rng.randint(1, 3)
-                await current.wait_markers(k)
+                await current.wait_marker(COMMIT_HELD, k)
                 before = len(mes.values)
                 current.kill()
                 commits = await committed(boot, topics.group, topics.frames)
@@ -170,9 +88,7 @@ def test_sigkill_between_publish_and_commit_20_times(
             return mes
         finally:
             for consumer in spawned:
-                if consumer.proc.poll() is None:
-                    consumer.proc.kill()
-                    consumer.proc.wait(30)
+                consumer.reap()
             await mes.stop()
 
     mes = asyncio.run(scenario())
