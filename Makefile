@@ -6,9 +6,9 @@ STAMP  := $(VENV)/.installed
 # the local settings file every `bdi` command reads (bdi reads the same BDI_ENV_FILE)
 BDI_ENV_FILE ?= bdi.env
 
-.PHONY: install kafka-jars dev run demo test test-fast lint bench clean
+.PHONY: install kafka-jars debian-packages dev run demo test test-fast lint bench clean
 
-install: $(STAMP) $(BDI_ENV_FILE) kafka-jars
+install: $(STAMP) $(BDI_ENV_FILE) kafka-jars debian-packages
 
 # Reinstall only when the dependency list changes; otherwise `make install` is a no-op.
 $(STAMP): pyproject.toml
@@ -26,6 +26,20 @@ $(BDI_ENV_FILE): | $(STAMP)
 # `bdi up --broker kafka` run them. Where Java 17 or Maven is missing it says so and goes on.
 kafka-jars: | $(STAMP)
 	$(PY) -m consumers.apache_kafka
+
+# Debian's kcat (librdkafka's command-line client), which the Kafka client tests run as a
+# camera and an MES would. Installed where apt-get can (root or sudo); otherwise it says so
+# and those tests skip, naming it.
+DEBIAN_PACKAGES := kcat
+debian-packages:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then echo "debian-packages: no apt-get; not installed:$$missing"; exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; \
+	else echo "debian-packages: needs root or sudo; not installed:$$missing"; exit 0; fi; \
+	echo "debian-packages: installing$$missing"; \
+	$$sudo apt-get update -qq >/dev/null && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null \
+	  || echo "debian-packages: apt-get failed; not installed:$$missing"
 
 # the dev profile for this checkout, whatever the machine (edit bdi.env to change it back)
 dev: install

@@ -35,6 +35,17 @@ DEFAULT_YAML = Path(__file__).with_name("app.yaml")
 
 BackboneName = Literal["dinov2_vits14", "efficientnet_lite0"]
 KnnMode = Literal["exact", "ivf"]  # engine.knn.KnnIndex's modes (the one definition)
+KafkaProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+# never shown in a settings error, whatever their value
+SECRET_FIELDS = frozenset({"api_key", "kafka_sasl_password"})
+KAFKA_TLS_FILES = ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile")
+KAFKA_SASL_FIELDS = (
+    "kafka_sasl_mechanism",
+    "kafka_sasl_username",
+    "kafka_sasl_password",
+    "kafka_sasl_password_file",
+)
 
 # Legacy names of the original backend that are still accepted.
 LEGACY_ALIASES = {
@@ -139,6 +150,16 @@ class Settings(_BdiSources):
     kafka_topic_dlq: str = _env("kafka_topic_dlq", default="bdi.frames.dlq", min_length=1)
     kafka_topic_heatmaps: str | None = _env("kafka_topic_heatmaps", default=None)
     kafka_exactly_once: bool = _env("kafka_exactly_once", default=False)
+    # TLS and SASL to the broker at BDI_KAFKA_BOOTSTRAP (consumers.security: client options)
+    kafka_security_protocol: KafkaProtocol = _env("kafka_security_protocol", default="PLAINTEXT")
+    kafka_ssl_cafile: Path | None = _env("kafka_ssl_cafile", default=None)
+    kafka_ssl_certfile: Path | None = _env("kafka_ssl_certfile", default=None)
+    kafka_ssl_keyfile: Path | None = _env("kafka_ssl_keyfile", default=None)
+    kafka_ssl_check_hostname: bool = _env("kafka_ssl_check_hostname", default=True)
+    kafka_sasl_mechanism: SaslMechanism | None = _env("kafka_sasl_mechanism", default=None)
+    kafka_sasl_username: str | None = _env("kafka_sasl_username", default=None)
+    kafka_sasl_password: SecretStr | None = _env("kafka_sasl_password", default=None)
+    kafka_sasl_password_file: Path | None = _env("kafka_sasl_password_file", default=None)
     batch_max: int = _env("batch_max", default=16, ge=1, le=4096)
     batch_wait_ms: float = _env("batch_wait_ms", default=20.0, ge=0.0, le=60_000.0)
     shutdown_grace_s: float = _env("shutdown_grace_s", default=10.0, ge=0.0, le=3600.0)
@@ -162,11 +183,35 @@ class Settings(_BdiSources):
         return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator(
-        "backbone_weights", "api_key", "kafka_bootstrap", "kafka_topic_heatmaps", mode="before"
+        "backbone_weights",
+        "api_key",
+        "kafka_bootstrap",
+        "kafka_topic_heatmaps",
+        *KAFKA_TLS_FILES,
+        *KAFKA_SASL_FIELDS,
+        mode="before",
     )
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) and value.strip() else value
+
+    @field_validator("kafka_sasl_password", mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> Any:
+        # a number in the YAML is a password too (and a type error would show its value)
+        return str(value) if isinstance(value, int | float) else value
+
+    @model_validator(mode="after")
+    def _kafka_security(self) -> Settings:
+        problems = kafka_security_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @model_validator(mode="after")
     def _grid_fits(self) -> Settings:
@@ -176,6 +221,49 @@ class Settings(_BdiSources):
                 f"image_size must be a multiple of {stride} for backbone {self.backbone}"
             )
         return self
+
+
+def kafka_security_problems(s: Settings) -> list[str]:
+    """What is inconsistent in the Kafka TLS / SASL settings (empty: nothing). A TLS or
+    SASL setting the protocol would not use is refused rather than ignored: a client meant
+    to be secured never talks in plain text by mistake."""
+    protocol = s.kafka_security_protocol
+    given = f"BDI_KAFKA_SECURITY_PROTOCOL={protocol}"
+    problems: list[str] = []
+    tls = [env_names(f) for f in KAFKA_TLS_FILES if getattr(s, f) is not None]
+    if tls and protocol not in ("SSL", "SASL_SSL"):
+        problems.append(f"{', '.join(tls)} set, but {given} does not use TLS (SSL or SASL_SSL)")
+    sasl = [env_names(f) for f in KAFKA_SASL_FIELDS if getattr(s, f) is not None]
+    if sasl and not protocol.startswith("SASL_"):
+        problems.append(
+            f"{', '.join(sasl)} set, but {given} does not use SASL (SASL_PLAINTEXT or SASL_SSL)"
+        )
+    if (s.kafka_ssl_certfile is None) != (s.kafka_ssl_keyfile is None):
+        problems.append(
+            "BDI_KAFKA_SSL_CERTFILE and BDI_KAFKA_SSL_KEYFILE go together (the client "
+            "certificate and its private key)"
+        )
+    for name in (*KAFKA_TLS_FILES, "kafka_sasl_password_file"):
+        path = getattr(s, name)
+        if path is not None and not path.is_file():
+            problems.append(f"{env_names(name)}={path}: no such file")
+        elif path is not None and not os.access(path, os.R_OK):
+            problems.append(f"{env_names(name)}={path}: not readable")
+    if protocol.startswith("SASL_"):
+        missing = []
+        if s.kafka_sasl_mechanism is None:
+            missing.append("BDI_KAFKA_SASL_MECHANISM (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)")
+        if not s.kafka_sasl_username:
+            missing.append("BDI_KAFKA_SASL_USERNAME")
+        if s.kafka_sasl_password is None and s.kafka_sasl_password_file is None:
+            missing.append("BDI_KAFKA_SASL_PASSWORD (or BDI_KAFKA_SASL_PASSWORD_FILE)")
+        if missing:
+            problems.append(f"{given} needs {', '.join(missing)}")
+        if s.kafka_sasl_password is not None and s.kafka_sasl_password_file is not None:
+            problems.append(
+                "BDI_KAFKA_SASL_PASSWORD and BDI_KAFKA_SASL_PASSWORD_FILE are both set: keep one"
+            )
+    return problems
 
 
 class _ProfileChoice(_BdiSources):
@@ -246,7 +334,7 @@ def _explain(exc: ValidationError) -> str:
         field = loc.lower().removeprefix("bdi_").removeprefix("brakedisc_")
         name = env_names(field) if field in Settings.model_fields else "settings"
         value = err.get("input")
-        shown = "" if isinstance(value, dict) else f"={value!r}"
+        shown = "" if isinstance(value, dict) or field in SECRET_FIELDS else f"={value!r}"
         lines.append(f"  {name}{shown}: {err['msg']}")
     return "\n".join(lines)
 

@@ -30,6 +30,7 @@ from types import TracebackType
 
 from consumers.broker import answers, free_port
 from consumers.errors import ConsumerError
+from consumers.secure_listener import SecureListener, scram_args, secured_properties
 
 KAFKA_VERSION = "4.4.0"  # keep in step with deploy/kafka/pom.xml
 REPO = Path(__file__).resolve().parents[1]
@@ -165,10 +166,12 @@ class KafkaCluster:
         host: str = "127.0.0.1",
         settings: Mapping[str, str] | None = None,
         port: int | None = None,
+        secure: SecureListener | None = None,
     ) -> None:
         if nodes < 1:
             raise ValueError("a cluster needs at least one node")
         self.port = port  # node 1's client port (None: a free one)
+        self.secure = secure  # a SASL_SSL client listener beside PLAINTEXT (tests)
         self.host = host
         self.settings = dict(settings or {})
         self.root = root
@@ -231,6 +234,7 @@ class KafkaCluster:
             "auto.create.topics.enable": "true",
             **self.settings,
         }
+        props |= secured_properties(self.secure, props, node.node_id) | self.settings
         return "".join(f"{k}={v}\n" for k, v in props.items())
 
     def _java(self, node: KafkaNode, main: str, *args: str) -> list[str]:
@@ -244,7 +248,7 @@ class KafkaCluster:
         # turn into an option
         cmd = self._java(node, "kafka.tools.StorageTool", "format",
                          f"--cluster-id={self.cluster_id}", f"--config={node.config}",
-                         "--ignore-formatted")  # fmt: skip
+                         "--ignore-formatted", *scram_args(self.secure))  # fmt: skip
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
             tail = (done.stdout + done.stderr).strip()[-1500:]

@@ -22,9 +22,10 @@ from typing import Any, Protocol
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError, ProducerFenced
 
-from consumers.errors import BrokerUnavailableError, PublishError, TransactionsUnsupportedError
+from consumers.errors import PublishError, TransactionsUnsupportedError
 from consumers.outcome import Outcome
 from consumers.publish import Producer, deliver_all
+from consumers.security import connection_error
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,8 @@ async def check_transactions(bootstrap: str, group: str, options: dict[str, Any]
     )
     try:
         await asyncio.wait_for(producer.start(), START_TIMEOUT_S)
-    except KafkaConnectionError as exc:
-        raise BrokerUnavailableError(f"cannot reach Kafka at {bootstrap}: {exc}") from None
+    except KafkaConnectionError as exc:  # unreachable, or TLS / SASL refused: named
+        raise await connection_error(bootstrap, options, exc) from None
     except (KafkaError, TimeoutError) as exc:
         raise TransactionsUnsupportedError(
             f"BDI_KAFKA_EXACTLY_ONCE=1 needs a broker that supports transactions, but the "

@@ -21,6 +21,11 @@ class BrokerUnavailableError(ConsumerError):
     """No broker answered at the bootstrap address."""
 
 
+class KafkaSecurityError(ConsumerError):
+    """The broker refused the client's TLS or SASL credentials, or the security settings do
+    not fit its listener (``BDI_KAFKA_SECURITY_PROTOCOL``, ``BDI_KAFKA_SSL_*``, ``_SASL_*``)."""
+
+
 class TransactionsUnsupportedError(ConsumerError):
     """Exactly-once mode was asked for, but the broker refuses transactional producers."""
 

@@ -41,6 +41,7 @@ from consumers.outcome import Outcome
 from consumers.pipeline import BatchProcessor
 from consumers.publish import Publisher
 from consumers.rebalance import Rebalancer
+from consumers.security import security_options
 from consumers.topics import require_bootstrap, start_client
 
 if TYPE_CHECKING:
@@ -84,6 +85,7 @@ class FrameConsumer:
         self.client_id = f"bdi-{socket.gethostname()}-{os.getpid()}"
         self.consumer_options = consumer_options or {}
         self.producer_options = producer_options or {}
+        self.security = security_options(settings)  # TLS / SASL: every client it makes
         self._max_poll_interval_ms = int(
             self._consumer_kwargs().get("max_poll_interval_ms", DEFAULT_MAX_POLL_INTERVAL_MS)
         )
@@ -135,12 +137,12 @@ class FrameConsumer:
             self._producer = AIOKafkaProducer(
                 bootstrap_servers=self.bootstrap, acks="all", **self._producer_kwargs()
             )
-            await start_client(self.bootstrap, self._producer)
+            await start_client(self.bootstrap, self._producer, self._producer_kwargs())
             self._publisher = Publisher(self._producer)
         self._processor = await self._build_processor()
         client = AIOKafkaConsumer(**self._consumer_kwargs())
         client.subscribe([s.kafka_topic_frames], listener=self._join(client))
-        await start_client(self.bootstrap, client)
+        await start_client(self.bootstrap, client, self._consumer_kwargs())
         refuse_commits_outside_the_group(client)
         self.stats.started_at = time.time()
         log.info(
@@ -228,7 +230,7 @@ class FrameConsumer:
             "client_id": self.client_id,
             "max_request_size": max(1024 * 1024, max_bytes),
         }
-        return {**kwargs, **self.producer_options}
+        return {**kwargs, **self.security, **self.producer_options}
 
     def _consumer_kwargs(self) -> dict[str, Any]:
         s = self.settings
@@ -241,7 +243,7 @@ class FrameConsumer:
             "auto_offset_reset": "earliest",
             "isolation_level": "read_committed" if s.kafka_exactly_once else "read_uncommitted",
         }
-        return {**kwargs, **self.consumer_options}
+        return {**kwargs, **self.security, **self.consumer_options}
 
     # --- the loop ------------------------------------------------------------------------
     async def _loop(self) -> None:

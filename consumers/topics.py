@@ -15,7 +15,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
-from consumers.errors import BrokerUnavailableError, ConsumerError, MissingBootstrapError
+from consumers.errors import ConsumerError, MissingBootstrapError
+from consumers.security import connection_error, connection_options
 
 if TYPE_CHECKING:
     from configs.settings import Settings
@@ -40,15 +41,19 @@ def require_bootstrap(settings: Settings) -> str:
     return settings.kafka_bootstrap
 
 
-async def start_client(bootstrap: str, client: Any) -> None:
-    """Start an aiokafka client (consumer, producer or admin); an unreachable broker is
-    :class:`BrokerUnavailableError`, with the half-started client closed."""
+async def start_client(
+    bootstrap: str, client: Any, options: Mapping[str, Any] | None = None
+) -> None:
+    """Start an aiokafka client (consumer, producer or admin) made with ``options``; a
+    broker that cannot be reached is :class:`BrokerUnavailableError`, one that refuses the
+    TLS / SASL credentials :class:`KafkaSecurityError` naming what failed
+    (:func:`consumers.security.connection_error`), with the half-started client closed."""
     try:
         await client.start()
     except KafkaConnectionError as exc:
         with contextlib.suppress(Exception):
             await (client.close() if hasattr(client, "close") else client.stop())
-        raise BrokerUnavailableError(f"cannot reach Kafka at {bootstrap}: {exc}") from None
+        raise await connection_error(bootstrap, options or {}, exc) from None
 
 
 async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
@@ -115,12 +120,17 @@ def service_topics(settings: Settings, partitions: int) -> dict[str, int]:
 
 
 async def ensure_topics(
-    bootstrap: str, partitions: Mapping[str, int], replication: int = 1
+    bootstrap: str,
+    partitions: Mapping[str, int],
+    replication: int = 1,
+    options: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Create the topics of ``{name: partitions}`` that do not exist yet; returns those
-    created. Existing topics are left as they are (their partition count included)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await start_client(bootstrap, admin)
+    created. Existing topics are left as they are (their partition count included).
+    ``options``: the client's security arguments (:func:`consumers.security.security_options`)."""
+    options = connection_options(options or {})
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **options)
+    await start_client(bootstrap, admin, options)
     try:
         existing = set(await admin.list_topics())
         wanted = [

@@ -97,6 +97,7 @@ class PipelineRun:
         self.bootstrap = cfg.bootstrap or os.environ.get("BDI_KAFKA_BOOTSTRAP", "").strip()
         self.broker: LocalBroker | None = None
         self.group: ConsumerGroup | None = None
+        self.options: dict[str, Any] = {}  # TLS / SASL of the clients made here
 
     def run(self) -> dict[str, Any]:
         load_avg = round(os.getloadavg()[0], 2)
@@ -113,6 +114,7 @@ class PipelineRun:
 
     def _run(self, tmp: Path) -> tuple[Engine, dict[str, Any]]:
         from consumers import LocalBroker
+        from consumers.security import plaintext_overrides, security_options
         from edge.bench.consumers import ConsumerGroup
         from engine import Engine
         from store import ModelStore
@@ -123,8 +125,11 @@ class PipelineRun:
             self.bootstrap = self.broker.bootstrap
             say(f"local broker at {self.bootstrap}")
         overrides = _overrides(cfg, self.bootstrap, self.topics, tmp / "models", self.tag)
+        if self.broker is not None:  # the settings' TLS / SASL are for BDI_KAFKA_BOOTSTRAP's
+            overrides |= plaintext_overrides()
         settings = load_settings(**overrides)
-        _create_topics(self.bootstrap, self.topics, cfg.partitions)
+        self.options = security_options(settings)
+        _create_topics(self.bootstrap, self.topics, cfg.partitions, self.options)
         threads = _consumer_threads(cfg.consumers)
         env = consumer_env({**overrides, **({"torch_threads": threads} if threads else {})})
         options = [f"--consumer-option={o}" for o in cfg.consumer_options]
@@ -161,8 +166,13 @@ class PipelineRun:
 
         cfg, say, group = self.cfg, self.say, self.group
         assert group is not None
-        camera = await Camera(self.bootstrap, self.topics["frames"], RECIPE, ROLE, ROI).start()
-        reader = await VerdictReader(self.bootstrap, self.topics["verdicts"]).start()
+        camera = Camera(
+            self.bootstrap, self.topics["frames"], RECIPE, ROLE, ROI, options=self.options
+        )
+        await camera.start()
+        reader = await VerdictReader(
+            self.bootstrap, self.topics["verdicts"], options=self.options
+        ).start()
         timeout = cfg.timeout_s
 
         async def phase(frames: list[CameraFrame], fps: float | None = None) -> PhaseResult:
@@ -274,11 +284,13 @@ def consumer_env(overrides: dict[str, Any]) -> dict[str, str]:
     return env
 
 
-def _create_topics(bootstrap: str, topics: dict[str, str], partitions: int) -> None:
+def _create_topics(
+    bootstrap: str, topics: dict[str, str], partitions: int, options: dict[str, Any]
+) -> None:
     from consumers import ensure_topics
 
     wanted = {topics["frames"]: partitions, topics["verdicts"]: partitions, topics["dlq"]: 1}
-    asyncio.run(ensure_topics(bootstrap, wanted))
+    asyncio.run(ensure_topics(bootstrap, wanted, options=options))
 
 
 def train_model(engine: Engine, size: int, n_train: int) -> PatchCoreModel:

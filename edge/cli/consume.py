@@ -1,9 +1,9 @@
 """``bdi consume``: run one member of the consumer group until SIGTERM / Ctrl-C.
 
 Exit status: 0 after a clean stop, 2 for a start-up error (``bdi: error: ...``: missing
-``BDI_KAFKA_BOOTSTRAP``, health port in use, unreachable broker, no transactions in
-exactly-once mode), 1 when verdicts could not be delivered (the process stops so that the
-frames are redelivered; a supervisor restarts it).
+``BDI_KAFKA_BOOTSTRAP``, health port in use, unreachable broker, TLS or SASL refused, no
+transactions in exactly-once mode), 1 when verdicts could not be delivered (the process
+stops so that the frames are redelivered; a supervisor restarts it).
 
 Every line on stderr is one JSON object, native libraries' output included
 (:func:`consumers.logs.native_stderr_as_json`), up to a final ``bdi: error: ...``.
@@ -129,7 +129,9 @@ def cmd_consume(args: argparse.Namespace) -> int:
         with json_logging(args.log_level):
             if args.create_topics is not None:
                 topics = service_topics(settings, args.create_topics)
-                created = asyncio.run(ensure_topics(consumer.bootstrap, topics))
+                # as the consumer connects: the settings' TLS / SASL, then --consumer-option
+                options = {**consumer.security, **consumer.consumer_options}
+                created = asyncio.run(ensure_topics(consumer.bootstrap, topics, options=options))
                 log.info("topics created", extra={"topics": created})
             try:
                 asyncio.run(_serve(consumer, health))

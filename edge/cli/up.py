@@ -294,8 +294,17 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def _create_topics(bootstrap: str, settings: Settings, partitions: int) -> None:
+    from consumers.security import security_options
     from consumers.topics import ensure_topics, service_topics
 
+    protocol = settings.kafka_security_protocol
+    if not settings.kafka_bootstrap and protocol != "PLAINTEXT":
+        raise ValueError(
+            f"BDI_KAFKA_SECURITY_PROTOCOL={protocol} is for the broker at BDI_KAFKA_BOOTSTRAP; "
+            "the local broker of bdi up is plaintext: set BDI_KAFKA_BOOTSTRAP, or unset the "
+            "BDI_KAFKA_SECURITY_PROTOCOL, BDI_KAFKA_SSL_* and BDI_KAFKA_SASL_* settings"
+        )
     # a failure comes back as one error; the client would log each retry on its way
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    asyncio.run(ensure_topics(bootstrap, service_topics(settings, partitions)))
+    topics = service_topics(settings, partitions)
+    asyncio.run(ensure_topics(bootstrap, topics, options=security_options(settings)))

@@ -17,7 +17,7 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from consumers.topics import stop_consumer, topic_partitions
+from consumers.topics import start_client, stop_consumer, topic_partitions
 from edge.simulator.discs import encode_png, make_disc, stream
 
 
@@ -61,14 +61,20 @@ class Camera:
     role_id: str
     roi_id: str
     mm_per_px: float | None = None
+    # TLS / SASL arguments (consumers.security.security_options); never printed
+    options: dict[str, Any] = field(default_factory=dict, repr=False)
     sent_at: dict[str, float] = field(default_factory=dict)
     _producer: AIOKafkaProducer | None = None
 
     async def start(self) -> Camera:
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, acks="all", max_request_size=16 << 20, linger_ms=2
+            bootstrap_servers=self.bootstrap,
+            acks="all",
+            max_request_size=16 << 20,
+            linger_ms=2,
+            **self.options,
         )
-        await self._producer.start()
+        await start_client(self.bootstrap, self._producer, self.options)
         return self
 
     async def stop(self) -> None:
@@ -113,15 +119,19 @@ class VerdictReader:
     bootstrap: str
     topic: str
     from_beginning: bool = False
+    options: dict[str, Any] = field(default_factory=dict, repr=False)  # as the Camera's
     verdicts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     received_at: dict[str, float] = field(default_factory=dict)
     _consumer: AIOKafkaConsumer | None = None
 
     async def start(self) -> VerdictReader:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=50,
+            **self.options,
         )
-        await consumer.start()
+        await start_client(self.bootstrap, consumer, self.options)
         tps = await topic_partitions(consumer, self.topic)
         consumer.assign(tps)
         if self.from_beginning:

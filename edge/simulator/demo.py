@@ -163,6 +163,8 @@ async def _run_line(args: argparse.Namespace, settings: Settings, bootstrap: str
                     sup: Any) -> LineStats:  # fmt: skip
     from aiokafka.errors import KafkaError
 
+    from consumers.errors import ConsumerError
+    from consumers.security import security_options
     from edge.simulator.camera import Camera, VerdictReader
 
     # when the broker goes away the demo says so once (_watch_service); the Kafka clients
@@ -179,19 +181,22 @@ async def _run_line(args: argparse.Namespace, settings: Settings, bootstrap: str
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, interrupt)
     ids = DEMO_IDS
+    # TLS / SASL for the broker at BDI_KAFKA_BOOTSTRAP; a local one (bdi up's) is plaintext
+    options = security_options(settings) if settings.kafka_bootstrap else {}
     camera = Camera(bootstrap, settings.kafka_topic_frames, ids["recipe_id"], ids["role_id"],
-                    ids["roi_id"], mm_per_px=DEMO_MM_PER_PX)  # fmt: skip
+                    ids["roi_id"], mm_per_px=DEMO_MM_PER_PX, options=options)  # fmt: skip
     try:
         await camera.start()
-        reader = await VerdictReader(bootstrap, settings.kafka_topic_verdicts).start()
-    except KafkaError as exc:
+        reader = await VerdictReader(bootstrap, settings.kafka_topic_verdicts,
+                                     options=options).start()  # fmt: skip
+    except (KafkaError, ConsumerError) as exc:
         await _bounded(camera.stop())
         raise RuntimeError(f"cannot use the broker at {bootstrap}: {exc}") from None
     expected: dict[str, str] = {}
     tasks = [
         asyncio.create_task(_publish(args, camera, stats, expected, stop)),
         asyncio.create_task(_collect(reader, camera, stats, expected, stop)),
-        asyncio.create_task(_watch_lag(bootstrap, settings, stats, stop)),
+        asyncio.create_task(_watch_lag(bootstrap, settings, options, stats, stop)),
         asyncio.create_task(_watch_service(bootstrap, url, sup, stats, stop)),
     ]
     try:
@@ -306,14 +311,14 @@ async def _collect(reader: Any, camera: Any, stats: LineStats, expected: dict[st
                 stats.last_ng.appendleft(v)
 
 
-async def _watch_lag(bootstrap: str, settings: Settings, stats: LineStats,
-                     stop: asyncio.Event) -> None:  # fmt: skip
+async def _watch_lag(bootstrap: str, settings: Settings, options: dict[str, Any],
+                     stats: LineStats, stop: asyncio.Event) -> None:  # fmt: skip
     from aiokafka import AIOKafkaConsumer
 
     from consumers.topics import topic_partitions
 
     client = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=settings.kafka_group,
-                              enable_auto_commit=False)  # fmt: skip
+                              enable_auto_commit=False, **options)  # fmt: skip
     await client.start()
     try:
         # waits for the metadata: a fresh client may not know the topic's partitions yet

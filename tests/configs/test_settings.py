@@ -73,3 +73,119 @@ def test_image_size_must_fit_patch_grid(monkeypatch):
 def test_shipped_yaml_is_valid():
     s = load_settings()
     assert s.backend_port == 8000
+
+
+# --- Kafka TLS and SASL -------------------------------------------------------------------
+SECRET = "s3cr3t-Pa55-9f2c"
+
+
+@pytest.fixture
+def kafka_files(tmp_path):
+    files = {"ca": "ca.pem", "cert": "client.crt", "key": "client.key", "password": "password"}
+    paths = {name: tmp_path / file for name, file in files.items()}
+    for name, path in paths.items():
+        path.write_text(f"{SECRET}\n" if name == "password" else "pem\n")
+    return paths
+
+
+def _sasl(**extra):
+    return {
+        "BDI_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "BDI_KAFKA_SASL_MECHANISM": "SCRAM-SHA-256",
+        "BDI_KAFKA_SASL_USERNAME": "alice",
+        "BDI_KAFKA_SASL_PASSWORD": SECRET,
+        **extra,
+    }
+
+
+def test_kafka_security_defaults_to_plaintext():
+    s = load_settings()
+    assert s.kafka_security_protocol == "PLAINTEXT"
+    assert s.kafka_ssl_check_hostname is True
+    assert s.kafka_sasl_mechanism is s.kafka_sasl_password is s.kafka_ssl_cafile is None
+
+
+def test_kafka_sasl_settings_are_read_and_normalised(monkeypatch, kafka_files):
+    env = _sasl(BDI_KAFKA_SECURITY_PROTOCOL="sasl_ssl", BDI_KAFKA_SASL_MECHANISM="scram-sha-512",
+                BDI_KAFKA_SSL_CAFILE=str(kafka_files["ca"]),
+                BDI_KAFKA_SSL_CHECK_HOSTNAME="0")  # fmt: skip
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    s = load_settings()
+    assert (s.kafka_security_protocol, s.kafka_sasl_mechanism) == ("SASL_SSL", "SCRAM-SHA-512")
+    assert s.kafka_ssl_cafile == kafka_files["ca"] and s.kafka_ssl_check_hostname is False
+    assert s.kafka_sasl_password is not None
+    assert s.kafka_sasl_password.get_secret_value() == SECRET
+    assert SECRET not in repr(s) and SECRET not in str(s)
+    assert SECRET not in s.model_dump_json()
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {"BDI_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"},
+            "SASL_SSL needs BDI_KAFKA_SASL_MECHANISM (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512), "
+            "BDI_KAFKA_SASL_USERNAME, BDI_KAFKA_SASL_PASSWORD (or BDI_KAFKA_SASL_PASSWORD_FILE)",
+        ),
+        (_sasl(BDI_KAFKA_SASL_MECHANISM=""), "needs BDI_KAFKA_SASL_MECHANISM"),
+        (_sasl(BDI_KAFKA_SASL_USERNAME=""), "needs BDI_KAFKA_SASL_USERNAME"),
+        (_sasl(BDI_KAFKA_SASL_PASSWORD=""), "needs BDI_KAFKA_SASL_PASSWORD"),
+        (_sasl(BDI_KAFKA_SASL_PASSWORD_FILE="{password}"), "both set: keep one"),
+        (
+            _sasl(BDI_KAFKA_SASL_PASSWORD="", BDI_KAFKA_SASL_PASSWORD_FILE="{tmp}/absent"),
+            "BDI_KAFKA_SASL_PASSWORD_FILE={tmp}/absent: no such file",
+        ),  # fmt: skip
+        (
+            _sasl(BDI_KAFKA_SSL_CAFILE="{tmp}/absent.pem"),
+            "BDI_KAFKA_SSL_CAFILE={tmp}/absent.pem: no such file",
+        ),  # fmt: skip
+        (_sasl(BDI_KAFKA_SSL_CERTFILE="{cert}"), "BDI_KAFKA_SSL_KEYFILE go together"),
+        (_sasl(BDI_KAFKA_SSL_KEYFILE="{key}"), "BDI_KAFKA_SSL_KEYFILE go together"),
+        (
+            _sasl(BDI_KAFKA_SECURITY_PROTOCOL="PLAINTEXT"),
+            "BDI_KAFKA_SASL_MECHANISM, BDI_KAFKA_SASL_USERNAME, BDI_KAFKA_SASL_PASSWORD set, but "
+            "BDI_KAFKA_SECURITY_PROTOCOL=PLAINTEXT does not use SASL",
+        ),  # fmt: skip
+        (
+            {"BDI_KAFKA_SSL_CAFILE": "{ca}"},
+            "BDI_KAFKA_SSL_CAFILE set, but BDI_KAFKA_SECURITY_PROTOCOL=PLAINTEXT does not use TLS",
+        ),  # fmt: skip
+        (
+            _sasl(BDI_KAFKA_SECURITY_PROTOCOL="SASL_PLAINTEXT", BDI_KAFKA_SSL_CAFILE="{ca}"),
+            "SASL_PLAINTEXT does not use TLS",
+        ),  # fmt: skip
+        ({"BDI_KAFKA_SECURITY_PROTOCOL": "TLS"}, "BDI_KAFKA_SECURITY_PROTOCOL='TLS': Input"),
+        (_sasl(BDI_KAFKA_SASL_MECHANISM="GSSAPI"), "BDI_KAFKA_SASL_MECHANISM='GSSAPI': Input"),
+    ],
+)
+def test_inconsistent_kafka_security_is_a_clear_settings_error(
+    monkeypatch, tmp_path, kafka_files, env, expected
+):
+    names = {"tmp": str(tmp_path), **{k: str(v) for k, v in kafka_files.items()}}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.format(**names))
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    assert expected.format(**names) in str(err.value)
+    assert SECRET not in str(err.value)
+
+
+def test_the_password_is_never_shown_in_a_settings_error(monkeypatch, tmp_path):
+    for name, value in _sasl(BDI_BACKEND_PORT="70000").items():  # another field's error
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    assert "BDI_BACKEND_PORT / BRAKEDISC_BACKEND_PORT='70000'" in str(err.value)
+    assert SECRET not in str(err.value)
+    cfg = tmp_path / "app.yaml"  # a password of the wrong type is not echoed either
+    cfg.write_text(f"kafka_sasl_password: [1, {SECRET}]\n")
+    monkeypatch.setenv("BDI_CONFIG", str(cfg))
+    monkeypatch.delenv("BDI_KAFKA_SASL_PASSWORD")
+    monkeypatch.delenv("BDI_BACKEND_PORT")
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    assert "BDI_KAFKA_SASL_PASSWORD: Input should be a valid string" in str(err.value)
+    assert SECRET not in str(err.value)
+    cfg.write_text("kafka_sasl_password: 123456789\n")  # a number is a password too
+    assert load_settings().kafka_sasl_password.get_secret_value() == "123456789"
