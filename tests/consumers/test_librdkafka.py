@@ -1,9 +1,7 @@
 """Clients nobody here wrote: librdkafka (confluent-kafka) publishes frames as a camera would
-and reads verdicts as an MES would.
-
-Against the local Tansu broker librdkafka's *group* consumer stalls in JoinGroup, so the MES
-side uses a manually assigned consumer (what an MES replaying a topic does anyway);
-``docs/KAFKA.md`` shows the kcat equivalents for Apache Kafka users.
+and reads verdicts as an MES would: with a manual assignment (an MES replaying a topic), and
+as a group consumer reading only committed verdicts from an exactly-once consumer.
+``docs/KAFKA.md`` shows the kcat equivalents.
 """
 
 from __future__ import annotations
@@ -84,3 +82,49 @@ def test_librdkafka_camera_and_mes(kafka_broker, make_topics, trained):
         assert verdict["verdict"] == expected[verdict["frame_id"]] == headers["verdict"]
         assert verdict["part_id"] == headers["part_id"]
         assert verdict["model_version"] == trained.version
+
+
+def mes_group_read(bootstrap: str, topic: str, frame_ids: set[str]) -> list[dict]:
+    """librdkafka *group* consumer reading only committed verdicts, as an exactly-once MES."""
+    consumer = ck.Consumer({
+        "bootstrap.servers": bootstrap, "group.id": f"mes-{time.monotonic_ns()}",
+        "auto.offset.reset": "earliest", "isolation.level": "read_committed",
+        "enable.auto.commit": True,
+    })  # fmt: skip
+    try:
+        consumer.subscribe([topic])
+        out: list[dict] = []
+        deadline = time.monotonic() + WAIT_S
+        while {v["frame_id"] for v in out} < frame_ids and time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is not None and msg.error() is None:
+                out.append(orjson.loads(msg.value()))
+        return out
+    finally:
+        consumer.close()
+
+
+def test_librdkafka_group_mes_reads_committed_verdicts_exactly_once(
+    kafka_broker, make_topics, trained
+):
+    if not kafka_broker.transactions:
+        pytest.skip(f"the {kafka_broker.kind} broker has no transactions (InitProducerId)")
+    topics = make_topics(partitions=2)
+    settings = trained.settings(kafka_exactly_once=True, **topics.settings(kafka_broker.bootstrap))
+    frames = disc_frames(30, SIZE, seed=8, tag="rdg")
+    expected = {f.frame_id: f.expect for f in frames}
+
+    async def scenario():
+        async with running(trained.consumer(settings), assigned=2):
+            errors = await asyncio.to_thread(
+                camera_publish, kafka_broker.bootstrap, topics.frames, frames
+            )
+            got = await asyncio.to_thread(
+                mes_group_read, kafka_broker.bootstrap, topics.verdicts, set(expected)
+            )
+        return errors, got
+
+    errors, got = asyncio.run(scenario())
+    assert errors == []
+    assert sorted(v["frame_id"] for v in got) == sorted(expected)  # each exactly once
+    assert {v["frame_id"]: v["verdict"] for v in got} == expected
