@@ -95,25 +95,47 @@ class TransactionalPublisher:
         self._producers: dict[TopicPartition, TxnProducer] = {}
         self._locks: dict[TopicPartition, asyncio.Lock] = {}
         self._fenced: set[TopicPartition] = set()  # another owner's producer took over
+        # set once a partition's producer is open (or the partition is gone again): frames of
+        # a partition fetched while its producer starts wait for it
+        self._ready: dict[TopicPartition, asyncio.Event] = {}
 
     def _lock(self, tp: TopicPartition) -> asyncio.Lock:
         return self._locks.setdefault(tp, asyncio.Lock())
 
+    def expect(self, partitions: Sequence[TopicPartition]) -> None:
+        """On assignment, before anything awaits: the fetcher may hand over frames of these
+        partitions while :meth:`open` still starts their producers (``InitProducerId``
+        waits for the previous owner's transaction to be aborted); their transactions wait
+        for the producer instead of finding none."""
+        for tp in partitions:
+            self._ready[tp] = asyncio.Event()
+
     async def open(self, partitions: Sequence[TopicPartition]) -> None:
         """On assignment: ``InitProducerId`` per partition fences the previous owner."""
-        for tp in partitions:
-            producer = self.factory(
-                bootstrap_servers=self.bootstrap,
-                transactional_id=transactional_id(self.group, tp),
-                **self.options,
-            )
-            await producer.start()
-            async with self._lock(tp):
-                self._producers[tp] = producer
-                self._fenced.discard(tp)
+        try:
+            for tp in partitions:
+                producer = self.factory(
+                    bootstrap_servers=self.bootstrap,
+                    transactional_id=transactional_id(self.group, tp),
+                    **self.options,
+                )
+                await producer.start()
+                async with self._lock(tp):
+                    self._producers[tp] = producer
+                    self._fenced.discard(tp)
+                self._release(tp)
+        finally:  # a failure stops the consumer: nobody waits for it in vain
+            for tp in partitions:
+                self._release(tp)
+
+    def _release(self, tp: TopicPartition) -> None:
+        event = self._ready.get(tp)
+        if event is not None:
+            event.set()
 
     async def close(self, partitions: Sequence[TopicPartition] | None = None) -> None:
         for tp in list(self._producers) if partitions is None else partitions:
+            self._release(tp)  # a frame waiting for this producer finds the partition gone
             async with self._lock(tp):
                 producer = self._producers.pop(tp, None)
             if producer is not None:
@@ -139,6 +161,9 @@ class TransactionalPublisher:
         preview: Preview,
         on_committed: OnCommitted,
     ) -> None:
+        ready = self._ready.get(tp)
+        if ready is not None:
+            await ready.wait()
         async with self._lock(tp):
             producer = self._producers.get(tp)
             offset = preview(tp, outcomes)

@@ -78,6 +78,8 @@ class Rebalancer(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         assigned = list(assigned)
         epoch = self.tracker.assign(assigned)
+        if self.txn is not None:
+            self.txn.expect(assigned)  # frames fetched from now on wait for the producers
         log.info("partitions assigned", extra={"partitions": names(assigned), "epoch": epoch})
         committed = await committed_offsets(self.client, assigned)
         rewind = await lost_logs(self.client, committed)

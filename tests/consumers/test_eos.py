@@ -240,3 +240,42 @@ def test_a_current_partition_without_its_producer_stops_the_consumer():
     pub = TransactionalPublisher("b:9092", "grp", {}, factory=FakeTxnProducer)
     with pytest.raises(PublishError, match="no transactional producer"):
         asyncio.run(pub.publish(_outcomes(4, [1]), lambda tp, os: 2, lambda *a: None))
+
+
+def test_frames_fetched_while_the_producer_starts_wait_for_it():
+    """The fetcher may hand over a newly assigned partition's frames while its producer is
+    still starting (``InitProducerId`` waits for the previous owner's transaction to be
+    aborted): their transaction waits for the producer instead of failing with "no
+    transactional producer", which stopped the consumer."""
+    from consumers.eos import TransactionalPublisher
+
+    FakeTxnProducer.log = []
+    started = asyncio.Event
+
+    class SlowStart(FakeTxnProducer):
+        gate: asyncio.Event
+
+        async def start(self):
+            await self.gate.wait()
+            await super().start()
+
+    pub = TransactionalPublisher("b:9092", "grp", {}, factory=SlowStart)
+    tp = TopicPartition("in", 0)
+    committed: list[int] = []
+
+    async def scenario():
+        SlowStart.gate = started()
+        pub.expect([tp])  # the assignment callback, before anything awaits
+        opening = asyncio.create_task(pub.open([tp]))
+        publishing = asyncio.create_task(pub.publish(
+            _outcomes(0, [3]), lambda tp, os: 4, lambda tp, os, off: committed.append(off)
+        ))  # fmt: skip
+        await asyncio.sleep(0.05)
+        assert not publishing.done() and committed == []  # waiting, not failed
+        SlowStart.gate.set()
+        await asyncio.wait_for(asyncio.gather(opening, publishing), 5)
+        await pub.close()
+
+    asyncio.run(scenario())
+    assert committed == [4]
+    assert [e[0] for e in FakeTxnProducer.log if e[0] in ("init", "commit")] == ["init", "commit"]
