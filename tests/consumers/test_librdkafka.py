@@ -58,23 +58,28 @@ def mes_read(bootstrap: str, topic: str, frame_ids: set[str]) -> list[tuple[byte
         consumer.close()
 
 
+def _camera_then_mes(broker, trained, settings, topics, frames, read, assigned=1):
+    """With our consumer running: librdkafka publishes ``frames``, then ``read`` takes every
+    frame's verdict. Returns the camera's delivery errors and what was read."""
+
+    async def scenario():
+        async with running(trained.consumer(settings), assigned=assigned):
+            errors = await asyncio.to_thread(camera_publish, broker.bootstrap, topics.frames,
+                                             frames)  # fmt: skip
+            wanted = {f.frame_id for f in frames}
+            got = await asyncio.to_thread(read, broker.bootstrap, topics.verdicts, wanted)
+        return errors, got
+
+    return asyncio.run(scenario())
+
+
 def test_librdkafka_camera_and_mes(kafka_broker, make_topics, trained):
     topics = make_topics(partitions=2)
     settings = trained.settings(**topics.settings(kafka_broker.bootstrap))
     frames = disc_frames(30, SIZE, seed=6, tag="rdk")
     expected = {f.frame_id: f.expect for f in frames}
 
-    async def scenario():
-        async with running(trained.consumer(settings)):
-            errors = await asyncio.to_thread(
-                camera_publish, kafka_broker.bootstrap, topics.frames, frames
-            )
-            got = await asyncio.to_thread(
-                mes_read, kafka_broker.bootstrap, topics.verdicts, set(expected)
-            )
-        return errors, got
-
-    errors, got = asyncio.run(scenario())
+    errors, got = _camera_then_mes(kafka_broker, trained, settings, topics, frames, mes_read)
     assert errors == []
     assert len(got) == len(frames)
     for key, verdict, headers in got:
@@ -114,17 +119,9 @@ def test_librdkafka_group_mes_reads_committed_verdicts_exactly_once(
     frames = disc_frames(30, SIZE, seed=8, tag="rdg")
     expected = {f.frame_id: f.expect for f in frames}
 
-    async def scenario():
-        async with running(trained.consumer(settings), assigned=2):
-            errors = await asyncio.to_thread(
-                camera_publish, kafka_broker.bootstrap, topics.frames, frames
-            )
-            got = await asyncio.to_thread(
-                mes_group_read, kafka_broker.bootstrap, topics.verdicts, set(expected)
-            )
-        return errors, got
-
-    errors, got = asyncio.run(scenario())
+    errors, got = _camera_then_mes(
+        kafka_broker, trained, settings, topics, frames, mes_group_read, assigned=2
+    )
     assert errors == []
     assert sorted(v["frame_id"] for v in got) == sorted(expected)  # each exactly once
     assert {v["frame_id"]: v["verdict"] for v in got} == expected

@@ -35,15 +35,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 def _settings(pki: Pki, bootstrap: str = "127.0.0.1:9093", **overrides: object):
-    values: dict[str, object] = {
-        "kafka_bootstrap": bootstrap,
-        "kafka_security_protocol": "SASL_SSL",
-        "kafka_ssl_cafile": pki.ca,
-        "kafka_sasl_mechanism": "SCRAM-SHA-256",
-        "kafka_sasl_username": "alice",
-        "kafka_sasl_password": SECRET,
-        **overrides,
-    }
+    values = _secured(pki, bootstrap, **overrides)
     return load_settings(**{k: v for k, v in values.items() if v is not None})
 
 
