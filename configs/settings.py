@@ -37,6 +37,7 @@ BackboneName = Literal["dinov2_vits14", "efficientnet_lite0"]
 KnnMode = Literal["exact", "ivf"]  # engine.knn.KnnIndex's modes (the one definition)
 KafkaProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+Idempotence = Literal["auto", "on", "off"]  # consumers.publish.start_producer
 # never shown in a settings error, whatever their value
 SECRET_FIELDS = frozenset({"api_key", "kafka_sasl_password"})
 KAFKA_TLS_FILES = ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile")
@@ -150,6 +151,9 @@ class Settings(_BdiSources):
     kafka_topic_dlq: str = _env("kafka_topic_dlq", default="bdi.frames.dlq", min_length=1)
     kafka_topic_heatmaps: str | None = _env("kafka_topic_heatmaps", default=None)
     kafka_exactly_once: bool = _env("kafka_exactly_once", default=False)
+    # at-least-once verdict producer: idempotent (no duplicates from the producer's own
+    # retries) when the broker grants a producer id; "on" requires it, "off" never asks
+    kafka_idempotence: Idempotence = _env("kafka_idempotence", default="auto")
     # TLS and SASL to the broker at BDI_KAFKA_BOOTSTRAP (consumers.security: client options)
     kafka_security_protocol: KafkaProtocol = _env("kafka_security_protocol", default="PLAINTEXT")
     kafka_ssl_cafile: Path | None = _env("kafka_ssl_cafile", default=None)
@@ -199,6 +203,17 @@ class Settings(_BdiSources):
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.strip().upper() if isinstance(value, str) and value.strip() else value
+
+    @field_validator("kafka_idempotence", mode="before")
+    @classmethod
+    def _switch(cls, value: Any) -> Any:
+        # "1"/"true"/"yes" and "0"/"false"/"no" read as on/off, like the boolean settings
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        text = str(value).strip().lower()
+        return {"1": "on", "true": "on", "yes": "on", "0": "off", "false": "off", "no": "off"}.get(
+            text, text
+        )
 
     @field_validator("kafka_sasl_password", mode="before")
     @classmethod

@@ -30,6 +30,10 @@ class TransactionsUnsupportedError(ConsumerError):
     """Exactly-once mode was asked for, but the broker refuses transactional producers."""
 
 
+class IdempotenceUnsupportedError(ConsumerError):
+    """``BDI_KAFKA_IDEMPOTENCE=on``, but the broker refuses an idempotent producer."""
+
+
 class PublishError(RuntimeError):
     """Verdicts could not be delivered after retries. The consumer stops without committing,
     so the frames are redelivered to whoever owns their partitions next."""

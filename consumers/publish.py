@@ -15,14 +15,55 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
-from aiokafka.errors import MessageSizeTooLargeError
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
-from consumers.errors import PublishError
+from consumers.errors import IdempotenceUnsupportedError, PublishError
 from consumers.outcome import Outcome, OutRecord
+from consumers.topics import start_client
 
 log = logging.getLogger(__name__)
 
 VALUE_DROPPED = "bdi.dlq.value_dropped"
+
+
+START_TIMEOUT_S = 30.0
+
+
+async def start_producer(
+    bootstrap: str, options: dict[str, Any], idempotence: str = "auto"
+) -> tuple[AIOKafkaProducer, bool]:
+    """The at-least-once verdict producer (``acks=all``), started; and whether it is
+    idempotent. An idempotent producer gets a producer id at start (``InitProducerId``) and
+    numbers its batches, so the broker drops the copy a retry after a lost acknowledgement
+    would append. ``idempotence`` is ``BDI_KAFKA_IDEMPOTENCE``: ``auto`` asks for it and
+    falls back to a plain producer, with a warning, on a broker that refuses (Tansu);
+    ``on`` makes a refusal a start-up error; ``off`` never asks."""
+    if idempotence != "off":
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, **options
+        )
+        try:
+            await asyncio.wait_for(start_client(bootstrap, producer, options), START_TIMEOUT_S)
+            return producer, True
+        except (KafkaError, TimeoutError) as exc:  # unreachable, TLS, SASL: raised named
+            await producer.stop()
+            reason = f"{type(exc).__name__}: {exc}"
+            if idempotence == "on":
+                raise IdempotenceUnsupportedError(
+                    f"BDI_KAFKA_IDEMPOTENCE=on, but the broker at {bootstrap} refused an "
+                    f"idempotent producer (InitProducerId): {reason}. Use Apache Kafka >= 0.11 "
+                    f"(with IdempotentWrite allowed to this user), or set "
+                    f"BDI_KAFKA_IDEMPOTENCE=auto to accept a plain producer."
+                ) from None
+            log.warning(
+                "broker refused an idempotent producer: verdicts use a plain one (a retry "
+                "after a lost acknowledgement may publish a frame's verdict twice, identical)",
+                extra={"bootstrap": bootstrap, "error": reason},
+            )
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **options)
+    await start_client(bootstrap, producer, options)
+    return producer, False
 
 
 class Producer(Protocol):

@@ -39,7 +39,7 @@ from consumers.models import ModelResolver
 from consumers.offsets import OffsetTracker
 from consumers.outcome import Outcome
 from consumers.pipeline import BatchProcessor
-from consumers.publish import Publisher
+from consumers.publish import Publisher, start_producer
 from consumers.rebalance import Rebalancer
 from consumers.security import security_options
 from consumers.topics import require_bootstrap, start_client
@@ -92,6 +92,7 @@ class FrameConsumer:
         self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
         self.lineage: Lineage[TopicPartition] = Lineage()  # what each commit follows
         self.stats = Stats()
+        self.idempotent = False  # the verdict producer's (transactional ones are, too)
         self._stopping = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self._committer: Committer | None = None
@@ -133,11 +134,11 @@ class FrameConsumer:
             self._txn = TransactionalPublisher(
                 self.bootstrap, s.kafka_group, self._producer_kwargs()
             )
+            self.idempotent = True
         else:
-            self._producer = AIOKafkaProducer(
-                bootstrap_servers=self.bootstrap, acks="all", **self._producer_kwargs()
+            self._producer, self.idempotent = await start_producer(
+                self.bootstrap, self._producer_kwargs(), s.kafka_idempotence
             )
-            await start_client(self.bootstrap, self._producer, self._producer_kwargs())
             self._publisher = Publisher(self._producer)
         self._processor = await self._build_processor()
         client = AIOKafkaConsumer(**self._consumer_kwargs())
@@ -155,6 +156,7 @@ class FrameConsumer:
                 "dlq": s.kafka_topic_dlq,
                 "heatmaps": s.kafka_topic_heatmaps,
                 "exactly_once": s.kafka_exactly_once,
+                "idempotent": self.idempotent,
                 "client_id": self.client_id,
             },
         )

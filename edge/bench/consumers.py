@@ -75,6 +75,28 @@ def tally(
     return answered, duplicates, wrong
 
 
+def misjudged(
+    frames: Sequence[CameraFrame], verdicts: dict[str, list[dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """The answered frames whose first verdict is not the expected one, with what it said."""
+    out = []
+    for frame in frames:
+        got = verdicts.get(frame.frame_id, [])
+        if got and got[0].get("verdict") != expected_verdict(frame):
+            first = got[0]
+            out.append(
+                {
+                    "frame_id": frame.frame_id,
+                    "expected": expected_verdict(frame),
+                    "verdict": first.get("verdict"),
+                    "score": first.get("score"),
+                    "threshold": first.get("threshold"),
+                    "error": first.get("error"),
+                }
+            )
+    return out
+
+
 async def run_phase(
     camera: Camera,
     reader: VerdictReader,

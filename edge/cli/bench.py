@@ -80,13 +80,16 @@ def _add_bench_pipeline(bench_sub: argparse._SubParsersAction) -> None:  # type:
         "pipeline",
         help="frames -> Kafka -> bdi consume -> verdicts: throughput vs engine, latency",
         description="End-to-end benchmark over a real broker (BDI_KAFKA_BOOTSTRAP, else a "
-        "local one): max-rate and paced runs through `bdi consume` processes, with an "
-        "engine-only baseline in the same run. See docs/BENCHMARKS.md.",
+        "local one, see --broker): max-rate and paced runs through `bdi consume` processes, "
+        "with an engine-only baseline in the same run. See docs/BENCHMARKS.md.",
     )
     p.add_argument("--frames", type=int, default=400, help="frames per run (default 400)")
     p.add_argument("--batch", type=int, default=16, help="BDI_BATCH_MAX and engine batch")
     p.add_argument("--size", type=int, default=224, help="ROI and model input size (px)")
-    p.add_argument("--consumers", type=int, default=1, help="bdi consume processes")
+    p.add_argument(
+        "--consumers", type=int, default=None,
+        help="bdi consume processes (default: as bdi up, one per core on the CPU, one on a GPU)",
+    )  # fmt: skip
     p.add_argument("--train", type=int, default=30, help="OK images to train from")
     p.add_argument(
         "--rounds", type=int, default=1,
@@ -96,6 +99,11 @@ def _add_bench_pipeline(bench_sub: argparse._SubParsersAction) -> None:  # type:
         "--consumer-option", action="append", default=[], metavar="KEY=VALUE",
         help="passed to each bdi consume (repeatable)",
     )  # fmt: skip
+    p.add_argument(
+        "--broker", choices=("tansu", "kafka"), default="tansu",
+        help="the local broker when BDI_KAFKA_BOOTSTRAP is unset: tansu (in memory) or "
+        "kafka (one Apache Kafka KRaft node; needs Java 17 and Maven)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="only the JSON line on stdout")
     p.set_defaults(func=_cmd_bench_pipeline)
 
@@ -103,12 +111,17 @@ def _add_bench_pipeline(bench_sub: argparse._SubParsersAction) -> None:  # type:
 def _cmd_bench_pipeline(args: argparse.Namespace) -> int:
     from edge.bench.pipeline import BenchConfig, run_pipeline_benchmark
 
+    if args.consumers is None:
+        from configs.settings import load_settings
+        from edge.cli.up import default_consumers
+
+        args.consumers = default_consumers(load_settings())
     if min(args.frames, args.batch, args.consumers, args.rounds) < 1 or args.train < 2:
         raise ValueError("--frames, --batch, --consumers and --rounds must be >= 1, --train >= 2")
     cfg = BenchConfig(
         frames=args.frames, batch=args.batch, size=args.size, consumers=args.consumers,
         train_images=args.train, consumer_options=tuple(args.consumer_option),
-        rounds=args.rounds,
+        rounds=args.rounds, broker=args.broker,
     )  # fmt: skip
     result = run_pipeline_benchmark(cfg)
     print(orjson.dumps(result, option=0 if args.json else orjson.OPT_INDENT_2).decode())

@@ -189,3 +189,20 @@ def test_the_password_is_never_shown_in_a_settings_error(monkeypatch, tmp_path):
     assert SECRET not in str(err.value)
     cfg.write_text("kafka_sasl_password: 123456789\n")  # a number is a password too
     assert load_settings().kafka_sasl_password.get_secret_value() == "123456789"
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [("auto", "auto"), ("1", "on"), ("true", "on"), ("ON", "on"), ("0", "off"), ("no", "off")],
+)
+def test_the_idempotence_setting_reads_like_a_switch(monkeypatch, raw, value):
+    monkeypatch.setenv("BDI_KAFKA_IDEMPOTENCE", raw)
+    assert load_settings().kafka_idempotence == value
+
+
+def test_an_unknown_idempotence_setting_is_refused(monkeypatch):
+    monkeypatch.setenv("BDI_KAFKA_IDEMPOTENCE", "sometimes")
+    with pytest.raises(
+        SettingsError, match="BDI_KAFKA_IDEMPOTENCE='sometimes'.*'auto', 'on' or 'off'"
+    ):
+        load_settings()

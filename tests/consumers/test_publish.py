@@ -1,16 +1,18 @@
 """At-least-once publication with a stand-in producer: a frame counts as delivered only
-when all its records are acknowledged; failures are retried, then stop the consumer."""
+when all its records are acknowledged; failures are retried, then stop the consumer. And
+the verdict producer itself: idempotent where the broker grants it, on real brokers."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 
-from consumers.errors import PublishError
+from consumers.errors import IdempotenceUnsupportedError, PublishError
 from consumers.outcome import Outcome, OutRecord
-from consumers.publish import VALUE_DROPPED, Publisher
+from consumers.publish import VALUE_DROPPED, Publisher, start_producer
 
 
 class FakeProducer:
@@ -105,3 +107,47 @@ def test_oversized_heatmap_is_skipped_but_oversized_verdict_fails():
     )
     with pytest.raises(PublishError):
         publish(FakeProducer(too_large=100), [big], attempts=1)
+
+
+# --- the verdict producer: idempotent where the broker grants a producer id -------------
+
+
+async def _started(bootstrap: str, idempotence: str) -> tuple[bool, bool]:
+    producer, idempotent = await start_producer(bootstrap, {}, idempotence)
+    try:
+        await producer.send_and_wait(f"bdi-probe-{idempotence}", b"x", key=b"k")
+        return idempotent, producer._txn_manager is not None and producer._txn_manager.has_pid()
+    finally:
+        await producer.stop()
+
+
+@pytest.mark.kafka
+def test_a_broker_that_grants_producer_ids_gets_an_idempotent_producer(kafka_broker):
+    if not kafka_broker.transactions:
+        pytest.skip(f"the {kafka_broker.kind} broker grants no producer ids (InitProducerId)")
+    assert asyncio.run(_started(kafka_broker.bootstrap, "auto")) == (True, True)
+    assert asyncio.run(_started(kafka_broker.bootstrap, "on")) == (True, True)
+    assert asyncio.run(_started(kafka_broker.bootstrap, "off")) == (False, False)
+
+
+@pytest.mark.kafka
+def test_auto_falls_back_to_a_plain_producer_with_a_warning(tansu_broker, caplog):
+    with caplog.at_level(logging.WARNING, logger="consumers.publish"):
+        assert asyncio.run(_started(tansu_broker.bootstrap, "auto")) == (False, False)
+    warned = [r for r in caplog.records if r.name == "consumers.publish"]
+    assert len(warned) == 1 and "refused an idempotent producer" in warned[0].getMessage()
+    assert tansu_broker.bootstrap == warned[0].bootstrap  # type: ignore[attr-defined]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="consumers.publish"):
+        assert asyncio.run(_started(tansu_broker.bootstrap, "off")) == (False, False)
+    assert not [r for r in caplog.records if r.name == "consumers.publish"]
+
+
+@pytest.mark.kafka
+def test_on_makes_a_refusal_a_clear_start_up_error(tansu_broker):
+    with pytest.raises(IdempotenceUnsupportedError) as info:
+        asyncio.run(_started(tansu_broker.bootstrap, "on"))
+    message = str(info.value)
+    assert "BDI_KAFKA_IDEMPOTENCE=on" in message and "InitProducerId" in message
+    assert tansu_broker.bootstrap in message
+    assert isinstance(info.value, ValueError)  # bdi prints "bdi: error: ..." and exits 2

@@ -68,6 +68,8 @@ def test_200_frames_get_exactly_200_correct_verdicts_and_all_offsets_commit(
     assert offsets == {p: (end or None) for p, end in ends.items()}  # all committed, to the end
     assert dead == []
     assert consumer.stats.verdicts == {"OK": 180, "NG": 20}
+    # a broker that grants producer ids (Apache Kafka) gets an idempotent verdict producer
+    assert consumer.idempotent is kafka_broker.transactions
     for record, v in zip(records, verdicts, strict=True):
         assert record.key == v["frame_id"].encode()
         assert v["schema"] == VERDICT_SCHEMA

@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 
-from edge.bench.consumers import ConsumerGroup, tally
-from edge.bench.pipeline import BenchConfig, PipelineRun, consumer_env
+from configs.settings import load_settings
+from edge.bench.consumers import ConsumerGroup, PhaseResult, tally
+from edge.bench.pipeline import BenchConfig, BenchError, PipelineRun, _check_warm_up, consumer_env
 from edge.cli import main
 from edge.simulator.camera import CameraFrame
 
@@ -42,11 +44,20 @@ def _children() -> set[int]:
 
 @pytest.mark.kafka
 @pytest.mark.slow
-def test_pipeline_benchmark_answers_every_frame_once_and_correctly(capsys):
+@pytest.mark.parametrize(
+    ("broker", "consumers"),
+    [("tansu", ["--consumers", "1"]), ("kafka", [])],  # kafka: the default consumers
+)
+def test_pipeline_benchmark_answers_every_frame_once_and_correctly(capsys, broker, consumers):
+    from consumers.apache_kafka import KAFKA_VERSION, missing_tools
+    from edge.cli.up import default_consumers
+
+    if broker == "kafka" and missing_tools():
+        pytest.skip(f"Apache Kafka cannot run here (missing {'; '.join(missing_tools())})")
     before = _children()
     options = [f"--consumer-option={o}" for o in QUICK_GROUP]
     argv = ["bench", "pipeline", "--frames", "40", "--batch", "8", "--size", "96",
-            "--train", "16", "--json", *options]  # fmt: skip
+            "--train", "16", "--broker", broker, *consumers, "--json", *options]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert len(out.strip().splitlines()) == 1, "--json: only the JSON line on stdout"
@@ -61,9 +72,12 @@ def test_pipeline_benchmark_answers_every_frame_once_and_correctly(capsys):
                 "paced_latency_ms_p99"):  # fmt: skip
         assert result[key] > 0, key
     assert result["latency_ms_p99"] >= result["latency_ms_p50"]
-    assert (result["batch"], result["size"], result["consumers"]) == (8, 96, 1)
+    expected = 1 if consumers else default_consumers(load_settings())
+    assert (result["batch"], result["size"], result["consumers"]) == (8, 96, expected)
     assert result["backbone"] == "efficientnet_lite0"
-    assert result["broker"] == "local tansu"
+    local = {"tansu": "local tansu", "kafka": f"local apache-kafka {KAFKA_VERSION}"}
+    assert result["broker"] == local[broker]
+    assert result["cpu_s"]["max_rate"]["broker"] > 0  # the local broker's process is measured
     assert _children() <= before, "consumers and broker are stopped"
 
 
@@ -130,3 +144,22 @@ def test_assignments_follow_assigned_and_revoked_log_lines(tmp_path):
 def test_bad_arguments_are_refused(argv, capsys):
     assert main(["bench", "pipeline", *argv]) == 2
     assert "bdi: error:" in capsys.readouterr().err
+
+
+def _phase(frames: int, answered: int) -> PhaseResult:
+    return PhaseResult(frames, answered, 0, 0, 1.0, 0.1, np.zeros(answered))
+
+
+def test_a_broken_warm_up_is_a_clear_error_and_a_misjudged_frame_is_said():
+    ok_as_ng = {"frame_id": "w1", "expected": "OK", "verdict": "NG", "score": 9.0}
+    error = {"frame_id": "w2", "expected": "OK", "verdict": "ERROR", "error": "decode"}
+    said: list[str] = []
+    _check_warm_up(_phase(32, 32), [], said.append)
+    assert said == []
+    _check_warm_up(_phase(32, 32), [ok_as_ng], said.append)
+    assert len(said) == 1 and "1 of 32 frames misjudged" in said[0] and "w1" in said[0]
+    with pytest.raises(BenchError, match="3 of 32 frames unanswered, 0 answered ERROR"):
+        _check_warm_up(_phase(32, 29), [], said.append)
+    with pytest.raises(BenchError, match="0 of 32 frames unanswered, 1 answered ERROR.*w2"):
+        _check_warm_up(_phase(32, 32), [ok_as_ng, error], said.append)
+    assert issubclass(BenchError, ValueError)  # bdi: error: ..., exit 2, no traceback
