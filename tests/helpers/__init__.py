@@ -11,6 +11,7 @@
 - ``kafka``: the test broker and topics, producing frames and reading verdicts over the
   wire, committed offsets, a camera producer.
 - ``malformed``: malformed (and odd but valid) frames with their dead-letter class.
+- ``parts``: inspection plans, frame verdicts and a changelog for the part aggregator.
 - ``paths``: the repository root.
 - ``probes``: process memory, latency percentiles, a topic follower, ``ProductBug``.
 - ``processes``: a ``bdi consume`` subprocess and its settings, whether a pid is alive.
