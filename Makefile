@@ -28,11 +28,17 @@ kafka-jars: | $(STAMP)
 	$(PY) -m consumers.apache_kafka
 
 # Debian's kcat (librdkafka's command-line client), which the Kafka client tests run as a
-# camera and an MES would. Installed where apt-get can (root or sudo); otherwise it says so
-# and those tests skip, naming it.
-DEBIAN_PACKAGES := kcat
+# camera and an MES would, and PostgreSQL (initdb, pg_ctl under /usr/lib/postgresql/*/bin),
+# which the trace store's tests start on a free port. Installed where apt-get can (root or
+# sudo); otherwise it says so and those tests skip, naming it.
+DEBIAN_PACKAGES := kcat postgresql
 debian-packages:
-	@missing=""; for p in $(DEBIAN_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(DEBIAN_PACKAGES); do \
+	  case $$p in \
+	    postgresql) ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+	      || command -v initdb >/dev/null ;; \
+	    *) command -v $$p >/dev/null ;; \
+	  esac || missing="$$missing $$p"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if ! command -v apt-get >/dev/null; then echo "debian-packages: no apt-get; not installed:$$missing"; exit 0; fi; \
 	if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; \

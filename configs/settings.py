@@ -39,7 +39,7 @@ KafkaProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 Idempotence = Literal["auto", "on", "off"]  # consumers.publish.start_producer
 # never shown in a settings error, whatever their value
-SECRET_FIELDS = frozenset({"api_key", "kafka_sasl_password"})
+SECRET_FIELDS = frozenset({"api_key", "kafka_sasl_password", "trace_db_url"})
 KAFKA_TLS_FILES = ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile")
 KAFKA_SASL_FIELDS = (
     "kafka_sasl_mechanism",
@@ -150,6 +150,10 @@ class Settings(_BdiSources):
     kafka_topic_verdicts: str = _env("kafka_topic_verdicts", default="bdi.verdicts", min_length=1)
     kafka_topic_dlq: str = _env("kafka_topic_dlq", default="bdi.frames.dlq", min_length=1)
     kafka_topic_heatmaps: str | None = _env("kafka_topic_heatmaps", default=None)
+    # part verdicts (bdi.part/1) and the aggregator's state: a compacted topic the group owns
+    # (unset: <BDI_KAFKA_GROUP>.parts.changelog); consumers.part_state
+    kafka_topic_parts: str = _env("kafka_topic_parts", default="bdi.parts", min_length=1)
+    kafka_topic_parts_changelog: str | None = _env("kafka_topic_parts_changelog", default=None)
     kafka_exactly_once: bool = _env("kafka_exactly_once", default=False)
     # at-least-once verdict producer: idempotent (no duplicates from the producer's own
     # retries) when the broker grants a producer id; "on" requires it, "off" never asks
@@ -174,6 +178,15 @@ class Settings(_BdiSources):
     consumer_health_port: int = _env("consumer_health_port", default=0, ge=0, le=65535)
     consumer_health_host: str = _env("consumer_health_host", default="127.0.0.1")
 
+    # --- trace store (store/trace/, bdi trace; docs/TRACE.md) ------------------------------
+    # unset: SQLite at <models_dir>/trace/trace.db; postgresql://user:pass@host/db: PostgreSQL
+    trace_db_url: str | None = _env("trace_db_url", default=None)
+    trace_group: str = _env("trace_group", default="bdi-trace", min_length=1)
+    trace_max_gb: float = _env("trace_max_gb", default=5.0, gt=0.0)
+    trace_ng_days: int = _env("trace_ng_days", default=365, ge=1)
+    # OK frames whose crop is kept: 1 in N, chosen by frame_id; 0 = none
+    trace_ok_sample: int = _env("trace_ok_sample", default=50, ge=0)
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:
@@ -191,6 +204,8 @@ class Settings(_BdiSources):
         "api_key",
         "kafka_bootstrap",
         "kafka_topic_heatmaps",
+        "kafka_topic_parts_changelog",
+        "trace_db_url",
         *KAFKA_TLS_FILES,
         *KAFKA_SASL_FIELDS,
         mode="before",

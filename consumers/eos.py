@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError, ProducerFenced
 
 from consumers.errors import PublishError, TransactionsUnsupportedError
-from consumers.outcome import Outcome
+from consumers.outcome import Outcome, OutRecord
 from consumers.publish import Producer, deliver_all
 from consumers.security import connection_error
 
@@ -176,13 +176,38 @@ class TransactionalPublisher:
                     await deliver_all(producer, [r for o in outcomes for r in o.records])
                     await producer.send_offsets_to_transaction({tp: offset}, self.group)
             except ProducerFenced:
-                log.warning("fenced: partition taken over", extra={"partition": tp.partition})
-                self._fenced.add(tp)
-                self._producers.pop(tp, None)
-                with contextlib.suppress(Exception):
-                    await producer.stop()
+                await self._fenced_out(tp, producer)
                 return
             except KafkaError as exc:
                 message = f"transaction for {tp} failed: {type(exc).__name__}: {exc}"
                 raise PublishError(message) from exc
         on_committed(tp, outcomes, offset)
+
+    async def _fenced_out(self, tp: TopicPartition, producer: TxnProducer) -> None:
+        log.warning("fenced: partition taken over", extra={"partition": tp.partition})
+        self._fenced.add(tp)
+        self._producers.pop(tp, None)
+        with contextlib.suppress(Exception):
+            await producer.stop()
+
+    async def send(self, tp: TopicPartition, records: Sequence[OutRecord]) -> bool:
+        """``records`` that belong to no frame of ``tp`` (parts decided by their deadline)
+        in a transaction of ``tp``'s producer, without offsets, holding its lock so it never
+        interleaves with a batch's transaction. ``False`` when ``tp`` is no longer ours."""
+        ready = self._ready.get(tp)
+        if ready is not None:
+            await ready.wait()
+        async with self._lock(tp):
+            producer = self._producers.get(tp)
+            if producer is None or tp in self._fenced:
+                return False
+            try:
+                async with producer.transaction():
+                    await deliver_all(producer, records)
+            except ProducerFenced:
+                await self._fenced_out(tp, producer)
+                return False
+            except KafkaError as exc:
+                message = f"transaction for {tp} failed: {type(exc).__name__}: {exc}"
+                raise PublishError(message) from exc
+        return True

@@ -112,12 +112,15 @@ class Frame:
 
 @dataclass(frozen=True)
 class Decoded:
-    """A frame after decoding: ``image`` (H, W, 3) uint8 RGB, or the reason there is none."""
+    """A frame after decoding: ``image`` (H, W, 3) uint8 RGB, or the reason there is none.
+    ``image_sha256``: hex SHA-256 of the record's value as received (``None``: a tombstone),
+    whatever became of the frame."""
 
     frame: Frame
     image: np.ndarray | None
     failure: Failure | None
     decode_ms: float = 0.0
+    image_sha256: str | None = None
 
 
 def _text_headers(headers: Headers) -> tuple[dict[str, str], list[str]]:
@@ -215,28 +218,33 @@ def decode_frame(
     without a ``content_sha256`` header is refused, so no damaged transfer that still
     decodes can be scored.
     """
+    t0 = time.perf_counter()
+    # every verdict names its image, a refused one too; the content_sha256 check reuses it
+    sha = None if frame.value is None else hashlib.sha256(frame.value).hexdigest()
+
+    def decoded(image: np.ndarray | None, failure: Failure | None) -> Decoded:
+        return Decoded(frame, image, failure, (time.perf_counter() - t0) * 1e3, sha)
+
     if frame.failure is not None:
-        return Decoded(frame, None, frame.failure)
+        return decoded(None, frame.failure)
     if require_checksum and frame.meta.content_sha256 is None:
         missing = MissingHeaderError(
             f"missing header(s): {CHECKSUM} (required: BDI_REQUIRE_CHECKSUM=1)"
         )
-        return Decoded(frame, None, Failure.of(missing))
+        return decoded(None, Failure.of(missing))
     data = frame.value or b""
     if len(data) > max_bytes:
         too_large = FrameTooLargeError(f"frame of {len(data)} bytes exceeds {max_bytes} bytes")
-        return Decoded(frame, None, Failure.of(too_large))
-    t0 = time.perf_counter()
+        return decoded(None, Failure.of(too_large))
     want = frame.meta.content_sha256
-    if want is not None and hashlib.sha256(data).hexdigest() != want:
+    if want is not None and (sha or hashlib.sha256(b"").hexdigest()) != want:
         # a damaged transfer that still decodes (a JPEG has no checksum of its own)
         damaged = ChecksumMismatchError(f"frame bytes do not match their {CHECKSUM} header")
-        return Decoded(frame, None, Failure.of(damaged), (time.perf_counter() - t0) * 1e3)
+        return decoded(None, Failure.of(damaged))
     try:
         image = decode_image(data, max_pixels)
     except ImageDecodeError as exc:
-        return Decoded(frame, None, Failure.of(exc), (time.perf_counter() - t0) * 1e3)
+        return decoded(None, Failure.of(exc))
     except Exception as exc:  # any decoder crash is this frame's problem only
-        failure = Failure("ImageDecodeError", f"{type(exc).__name__}: {exc}")
-        return Decoded(frame, None, failure, (time.perf_counter() - t0) * 1e3)
-    return Decoded(frame, image, None, (time.perf_counter() - t0) * 1e3)
+        return decoded(None, Failure("ImageDecodeError", f"{type(exc).__name__}: {exc}"))
+    return decoded(image, None)

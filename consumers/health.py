@@ -36,6 +36,7 @@ class Stats:
     """What this consumer answered (tests and the final log line)."""
 
     verdicts: Counter[str] = field(default_factory=Counter)
+    parts: Counter[str] = field(default_factory=Counter)  # part records, per verdict and "late"
     partitions: set[int] = field(default_factory=set)
     batches: int = 0
     dropped_revoked: int = 0

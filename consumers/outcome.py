@@ -16,17 +16,24 @@ TooLarge = Literal["fail", "drop_value", "skip"]
 
 @dataclass(frozen=True)
 class OutRecord:
+    """One record to produce. ``partition``: an explicit partition (``None``: by key).
+    ``state``: a state record (the part-state changelog): sent only once every other record
+    of its batch is acknowledged, in the batch's order, so the state never runs ahead of
+    the records it stands for (``consumers.part_state``)."""
+
     topic: str
     key: bytes | None
     value: bytes | None
     headers: Headers = ()
     too_large: TooLarge = "fail"
+    partition: int | None = None
+    state: bool = False
 
 
 @dataclass(frozen=True)
 class Outcome:
     """One frame's verdict and every record that must be acknowledged before its offset
-    may be committed (verdict, dead letter, heatmap)."""
+    may be committed (verdict, dead letter, heatmap, part records and part state)."""
 
     frame: Frame
     verdict: VerdictMessage

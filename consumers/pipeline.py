@@ -20,7 +20,8 @@ from consumers.frames import Decoded, Failure, Frame, decode_frame
 from consumers.models import ModelResolver
 from consumers.outcome import Outcome, OutRecord
 from consumers.verdicts import Timings, VerdictMessage, build_verdict, inference_failure
-from engine import InferItem
+from engine import EngineConfig, InferItem
+from engine.provenance import Provenance
 
 if TYPE_CHECKING:
     from configs.settings import Settings
@@ -43,6 +44,7 @@ class BatchProcessor:
         self.resolver = resolver
         self.max_bytes = int(settings.max_frame_mb * 1024 * 1024)
         self.heatmaps = settings.kafka_topic_heatmaps
+        self.provenance = Provenance.of(EngineConfig.from_settings(settings))
 
     async def decode(self, frames: Sequence[Frame], pool: Executor) -> list[Decoded]:
         """Decode a batch in ``pool``'s threads, order kept."""
@@ -64,7 +66,12 @@ class BatchProcessor:
             failure = Failure.of(exc)
             zero = Timings(0.0, 0.0, 0.0, 0.0)
             return [
-                self._outcome(d, build_verdict(d, None, failure, zero), None, failure)
+                self._outcome(
+                    d,
+                    build_verdict(d, None, failure, zero, provenance=self.provenance),
+                    None,
+                    failure,
+                )
                 for d in batch
             ]
 
@@ -86,7 +93,7 @@ class BatchProcessor:
                 inference_ms=infer_ms,
                 total_ms=(time.monotonic() - d.frame.fetched_at) * 1e3,
             )
-            verdict = build_verdict(d, inference, failure, timings)
+            verdict = build_verdict(d, inference, failure, timings, provenance=self.provenance)
             outcomes.append(self._outcome(d, verdict, inference, failure))
         return outcomes
 

@@ -4,7 +4,9 @@ acknowledgement (``acks=all``), and report each frame whose records all made it.
 A frame is reported (``on_delivered``) only when *all* its records are acknowledged, and
 only reported frames may have their offsets committed. Failed frames are resent a few
 times; if they still fail, :class:`PublishError` stops the consumer without committing
-them, so they are redelivered rather than lost.
+them, so they are redelivered rather than lost. State records (the part aggregator's
+changelog) go last, in the batch's order, once every other record of the batch is
+acknowledged.
 """
 
 from __future__ import annotations
@@ -82,11 +84,50 @@ class Producer(Protocol):
 
 async def deliver(producer: Producer, record: OutRecord) -> None:
     """Send one record and wait for its acknowledgement, applying its too-large policy."""
+    await deliver_all(producer, [record])
+
+
+async def deliver_all(producer: Producer, records: Sequence[OutRecord]) -> None:
+    """Send ``records`` and wait for every acknowledgement. They are handed to the producer
+    one after the other, in their order, so records of one partition are appended in that
+    order (a part's state records must be: the last one is the state)."""
+    sent: list[tuple[OutRecord, asyncio.Future[Any] | MessageSizeTooLargeError]] = []
     try:
-        future = await producer.send(
-            record.topic, value=record.value, key=record.key, headers=list(record.headers)
-        )
-        await future
+        for record in records:
+            try:
+                sent.append((record, await _send(producer, record)))
+            except MessageSizeTooLargeError as exc:  # the client's own size check
+                sent.append((record, exc))
+    except BaseException:
+        for _, answer in sent:  # no "exception never retrieved" for those left behind
+            if isinstance(answer, asyncio.Future):
+                answer.add_done_callback(_retrieve)
+        raise
+    await asyncio.gather(*(_settle(producer, record, answer) for record, answer in sent))
+
+
+async def _send(producer: Producer, record: OutRecord) -> asyncio.Future[Any]:
+    return await producer.send(
+        record.topic,
+        value=record.value,
+        key=record.key,
+        partition=record.partition,
+        headers=list(record.headers),
+    )
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+async def _settle(
+    producer: Producer, record: OutRecord, answer: asyncio.Future[Any] | MessageSizeTooLargeError
+) -> None:
+    try:
+        if isinstance(answer, MessageSizeTooLargeError):
+            raise answer
+        await answer
     except MessageSizeTooLargeError:
         if record.too_large == "fail":
             raise
@@ -105,11 +146,10 @@ async def deliver(producer: Producer, record: OutRecord) -> None:
             await deliver(producer, smaller)
 
 
-async def deliver_all(producer: Producer, records: Sequence[OutRecord]) -> None:
-    await asyncio.gather(*(deliver(producer, r) for r in records))
-
-
 class Publisher:
+    """Publishes batches of outcomes (:meth:`publish`) and the part aggregator's own
+    records (:meth:`publish_records`), retrying ``attempts`` times."""
+
     def __init__(self, producer: Producer, attempts: int = 5, backoff_s: float = 0.5) -> None:
         self.producer = producer
         self.attempts = attempts
@@ -118,11 +158,60 @@ class Publisher:
     async def publish(
         self, outcomes: Sequence[Outcome], on_delivered: Callable[[Outcome], None]
     ) -> None:
+        """Every record of every outcome, ``on_delivered`` for each frame whose records are
+        all acknowledged. State records (``OutRecord.state``) go last: once every other
+        record of the batch is acknowledged, in the batch's order; the frames are then
+        reported together."""
+        state = [r for o in outcomes for r in o.records if r.state]
+        if not state:
+            await self._publish(outcomes, on_delivered, lambda o: o.records)
+            return
+        done: list[Outcome] = []
+        await self._publish(outcomes, done.append, lambda o: [r for r in o.records if not r.state])
+        await self._in_order(state, "part state record(s)")
+        for outcome in done:
+            on_delivered(outcome)
+
+    async def publish_records(self, records: Sequence[OutRecord]) -> None:
+        """Records that belong to no frame (parts decided by their deadline): the others
+        first, then the state records, each group resent whole, in order, on failure."""
+        await self._in_order([r for r in records if not r.state], "part record(s)")
+        await self._in_order([r for r in records if r.state], "part state record(s)")
+
+    async def _in_order(self, records: Sequence[OutRecord], what: str) -> None:
+        error: BaseException | None = None
+        for attempt in range(1, self.attempts + 1):
+            if not records:
+                return
+            try:
+                await deliver_all(self.producer, records)
+                return
+            except Exception as exc:
+                error = exc
+            log.warning(
+                "delivery failed; retrying",
+                extra={"attempt": attempt, "records": len(records), "what": what,
+                       "error": f"{type(error).__name__}: {error}"},
+            )  # fmt: skip
+            if attempt < self.attempts:
+                await asyncio.sleep(self.backoff_s * attempt)
+        raise PublishError(
+            f"{len(records)} {what} not acknowledged after {self.attempts} attempts: "
+            f"{type(error).__name__}: {error}"
+        )
+
+    async def _publish(
+        self,
+        outcomes: Sequence[Outcome],
+        on_delivered: Callable[[Outcome], None],
+        records_of: Callable[[Outcome], Sequence[OutRecord]],
+    ) -> None:
         pending = list(outcomes)
         error: BaseException | None = None
         for attempt in range(1, self.attempts + 1):
             results = await asyncio.gather(
-                *(deliver_all(self.producer, o.records) for o in pending), return_exceptions=True
+                *(deliver_all(self.producer, records_of(o)) for o in pending),
+                return_exceptions=True,
             )
             failed: list[tuple[Outcome, BaseException]] = []
             for outcome, result in zip(pending, results, strict=True):

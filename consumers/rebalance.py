@@ -17,6 +17,7 @@ from consumers.errors import PublishError
 from consumers.lineage import Lineage, replaced_logs
 from consumers.membership import membership_lost
 from consumers.offsets import OffsetTracker
+from consumers.part_state import PartState
 from consumers.topics import committed_offsets, lost_logs, names, names_offsets
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,8 @@ class Rebalancer(ConsumerRebalanceListener):  # type: ignore[misc]
     ``txn`` is the exactly-once publisher (None: at-least-once, where the revoke commits
     through ``committer``); ``reader_options`` are the aiokafka arguments of a client
     outside the group that reads committed positions back (see consumers.lineage);
-    ``on_fatal`` is called with the error that must stop the consumer.
+    ``on_fatal`` is called with the error that must stop the consumer; ``parts`` is the
+    part aggregator, whose state is read back on assignment and dropped on revocation.
     """
 
     def __init__(
@@ -41,6 +43,7 @@ class Rebalancer(ConsumerRebalanceListener):  # type: ignore[misc]
         txn: TransactionalPublisher | None,
         reader_options: dict[str, Any],
         on_fatal: Callable[[PublishError], None],
+        parts: PartState | None = None,
     ) -> None:
         self.client = client
         self.tracker = tracker
@@ -49,9 +52,12 @@ class Rebalancer(ConsumerRebalanceListener):  # type: ignore[misc]
         self.txn = txn
         self.reader_options = reader_options
         self.on_fatal = on_fatal
+        self.parts = parts
 
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         revoked = list(revoked)
+        if self.parts is not None:
+            self.parts.drop(revoked)
         self.committer.cancel_pending()  # what it held is returned by revoke() below
         offsets = self.tracker.revoke(revoked)
         if offsets and membership_lost(self.client):
@@ -80,19 +86,38 @@ class Rebalancer(ConsumerRebalanceListener):  # type: ignore[misc]
         epoch = self.tracker.assign(assigned)
         if self.txn is not None:
             self.txn.expect(assigned)  # frames fetched from now on wait for the producers
+        if self.parts is not None:
+            self.parts.expect(assigned)  # ... and for their part state
         log.info("partitions assigned", extra={"partitions": names(assigned), "epoch": epoch})
-        committed = await committed_offsets(self.client, assigned)
-        rewind = await lost_logs(self.client, committed)
-        rest = {tp: c for tp, c in committed.items() if tp not in rewind}
-        rewind += await replaced_logs(rest, self.lineage, self._reader)
-        if rewind:
-            await self._rewind(rewind)
-        if self.txn is None:
+        try:
+            committed = await committed_offsets(self.client, assigned)
+            rewind = await lost_logs(self.client, committed)
+            rest = {tp: c for tp, c in committed.items() if tp not in rewind}
+            rewind += await replaced_logs(rest, self.lineage, self._reader)
+            if rewind:
+                await self._rewind(rewind)
+            if self.txn is not None:
+                try:
+                    await self.txn.open(assigned)
+                except Exception as exc:  # aiokafka would only log it: the partitions stall
+                    message = f"cannot open transactional producers: {type(exc).__name__}: {exc}"
+                    log.error("stopping", extra={"error": message})
+                    self.on_fatal(PublishError(message))
+                    return
+            # after the producers: opening them aborts the previous owner's open transaction,
+            # which a read_committed read of the changelog would otherwise wait for
+            await self._restore_parts(assigned)
+        finally:
+            if self.parts is not None:
+                self.parts.release(assigned)  # nobody waits in vain
+
+    async def _restore_parts(self, assigned: list[TopicPartition]) -> None:
+        if self.parts is None:
             return
         try:
-            await self.txn.open(assigned)
-        except Exception as exc:  # aiokafka would only log it: the partitions would stall
-            message = f"cannot open transactional producers: {type(exc).__name__}: {exc}"
+            await self.parts.restore(assigned)
+        except Exception as exc:  # frames without their part state must not be answered
+            message = f"cannot restore the part state: {type(exc).__name__}: {exc}"
             log.error("stopping", extra={"error": message})
             self.on_fatal(PublishError(message))
 

@@ -17,6 +17,7 @@ import socket
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -38,11 +39,12 @@ from consumers.membership import refuse_commits_outside_the_group
 from consumers.models import ModelResolver
 from consumers.offsets import OffsetTracker
 from consumers.outcome import Outcome
+from consumers.part_state import PartState, PlanCache, caught_up, deadline_publisher, store_plans
 from consumers.pipeline import BatchProcessor
 from consumers.publish import Publisher, start_producer
 from consumers.rebalance import Rebalancer
 from consumers.security import security_options
-from consumers.topics import require_bootstrap, start_client
+from consumers.topics import changelog_topic, ensure_changelog, require_bootstrap, start_client
 
 if TYPE_CHECKING:
     from configs.settings import Settings
@@ -101,6 +103,7 @@ class FrameConsumer:
         self._publisher: Publisher | None = None
         self._txn: TransactionalPublisher | None = None
         self._processor: BatchProcessor | None = None
+        self._parts: PartState | None = None  # the part aggregator
         self._fatal: PublishError | None = None  # raised by run() after a clean stop
         self._carry: list[Frame] = []  # records a keep-alive poll returned, for the next batch
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="bdi-infer")
@@ -141,6 +144,7 @@ class FrameConsumer:
             )
             self._publisher = Publisher(self._producer)
         self._processor = await self._build_processor()
+        await self._start_parts()
         client = AIOKafkaConsumer(**self._consumer_kwargs())
         client.subscribe([s.kafka_topic_frames], listener=self._join(client))
         await start_client(self.bootstrap, client, self._consumer_kwargs())
@@ -155,6 +159,8 @@ class FrameConsumer:
                 "verdicts": s.kafka_topic_verdicts,
                 "dlq": s.kafka_topic_dlq,
                 "heatmaps": s.kafka_topic_heatmaps,
+                "parts": s.kafka_topic_parts,
+                "parts_changelog": changelog_topic(s),
                 "exactly_once": s.kafka_exactly_once,
                 "idempotent": self.idempotent,
                 "client_id": self.client_id,
@@ -175,8 +181,26 @@ class FrameConsumer:
             txn=self._txn,
             reader_options={**reader, "group_id": None},
             on_fatal=self._fail,
+            parts=self._parts,
         )
         return self._rebalancer
+
+    async def _start_parts(self) -> None:
+        """The part aggregator: its changelog checked (created when missing), its timer."""
+        s, options = self.settings, {**self.security, **self.consumer_options}
+        assert self.store is not None and self._processor is not None
+        check = partial(ensure_changelog, self.bootstrap, s.kafka_topic_frames,
+                        changelog_topic(s), options)  # fmt: skip
+        self._parts = PartState(
+            s,
+            plans=PlanCache(store_plans(self.store), s.model_poll_s),
+            reader_options=self._consumer_kwargs(),
+            code_version=self._processor.provenance.code_version,
+            counts=self.stats.parts,
+            check=None if await check() else check,  # no frames topic yet: at assignment
+        )
+        idle = partial(caught_up, lambda: self._consumer, self.tracker, s.kafka_exactly_once)
+        self._parts.start_timer(deadline_publisher(self._txn, self._publisher), idle, self._fail)
 
     def _fail(self, error: PublishError) -> None:
         """Stop, and have :meth:`run` raise ``error`` once stopped."""
@@ -186,6 +210,8 @@ class FrameConsumer:
     async def stop(self) -> None:
         """Commit what is acknowledged, leave the group, flush the producer. Idempotent."""
         self._stopping.set()
+        if self._parts is not None:
+            await self._parts.stop_timer()
         if self._consumer is not None and self._publisher is not None:
             # bounded: with the broker gone, aiokafka would retry the commit forever
             grace = max(1.0, self.settings.shutdown_grace_s)
@@ -201,10 +227,8 @@ class FrameConsumer:
         self._committer = self._rebalancer = None
         self._infer_pool.shutdown(wait=False, cancel_futures=True)
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
-        log.info(
-            "consumer stopped",
-            extra={"verdicts": dict(self.stats.verdicts), "batches": self.stats.batches},
-        )
+        counts = {"verdicts": dict(self.stats.verdicts), "parts": dict(self.stats.parts)}
+        log.info("consumer stopped", extra={**counts, "batches": self.stats.batches})
 
     async def _build_processor(self) -> BatchProcessor:
         from engine import Engine
@@ -330,11 +354,14 @@ class FrameConsumer:
         live = [o for o in outcomes if self.tracker.is_current(_tp(o.frame), o.frame.epoch)]
         self.stats.dropped_revoked += len(outcomes) - len(live)
         self.stats.batches += 1
-        if self._txn is not None:
-            await self._txn.publish(live, self._preview, self._on_committed)
-        else:
-            assert self._publisher is not None
-            await self._publisher.publish(live, self._on_delivered)
+        assert self._parts is not None
+        async with self._parts.batch(live, self.tracker.is_current, self._infer_pool):
+            if self._txn is not None:
+                await self._txn.publish(live, self._preview, self._on_committed)
+            else:
+                assert self._publisher is not None
+                await self._publisher.publish(live, self._on_delivered)
+        if self._txn is None:
             await self._commit()
 
     def _on_delivered(self, outcome: Outcome) -> None:
@@ -342,6 +369,8 @@ class FrameConsumer:
         if self.tracker.ack(_tp(frame), frame.epoch, frame.source.offset):
             self.stats.verdicts[outcome.verdict.verdict] += 1
             self.stats.partitions.add(frame.source.partition)
+            if self._parts is not None:
+                self._parts.delivered(outcome.records)
 
     def _preview(self, tp: TopicPartition, outcomes: Sequence[Outcome]) -> int | None:
         epoch = outcomes[0].frame.epoch

@@ -9,11 +9,17 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    TopicAlreadyExistsError,
+    for_code,
+)
 
 from consumers.errors import ConsumerError, MissingBootstrapError
 from consumers.security import connection_error, connection_options
@@ -32,13 +38,26 @@ def require_bootstrap(settings: Settings) -> str:
             "e.g. BDI_KAFKA_BOOTSTRAP=localhost:9092"
         )
     s = settings
-    outputs = [s.kafka_topic_verdicts, s.kafka_topic_dlq, s.kafka_topic_heatmaps]
+    outputs = [s.kafka_topic_verdicts, s.kafka_topic_dlq, s.kafka_topic_heatmaps,
+               s.kafka_topic_parts, changelog_topic(s)]  # fmt: skip
     if s.kafka_topic_frames in outputs:
         raise ConsumerError(
             f"BDI_KAFKA_TOPIC_FRAMES={s.kafka_topic_frames!r} is also an output topic; "
-            "frames, verdicts, dead letters and heatmaps need distinct topics"
+            "frames, verdicts, dead letters, heatmaps, parts and the parts changelog need "
+            "distinct topics"
+        )
+    if s.kafka_topic_parts == changelog_topic(s):
+        raise ConsumerError(
+            f"BDI_KAFKA_TOPIC_PARTS={s.kafka_topic_parts!r} is also the parts changelog; "
+            "part verdicts and the aggregator's state need distinct topics"
         )
     return settings.kafka_bootstrap
+
+
+def changelog_topic(settings: Settings) -> str:
+    """The part aggregator's changelog: ``BDI_KAFKA_TOPIC_PARTS_CHANGELOG``, else
+    ``<BDI_KAFKA_GROUP>.parts.changelog`` (the state belongs to the group)."""
+    return settings.kafka_topic_parts_changelog or f"{settings.kafka_group}.parts.changelog"
 
 
 async def start_client(
@@ -106,13 +125,27 @@ async def lost_logs(
     return lost
 
 
-def service_topics(settings: Settings, partitions: int) -> dict[str, int]:
-    """``{name: partitions}`` of the topics the service reads and writes: frames and
-    verdicts with ``partitions``, dead letters and heatmaps (when set) with one."""
-    topics = {
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic to create with settings of its own (``config``: topic configs)."""
+
+    partitions: int
+    config: Mapping[str, str] = field(default_factory=dict)
+
+
+COMPACTED = {"cleanup.policy": "compact"}
+
+
+def service_topics(settings: Settings, partitions: int) -> dict[str, int | TopicSpec]:
+    """``{name: partitions}`` of the topics the service reads and writes: frames, verdicts
+    and parts with ``partitions``, the parts changelog with as many (compacted), dead
+    letters and heatmaps (when set) with one."""
+    topics: dict[str, int | TopicSpec] = {
         settings.kafka_topic_frames: partitions,
         settings.kafka_topic_verdicts: partitions,
         settings.kafka_topic_dlq: 1,
+        settings.kafka_topic_parts: partitions,
+        changelog_topic(settings): TopicSpec(partitions, COMPACTED),
     }
     if settings.kafka_topic_heatmaps:
         topics[settings.kafka_topic_heatmaps] = 1
@@ -121,7 +154,7 @@ def service_topics(settings: Settings, partitions: int) -> dict[str, int]:
 
 async def ensure_topics(
     bootstrap: str,
-    partitions: Mapping[str, int],
+    partitions: Mapping[str, int | TopicSpec],
     replication: int = 1,
     options: Mapping[str, Any] | None = None,
 ) -> list[str]:
@@ -134,7 +167,9 @@ async def ensure_topics(
     try:
         existing = set(await admin.list_topics())
         wanted = [
-            NewTopic(name, n, replication) for name, n in partitions.items() if name not in existing
+            _new_topic(name, spec, replication)
+            for name, spec in partitions.items()
+            if name not in existing
         ]
         if not wanted:
             return []
@@ -143,6 +178,61 @@ async def ensure_topics(
         return [t.name for t in wanted]
     finally:
         await admin.close()
+
+
+def _new_topic(name: str, spec: int | TopicSpec, replication: int) -> NewTopic:
+    if isinstance(spec, int):
+        return NewTopic(name, spec, replication)
+    return NewTopic(name, spec.partitions, replication, topic_configs=dict(spec.config))
+
+
+async def ensure_changelog(
+    bootstrap: str, frames: str, changelog: str, options: Mapping[str, Any] | None = None
+) -> int | None:
+    """Check that the parts changelog has at least as many partitions as the frames topic
+    (partition ``p`` holds the state of frames partition ``p``); create it, compacted, with
+    as many partitions and the frames topic's replication, when missing (as Kafka Streams
+    creates its internal topics). Returns its partition count, ``None`` when the frames
+    topic does not exist (yet); :class:`ConsumerError` when it has fewer partitions."""
+    options = connection_options(options or {})
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **options)
+    await start_client(bootstrap, admin, options)
+    try:
+        for _ in range(METADATA_TRIES):  # a topic just created may not be listed at once
+            # every topic: a Metadata request naming a missing one may auto-create it
+            topics = {t["topic"]: t["partitions"] for t in await admin.describe_topics(None)}
+            if frames in topics and changelog in topics:
+                return _enough(changelog, len(topics[changelog]), frames, len(topics[frames]))
+            if frames in topics:
+                replicas = len(topics[frames][0].get("replicas") or [None])
+                spec = TopicSpec(len(topics[frames]), COMPACTED)
+                answer = await admin.create_topics([_new_topic(changelog, spec, replicas)])
+                code = answer.topic_errors[0][1]  # (name, error code, ...): not raised
+                if code == 0:
+                    log.info("parts changelog created", extra={"topic": changelog,
+                             "partitions": spec.partitions, "replication": replicas})  # fmt: skip
+                    return spec.partitions
+                if code != TopicAlreadyExistsError.errno:  # else: there, not yet listed
+                    detail = " ".join(str(x) for x in answer.topic_errors[0][2:] if x)
+                    raise ConsumerError(f"cannot create the parts changelog {changelog!r}: "
+                                        f"{for_code(code).__name__} {detail}".strip())  # fmt: skip
+            await asyncio.sleep(0.2)
+        return None
+    finally:
+        await admin.close()
+
+
+METADATA_TRIES = 10
+
+
+def _enough(changelog: str, have: int, frames: str, wanted: int) -> int:
+    if have < wanted:
+        raise ConsumerError(
+            f"the parts changelog {changelog!r} has {have} partition(s), fewer than the "
+            f"{wanted} of the frames topic {frames!r}: give it {wanted} (kafka-topics "
+            "--alter --partitions), or name another one with BDI_KAFKA_TOPIC_PARTS_CHANGELOG"
+        )
+    return have
 
 
 async def topic_partitions(

@@ -19,6 +19,7 @@ from engine.errors import NON_FINITE
 
 if TYPE_CHECKING:
     from engine import Inference, Verdict
+    from engine.provenance import Provenance
     from engine.regions import Region
 
 SCHEMA = "bdi.verdict/1"
@@ -54,6 +55,12 @@ class VerdictMessage:
     regions: list[dict[str, Any]]  # Region.to_dict(), as the REST API's regions
     regions_total: int
     model_version: str | None
+    # provenance (docs/KAFKA.md): the threshold's identity, the image's, the code's and the
+    # scoring settings'; null where unknown (no model: no calibration_version)
+    calibration_version: str | None
+    image_sha256: str | None  # of the record's value as received; null only for a tombstone
+    code_version: str
+    settings_fingerprint: str
     source: Source
     timings: Timings
     error_class: str | None
@@ -107,11 +114,14 @@ def build_verdict(
     failure: Failure | None,
     timings: Timings,
     *,
+    provenance: Provenance,
     model_version: str | None = None,
 ) -> VerdictMessage:
     """The verdict of one frame. ``failure`` (input, model) wins over ``inference``; an
-    inference that fails :func:`inference_failure` becomes ``ERROR``/``NO_MODEL``."""
+    inference that fails :func:`inference_failure` becomes ``ERROR``/``NO_MODEL``.
+    ``provenance``: this process's code version and scoring-settings fingerprint."""
     meta = decoded.frame.meta
+    calibration_version = None
     if failure is None and inference is not None:
         failure = inference_failure(inference)
     if failure is None and inference is None:
@@ -121,6 +131,7 @@ def build_verdict(
     if inference is not None:
         score, threshold = finite(inference.score), finite(inference.threshold)
         model_version = inference.model_version or model_version
+        calibration_version = inference.calibration_version
         regions = list(inference.regions) if failure is None else []
     verdict: Verdict = failure.verdict if failure is not None else _ok_ng(inference)
     return VerdictMessage(
@@ -129,6 +140,10 @@ def build_verdict(
         score=score,
         threshold=threshold,
         model_version=model_version,
+        calibration_version=calibration_version,
+        image_sha256=decoded.image_sha256,
+        code_version=provenance.code_version,
+        settings_fingerprint=provenance.settings_fingerprint,
         source=decoded.frame.source,
         timings=timings,
         regions=[r.to_dict() for r in regions[:MAX_REGIONS]],

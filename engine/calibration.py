@@ -7,7 +7,7 @@ came from, so an engineer can see why a threshold is where it is.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -51,14 +51,24 @@ class Calibration:
     ok_reject_rate: float  # share of the OK scores at or above the threshold
     ng_miss_rate: float | None  # share of the NG scores below it
     created_at: float
+    # content hash of the fields above but created_at (store.models.calibration_version):
+    # named by every verdict, since a recalibration keeps the model's version. Not in the
+    # file; a file's is computed from its JSON as read, so the store names the same one.
+    # Never an argument: dataclasses.replace() must not carry a stale one over.
+    version: str = field(default="", init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "version", _content_version(self.to_dict()))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        del data["version"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Calibration:
         ng = data.get("ng")
-        return cls(
+        calibration = cls(
             threshold=float(data["threshold"]),
             method=str(data.get("method", "ok_percentile")),
             percentile=float(data.get("percentile", 100.0)),
@@ -68,6 +78,15 @@ class Calibration:
             ng_miss_rate=None if data.get("ng_miss_rate") is None else float(data["ng_miss_rate"]),
             created_at=float(data.get("created_at", 0.0)),
         )
+        # hashed as the file has it (a field it lacks stays absent): as the store names it
+        object.__setattr__(calibration, "version", _content_version(data))
+        return calibration
+
+
+def _content_version(data: dict[str, Any]) -> str:
+    from store.models import calibration_version  # the one definition; no torch there
+
+    return calibration_version(data)
 
 
 def _checked(scores: Any, name: str) -> np.ndarray:

@@ -38,6 +38,7 @@ class Inference:
     threshold: float | None
     regions: list[Region] = field(default_factory=list)
     model_version: str | None = None
+    calibration_version: str | None = None  # the threshold's identity (Calibration.version)
     error: str | None = None
     error_kind: str | None = None  # the exception class behind an ERROR, for the front doors
     anomaly_map: np.ndarray | None = None  # (H, W) at the original resolution
@@ -51,6 +52,7 @@ def failed(exc: BaseException, model: PatchCoreModel | None = None) -> Inference
     return Inference(
         "ERROR", None, None if model is None else model.threshold,
         model_version=None if model is None else model.version,
+        calibration_version=None if model is None else model.calibration_version,
         error=f"{type(exc).__name__}: {exc}", error_kind=type(exc).__name__,
     )  # fmt: skip
 
@@ -93,7 +95,8 @@ def decide(
     if not math.isfinite(score) or not np.isfinite(patches).all():
         return Inference(
             "ERROR", None, threshold, model_version=model.version,
-            error="non-finite anomaly score", error_kind=NON_FINITE, random_backbone=random_bb,
+            calibration_version=model.calibration_version, error="non-finite anomaly score",
+            error_kind=NON_FINITE, random_backbone=random_bb,
         )  # fmt: skip
     h, w = item.image.shape[:2]
     mm = item.mm_per_px if item.mm_per_px is not None else model.meta.mm_per_px
@@ -137,6 +140,7 @@ def decide(
         png = heatmap_png(item.image, full, 2.0 * threshold if threshold else None)
     return Inference(
         verdict, score, threshold, regions, error=error, model_version=model.version,
+        calibration_version=model.calibration_version,
         # the localisation map: patch distances, no baseline (the better pixel ranking)
         anomaly_map=resize_map(amap, h, w) if item.want_map and amap is not None else None,
         heatmap_png=png, random_backbone=random_bb,

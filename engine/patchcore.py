@@ -197,6 +197,10 @@ class PatchCoreModel:
     def threshold(self) -> float | None:
         return None if self.calibration is None else self.calibration.threshold
 
+    @property
+    def calibration_version(self) -> str | None:
+        return None if self.calibration is None else self.calibration.version
+
 
 def content_version(meta: ModelMeta, bank: np.ndarray, baseline: np.ndarray | None = None) -> str:
     """A short content hash naming one trained model (memory bank, baseline, metadata)."""

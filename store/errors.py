@@ -42,3 +42,15 @@ class CorruptModelError(StoreError):
 
 class ArchiveError(StoreError):
     """A model archive is unusable, or a model cannot be exported."""
+
+
+class InvalidPlanError(InvalidValueError):
+    """An inspection plan is unusable: no ROI, a ROI named twice, a bad deadline."""
+
+
+class PlanNotFoundError(NotFoundError):
+    """No inspection plan (or no such plan version) is stored for a recipe."""
+
+
+class CorruptPlanError(StoreError):
+    """A stored inspection plan is unreadable or disagrees with its version."""

@@ -26,6 +26,7 @@ class Revision:
     calibration: str | None  # "ok_percentile" (set by training) or "ok_ng"; None: none
     saved_at: float | None  # when this revision was first stored (seconds since the epoch)
     current: bool
+    calibration_version: str | None = None  # models.calibration_version; None: uncalibrated
 
     @property
     def calibrated(self) -> bool:
@@ -49,11 +50,12 @@ def revisions(ref: ModelRef) -> list[Revision]:
         if models.NPZ not in files:
             continue  # removed by a writer meanwhile
         record = history.get(name) or {}
-        threshold, method = models.calibration_facts(files.get(models.CALIB))
+        calib = models.calibration_facts(files.get(models.CALIB))
         saved_at = record.get("saved_at") or files[models.NPZ].parent.stat().st_mtime
         version = record.get("version") or models.npz_version(files[models.NPZ])
+        current = name == pointer["revision"]
         out.append(
-            Revision(name, version, threshold, method, saved_at, name == pointer["revision"])
+            Revision(name, version, calib.threshold, calib.method, saved_at, current, calib.version)
         )
     return sorted(out, key=lambda r: (not r.current, -(r.saved_at or 0.0), r.revision))
 

@@ -32,6 +32,7 @@ class ModelState:
     has_calibration: bool
     threshold: float | None
     version: str | None  # model content hash, as named by verdicts
+    calibration_version: str | None  # the threshold's content hash, as named by verdicts
     revision: str | None  # stored-files hash (recipe layout only)
     mm_per_px: float | None  # the recipe's locked value
     dataset: dict[str, int] = field(default_factory=dict)
@@ -54,7 +55,7 @@ def model_state(store: ModelStore, ref: ModelRef) -> ModelState:
         loc, error = None, str(exc)
     files = loc.files if loc else {}
     calib = files.get(models.CALIB)
-    threshold, _ = models.calibration_facts(calib)
+    threshold, _, calibration_version = models.calibration_facts(calib)
     if calib is not None and threshold is None and error is None:
         error = f"unreadable calibration {calib}"
     version = None
@@ -69,6 +70,7 @@ def model_state(store: ModelStore, ref: ModelRef) -> ModelState:
         has_calibration=calib is not None,
         threshold=threshold,
         version=version,
+        calibration_version=calibration_version,
         revision=loc.revision if loc else None,
         mm_per_px=recipes.locked_mm(store.recipe_dir(ref.recipe_id)),
         dataset=store.datasets.counts(ref),

@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
@@ -97,16 +97,41 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def calibration_facts(source: Path | bytes | None) -> tuple[float | None, str | None]:
-    """``(threshold, method)`` of a calibration file (its path, or its bytes from an
-    archive); ``(None, None)`` if absent or unreadable."""
+class CalibrationFacts(NamedTuple):
+    threshold: float | None
+    method: str | None
+    version: str | None  # :func:`calibration_version`
+
+
+def calibration_facts(source: Path | bytes | None) -> CalibrationFacts:
+    """Threshold, method and version of a calibration file (its path, or its bytes from an
+    archive); all ``None`` if absent or unreadable."""
     if source is None:
-        return None, None
+        return CalibrationFacts(None, None, None)
     try:
         data = orjson.loads(source) if isinstance(source, bytes) else atomic.read_json(source)
-        return float(data["threshold"]), str(data.get("method", "ok_percentile"))
-    except (ValueError, KeyError, TypeError):
-        return None, None
+        threshold, method = float(data["threshold"]), str(data.get("method", "ok_percentile"))
+        return CalibrationFacts(threshold, method, calibration_version(data))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return CalibrationFacts(None, None, None)
+
+
+def calibration_version(data: dict[str, Any]) -> str:
+    """Short content hash of a calibration (its file's JSON object): the threshold and the
+    statistics it came from, not ``created_at``. Unlike the model ``version``, it changes
+    when only the threshold does. Computed, never stored: older files have one too. Defined
+    here, not in the engine, so the store names it without importing torch."""
+    content = {k: _as_float(v) for k, v in data.items() if k != "created_at"}
+    return digest(orjson.dumps(content, option=orjson.OPT_SORT_KEYS))[:16]
+
+
+def _as_float(value: Any) -> Any:
+    """Numbers as floats, at any depth: ``3`` and ``3.0`` in a file are the same content."""
+    if isinstance(value, dict):
+        return {k: _as_float(v) for k, v in value.items()}
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 def revision_of(digests: dict[str, str]) -> str:

@@ -7,18 +7,19 @@ the resulting :class:`~store.naming.ModelRef`. Datasets are reached through
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from store import atomic, history, legacy, manifest, models, naming, recipes, retention
+from store import atomic, history, legacy, manifest, models, naming, plans, recipes, retention
 from store.cache import ModelCache
 from store.datasets import Datasets
-from store.errors import CorruptModelError, InvalidIdError, MissingModelError
+from store.errors import CorruptModelError, InvalidIdError, MissingModelError, PlanNotFoundError
 from store.locks import FileLocks
 from store.naming import ModelRef
+from store.plans import InspectionPlan, PlanRoi, PlanWarning, StoredPlan
 
 if TYPE_CHECKING:
     from configs.settings import Settings
@@ -183,6 +184,8 @@ class ModelStore:
                     atomic.sweep(ds_dir)
                 for label_dir in (rdir / "datasets").glob("*/*"):
                     atomic.sweep(label_dir)
+                for plan_dir in (plans.plan_dir(rdir), plans.plan_dir(rdir) / plans.VERSIONS):
+                    atomic.sweep(plan_dir)
 
     # --- models: reads ---------------------------------------------------------------------
     def _candidates(self, ref: ModelRef) -> list[Path]:
@@ -252,3 +255,46 @@ class ModelStore:
 
     def manifest(self, recipe: str | None = None) -> dict[str, Any]:
         return manifest.build(self, None if recipe is None else naming.recipe_id(recipe))
+
+    # --- inspection plans (store/plans.py) -------------------------------------------------
+    def save_plan(
+        self,
+        recipe: str | None,
+        rois: Iterable[PlanRoi],
+        deadline_ms: int = plans.DEFAULT_DEADLINE_MS,
+    ) -> StoredPlan:
+        """Validate and store the recipe's inspection plan (atomically, under the recipe
+        lock) as its current one; the same content keeps its version."""
+        plan = plans.make_plan(recipe, rois, deadline_ms)
+        with self.lock(plan.recipe_id):
+            return plans.write_plan(self.recipe_dir(plan.recipe_id), plan)
+
+    def stored_plan(self, recipe: str | None, version: str | None = None) -> StoredPlan:
+        """The current plan (or that ``version`` of it) with when it was stored;
+        :class:`PlanNotFoundError` when there is none."""
+        rid = naming.recipe_id(recipe)
+        return plans.read_plan(self.recipe_dir(rid), rid, version)
+
+    def read_plan(self, recipe: str | None, version: str | None = None) -> InspectionPlan:
+        """The current plan, or the stored ``version`` a part record names."""
+        return self.stored_plan(recipe, version).plan
+
+    def find_plan(self, recipe: str | None) -> InspectionPlan | None:
+        """Like :meth:`read_plan`, ``None`` when the recipe has no plan."""
+        try:
+            return self.read_plan(recipe)
+        except PlanNotFoundError:
+            return None
+
+    def plan_stamp(self, recipe: str | None) -> models.Stamp:
+        """Cheap change detector of the recipe's current plan (the pointer's stat)."""
+        return models.stat_stamp(plans.plan_dir(self.recipe_dir(recipe)) / plans.POINTER)
+
+    def plan_versions(self, recipe: str | None) -> list[StoredPlan]:
+        """Every stored version of the recipe's plan, newest first."""
+        rid = naming.recipe_id(recipe)
+        return plans.list_plans(self.recipe_dir(rid), rid)
+
+    def plan_warnings(self, plan: InspectionPlan) -> list[PlanWarning]:
+        """The plan's ROIs whose frames cannot be judged OK/NG yet (no model, no threshold)."""
+        return plans.model_warnings(self, plan)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from tests.helpers.api import LiveServer
     from tests.helpers.consumer import Trained
     from tests.helpers.kafka import Broker, Topics
+    from tests.helpers.postgres import Postgres
 
 
 def _test_data_root() -> Path:
@@ -215,3 +216,20 @@ def live_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
     for server, thread in started:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+# --- PostgreSQL (the trace store's second database) -------------------------------------
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A PostgreSQL server of the session (Debian's ``postgresql`` binaries, run from a temp
+    folder on a free port, stopped at the end); skips saying what is missing."""
+    from tests.helpers.postgres import Postgres, missing
+
+    why = missing()
+    if why:
+        pytest.skip(why)
+    server = Postgres().start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -21,7 +21,7 @@ from edge.api.diagnostics import Diagnostics
 from edge.api.errors import as_bdi_error, error_body
 from edge.api.metrics import ApiMetrics
 from edge.api.middleware import ApiMiddleware, BodyDeadline, BodyError
-from edge.api.routes import datasets, health, inference, models, training
+from edge.api.routes import datasets, health, inference, models, plans, trace, training
 from engine import Engine
 from store import ModelStore
 
@@ -72,14 +72,15 @@ def _request_id(request: Request) -> str | None:
 
 def _error_response(
     request: Request, status: int, code: str, detail: str, headers: dict[str, str] | None = None,
-    **extra: object,
+    public: bool = False, **extra: object,
 ) -> JSONResponse:  # fmt: skip
     state: AppState = request.app.state.bdi
     state.diagnostics.log(
         "error", level="error" if status >= 500 else "warning", status=status, error=code,
         message=detail, method=request.method, path=request.url.path,
     )  # fmt: skip
-    if status >= 500:  # server-side detail (file paths and the like) stays in the log
+    # server-side detail (file paths and the like) stays in the log
+    if status >= 500 and not public:
         detail = f"server error ({code}); details in the diagnostics log under this request id"
     body = error_body(code, detail, _request_id(request), **extra)
     return JSONResponse(body, status_code=status, headers=headers)
@@ -90,7 +91,9 @@ def _install_error_handlers(app: FastAPI) -> None:
         err = as_bdi_error(exc)
         if err is None:  # not ours after all: let the middleware answer 500
             raise exc
-        return _error_response(request, err.status, err.code, err.message, err.headers)
+        return _error_response(
+            request, err.status, err.code, err.message, err.headers, public=err.public
+        )
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
@@ -152,6 +155,7 @@ def create_app(
         finally:
             for task in tasks:
                 task.cancel()
+            state.trace.close()
             state.diagnostics.log("shutdown")
             state.diagnostics.close()
 
@@ -165,7 +169,7 @@ def create_app(
     _install_error_handlers(app)
     app.include_router(health.router)
     protected = [Depends(require_api_key)]
-    for module in (training, inference, models, datasets):
+    for module in (training, inference, models, datasets, plans, trace):
         app.include_router(module.router, dependencies=protected)
     if settings.cors_origins:
         wildcard = "*" in settings.cors_origins
@@ -173,7 +177,7 @@ def create_app(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_credentials=not wildcard,  # never '*' together with credentials
-            allow_methods=["GET", "POST", "DELETE"],
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=["X-API-Key", "X-Request-Id", "Content-Type"],
             expose_headers=["X-Request-Id"],
         )

@@ -19,6 +19,7 @@ from edge.api.diagnostics import Diagnostics
 from edge.api.errors import Unauthorized
 from edge.api.metrics import ApiMetrics
 from edge.api.schemas import CalibrateRequest
+from edge.api.trace import TraceReader
 from engine import Engine
 from store import ModelRef, ModelStore
 
@@ -34,6 +35,7 @@ class AppState:
     metrics: ApiMetrics
     version: str
     fit_slots: threading.BoundedSemaphore = field(init=False)
+    trace: TraceReader = field(init=False)  # opened on the first trace request
     # readiness (GET /ready): "ready", "loading" or "error: ..." / "ok", "unreachable",
     # "not configured"
     engine_status: str = "ready"
@@ -41,6 +43,7 @@ class AppState:
 
     def __post_init__(self) -> None:
         self.fit_slots = threading.BoundedSemaphore(self.settings.max_concurrent_fits)
+        self.trace = TraceReader(self.settings)
 
     @property
     def ready(self) -> bool:
@@ -63,7 +66,12 @@ def get_request_id(request: Request) -> str:
     return str(request.state.request_id)
 
 
+def get_trace(state: StateDep) -> TraceReader:
+    return state.trace
+
+
 StoreDep = Annotated[ModelStore, Depends(get_store)]
+TraceDep = Annotated[TraceReader, Depends(get_trace)]
 RequestIdDep = Annotated[str, Depends(get_request_id)]
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)

@@ -23,6 +23,9 @@ class BdiError(Exception):
 
     status: int = 500
     code: str = "internal_error"
+    # a 5xx answer shows "see the log" instead of the message, unless the message is meant
+    # for the caller (it names a setting or a step to take, never a server path)
+    public: bool = False
 
     def __init__(
         self,
@@ -48,6 +51,20 @@ class Unauthorized(BdiError):
     status, code = 401, "unauthorized"
 
 
+class NotFound(BdiError):
+    status, code = 404, "not_found"
+
+
+class Gone(BdiError):
+    status, code = 410, "gone"
+
+
+class Unavailable(BdiError):
+    """Something the request needs is not there yet (the trace database); says what to do."""
+
+    status, code, public = 503, "unavailable", True
+
+
 class Busy(BdiError):
     status, code = 429, "busy"
 
@@ -59,12 +76,15 @@ class Busy(BdiError):
 # so subclasses come before their bases
 ERROR_TABLE: list[tuple[type[Exception], int, str]] = [
     (store_errors.InvalidIdError, 400, "invalid_id"),
+    (store_errors.InvalidPlanError, 400, "invalid_plan"),
     (store_errors.InvalidValueError, 400, "invalid_value"),
     (store_errors.MissingModelError, 400, "missing_memory"),
+    (store_errors.PlanNotFoundError, 404, "plan_not_found"),
     (store_errors.NotFoundError, 404, "not_found"),
     (store_errors.ConflictError, 409, "mm_per_px_mismatch"),
     (store_errors.ArchiveError, 400, "invalid_archive"),
     (store_errors.CorruptModelError, 500, "corrupt_model"),
+    (store_errors.CorruptPlanError, 500, "corrupt_plan"),
     (store_errors.StoreError, 500, "store_error"),
     (engine_errors.GridMismatchError, 400, "token_grid_mismatch"),
     (engine_errors.NotFittedError, 400, "missing_memory"),

@@ -30,6 +30,7 @@ from engine import Engine, Inference, InferItem
 from engine.calibration import Calibration
 from engine.images import decode_image
 from engine.metrics import auroc
+from engine.provenance import Provenance
 from store import ModelRef, ModelStore
 
 # engine failures of one frame that mean "this model cannot score this image"
@@ -90,6 +91,7 @@ def train(
         grid=meta.grid,
         mm_per_px=saved.mm_per_px,
         threshold=fit.model.threshold,
+        calibration_version=fit.model.calibration_version,
         timings_s={k: round(v, 4) for k, v in fit.timings_s.items()},
         source="dataset" if source == "dataset" else "upload",
     )
@@ -112,6 +114,7 @@ def _store_calibration(
         n_ng=calibration.ng.n if calibration.ng else 0, source=source,
     )  # fmt: skip
     data.pop("created_at", None)
+    data["calibration_version"] = calibration.version
     return CalibrationPublic.model_validate(
         {**data, **ref.ids(), "model_version": saved.version, "source": source}
     )
@@ -166,6 +169,7 @@ def infer_one(
     diagnostics: Diagnostics,
     ref: ModelRef,
     image: np.ndarray,
+    image_sha256: str,
     mm_per_px: float | None,
     heatmap: bool,
 ) -> InferencePublic:
@@ -180,15 +184,21 @@ def infer_one(
     diagnostics.log(
         "inference", **ref.ids(), verdict=result.verdict, score=result.score,
         threshold=result.threshold, model_version=result.model_version,
+        calibration_version=result.calibration_version, image_sha256=image_sha256,
         regions=len(result.regions), error=result.error, timings_ms=result.timings_ms,
     )  # fmt: skip
     png = result.heatmap_png if heatmap else None
+    provenance = Provenance.of(engine.config)
     return InferencePublic(
         verdict=result.verdict,
         score=result.score,
         threshold=result.threshold,
         regions=regions_public(result),
         model_version=result.model_version,
+        calibration_version=result.calibration_version,
+        image_sha256=image_sha256,
+        code_version=provenance.code_version,
+        settings_fingerprint=provenance.settings_fingerprint,
         error=result.error,
         heatmap_png_base64=base64.b64encode(png).decode() if png else None,
         random_backbone=result.random_backbone,
@@ -238,6 +248,7 @@ def infer_dataset(
     return InferDatasetResult(
         **ref.ids(),
         model_version=model.version,
+        calibration_version=model.calibration_version,
         threshold=model.threshold,
         results=rows,
         counts=counts,

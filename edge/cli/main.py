@@ -85,12 +85,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_command(sub)
 
     add_store_commands(sub)
+    from edge.cli.plan import add_plan_command
+
+    add_plan_command(sub)
     from edge.cli.transfer import add_transfer_commands
 
     add_transfer_commands(sub)
     from edge.cli.consume import add_consume_command
 
     add_consume_command(sub)
+    from edge.cli.trace import add_trace_command
+
+    add_trace_command(sub)
     _finish(parser)
     return parser
 

@@ -3,7 +3,8 @@
 A supervisor, not a server: it checks that the API port and the consumers' health ports
 are free, starts a local broker (when ``BDI_KAFKA_BOOTSTRAP`` is unset: the embedded Tansu,
 or Apache Kafka with ``--broker kafka``),
-creates the topics, then runs ``bdi serve`` and ``bdi consume`` as child processes. The
+creates the topics, then runs ``bdi serve``, ``bdi consume`` and ``bdi trace`` (the trace
+store, unless ``--no-trace``) as child processes. The
 children and the broker run in their own sessions, so that Ctrl-C reaches the supervisor
 alone and they are stopped in order: consumers first (they finish their batch and commit),
 then the API, then the broker; a summary says what stopped, how and when. "Up" is printed
@@ -66,6 +67,10 @@ def add_up_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     up.add_argument(
         "--broker-port", type=int, default=None,
         help=f"local broker port (default {DEFAULT_BROKER_PORT}, or a free one if taken)",
+    )  # fmt: skip
+    up.add_argument(
+        "--no-trace", action="store_true",
+        help="do not run bdi trace (the trace store of verdicts, part records and crops)",
     )  # fmt: skip
     up.add_argument("--ready-timeout", type=float, default=120.0, help="seconds to wait")
     up.set_defaults(func=cmd_up)
@@ -146,6 +151,9 @@ def _banner(settings: Settings, sup: Supervisor) -> str:
     lines += [
         f"              {c.name}  {c.health_url}  /metrics" for c in consumers if c.health_url
     ]
+    if any(c.name == "trace" for c in sup.children):
+        lines.append(f"  trace     : bdi trace in group {settings.trace_group} -> "
+                     f"{trace_db(settings)} (GET /parts/{{part_id}}, /verdicts)")  # fmt: skip
     lines += [
         f"  backbone  : {settings.backbone} @ {settings.image_size}px",
         f"  models    : {Path(settings.models_dir).resolve()}",
@@ -155,6 +163,15 @@ def _banner(settings: Settings, sup: Supervisor) -> str:
         lines.append(f"  device    : CPU allowed ({why})")
     lines.append("  Ctrl-C stops everything.")
     return "\n".join(lines)
+
+
+def trace_db(settings: Settings) -> str:
+    """Where ``bdi trace`` stores (a PostgreSQL URL without its password); a bad
+    ``BDI_TRACE_DB_URL`` raises here, before anything starts."""
+    from store.trace.db import target
+
+    where = target(settings.trace_db_url, Path(settings.models_dir).resolve())
+    return f"{'SQLite' if where.dialect == 'sqlite' else 'PostgreSQL'} {where.shown}"
 
 
 def dev_settings(port: int | None = None) -> Settings:
@@ -221,17 +238,20 @@ def health_ports(settings: Settings, n: int) -> list[int]:
 def start_service(
     settings: Settings, consumers: int, partitions: int, broker_port: int | None,
     ready_timeout_s: float, *, stop: threading.Event | None = None, prog: str = "bdi up",
-    broker: str = "tansu",
+    broker: str = "tansu", trace: bool = False,
 ) -> Supervisor:  # fmt: skip
-    """Broker (when none is configured), topics, API and consumers; returns once they are
-    ready. Ports are checked before anything starts; on failure or ``stop`` everything
-    started so far is stopped again (and the summary printed)."""
+    """Broker (when none is configured), topics, API, consumers and, with ``trace``, the
+    trace store's feed; returns once the API and consumers are ready. Ports are checked
+    before anything starts; on failure or ``stop`` everything started so far is stopped
+    again (and the summary printed)."""
     if consumers < 1:
         raise ValueError("--consumers must be at least 1")
     stop = stop or threading.Event()
     hint = "(another bdi up or bdi serve?); choose another with --port or BDI_BACKEND_PORT"
     check_port_free(settings.backend_host, settings.backend_port, hint)
     ports = health_ports(settings, consumers)
+    if trace:
+        trace_db(settings)  # a bad BDI_TRACE_DB_URL is refused before anything starts
     _preflight(settings)
     sup = Supervisor(dict(os.environ))
     try:
@@ -254,6 +274,8 @@ def start_service(
                 env["BDI_CONSUMER_HEALTH_PORT"] = str(ports[i])
                 url = f"http://{_local(settings.consumer_health_host)}:{ports[i]}/health"
             sup.spawn(f"consumer-{i + 1}", ["consume"], env, health_url=url)
+        if trace:
+            sup.spawn("trace", ["trace"])
         _wait_ready(sup, api, api_url(settings), deadline, stop)
     except BaseException:
         shutdown(sup, settings.shutdown_grace_s, prog)
@@ -271,7 +293,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     code = 0
     try:
         sup = start_service(settings, consumers, partitions, args.broker_port,
-                            args.ready_timeout, stop=stop, broker=args.broker)  # fmt: skip
+                            args.ready_timeout, stop=stop, broker=args.broker,
+                            trace=not args.no_trace)  # fmt: skip
         print(_banner(settings, sup), flush=True)
         print(f"  processes : {sup.pids()}", flush=True)
         while not stop.wait(0.2):

@@ -156,3 +156,38 @@ def test_a_malformed_checksum_header_is_invalid(digest):
     f = _with_checksum(b"", digest)
     assert f.failure is not None and f.failure.error_class == "InvalidHeaderError"
     assert "content_sha256" in f.failure.message
+
+
+def test_every_decoded_frame_names_the_sha256_of_its_bytes_as_received():
+    value = png(np.zeros((8, 8, 3), np.uint8))
+    damaged = png(np.full((8, 8, 3), 1, np.uint8))
+    cases = {
+        "decoded": (frame(value=value), value),
+        "header failure": (frame(value=value, headers=GOOD[1:]), value),
+        "too large": (frame(value=value), value),
+        "not an image": (frame(value=b"GIF89a...."), b"GIF89a...."),
+        "damaged": (_with_checksum(damaged, hashlib.sha256(value).hexdigest()), damaged),
+    }
+    for name, (f, received) in cases.items():
+        d = decode_frame(f, 10 if name == "too large" else 1 << 20, 10_000)
+        assert d.image_sha256 == hashlib.sha256(received).hexdigest(), name
+        assert (d.failure is None) == (name == "decoded"), name
+    assert decode_frame(frame(value=None), 1 << 20, 10_000).image_sha256 is None  # tombstone
+
+
+def test_the_checksum_check_reuses_the_frames_hash(monkeypatch):
+    import consumers.frames
+
+    calls = []
+    real = hashlib.sha256
+
+    def sha256(data=b""):
+        calls.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(consumers.frames.hashlib, "sha256", sha256)
+    value = png(np.zeros((8, 8, 3), np.uint8))
+    digest = real(value).hexdigest()
+    d = decode_frame(_with_checksum(value, digest), 1 << 20, 10_000)
+    assert d.failure is None and d.image_sha256 == digest
+    assert calls == [len(value)]

@@ -145,3 +145,26 @@ def test_an_unexpected_bug_is_error_for_the_batch_not_a_crash():
         ("ERROR", "KeyError")
     ] * 2
     assert all([r.topic for r in o.records] == ["v", "d"] for o in outcomes)
+
+
+def test_every_published_verdict_carries_the_processes_provenance():
+    import hashlib
+
+    from engine import EngineConfig
+    from engine.provenance import code_version, settings_fingerprint
+
+    inference = Inference("OK", 1.0, 5.0, model_version="m1", calibration_version="c1")
+    proc, _ = processor(FakeEngine(inference))
+    docs = [orjson.loads(o.records[0].value) for o in proc.infer(batch(IMAGE, b"garbage"))]
+    fingerprint = settings_fingerprint(EngineConfig.from_settings(proc.settings))
+    assert [(d["verdict"], d["calibration_version"]) for d in docs] == [
+        ("OK", "c1"), ("ERROR", None)]  # fmt: skip
+    assert [d["image_sha256"] for d in docs] == [
+        hashlib.sha256(v).hexdigest() for v in (IMAGE, b"garbage")
+    ]
+    assert {(d["code_version"], d["settings_fingerprint"]) for d in docs} == {
+        (code_version(), fingerprint)
+    }
+    other, _ = processor(FakeEngine(inference), anomaly_sigma=2.0)
+    (doc,) = [orjson.loads(o.records[0].value) for o in other.infer(batch(IMAGE))]
+    assert doc["settings_fingerprint"] != fingerprint

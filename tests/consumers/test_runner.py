@@ -4,11 +4,14 @@ committed, hot reload without a restart."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 
 import pytest
 
 from consumers import VERDICT_SCHEMA, FrameConsumer
 from edge.api.schemas import RegionPublic
+from engine import EngineConfig
+from engine.provenance import Provenance
 from store import ModelStore
 from tests.helpers.consumer import GROUP_OPTIONS, train_model
 from tests.helpers.images import SIZE
@@ -57,6 +60,10 @@ def test_200_frames_get_exactly_200_correct_verdicts_and_all_offsets_commit(
     consumer, offsets, ends, records, dead = asyncio.run(scenario())
     verdicts = parse(records)
     assert len(verdicts) == 200  # exactly: no frame lost, none answered twice
+    sent = {f.frame_id: f.value or b"" for f in frames}
+    store = ModelStore(settings)
+    calibration = store.state(store.ref(RECIPE, ROLE, ROI)).calibration_version
+    provenance = Provenance.of(EngineConfig.from_settings(settings))
     assert {v["frame_id"] for v in verdicts} == set(expected)
     wrong = {
         v["frame_id"]: (v["verdict"], v["score"])
@@ -75,6 +82,9 @@ def test_200_frames_get_exactly_200_correct_verdicts_and_all_offsets_commit(
         assert v["schema"] == VERDICT_SCHEMA
         assert v["model_version"] == trained.version
         assert v["threshold"] == pytest.approx(trained.threshold)
+        assert calibration is not None and v["calibration_version"] == calibration
+        assert v["image_sha256"] == hashlib.sha256(sent[v["frame_id"]]).hexdigest()
+        assert (v["code_version"], v["settings_fingerprint"]) == provenance
         assert v["source"]["topic"] == topics.frames
         assert (v["recipe_id"], v["role_id"], v["roi_id"]) == (RECIPE, ROLE, ROI)
         assert v["part_id"].startswith("disc-1-") and v["frame_id_derived"] is False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -110,3 +111,48 @@ def test_unusable_ng_scores_are_refused(bad: list[float]) -> None:
 def test_dict_round_trip(cal: Calibration) -> None:
     assert Calibration.from_dict(cal.to_dict()) == cal
     assert Calibration.from_dict(orjson.loads(orjson.dumps(cal.to_dict()))) == cal
+
+
+def _recalibrated() -> tuple[Calibration, Calibration]:
+    ok = np.random.default_rng(1).gamma(2.0, 1.0, size=100)
+    return from_ok(ok, 99.0), from_ok_ng(ok, ok + 10.0, 99.0)
+
+
+def test_the_calibration_version_names_its_content_not_when_it_was_made() -> None:
+    trained, calibrated = _recalibrated()
+    assert len(trained.version) == 16 and trained.version != calibrated.version
+    again = Calibration.from_dict({**trained.to_dict(), "created_at": 1.0})
+    assert again.version == trained.version  # same threshold and statistics
+    moved = Calibration.from_dict({**trained.to_dict(), "threshold": trained.threshold + 1e-9})
+    assert moved.version != trained.version
+    # a copy with another threshold is another calibration, never the old version carried over
+    replaced = dataclasses.replace(trained, threshold=moved.threshold)
+    assert replaced.version == moved.version
+    assert "version" not in trained.to_dict()  # the file format is unchanged
+
+
+def test_a_file_written_before_calibration_versions_gets_one_when_read() -> None:
+    """Written by an older release: no version in it, numbers as the JSON had them."""
+    stats = {"n": 12, "mean": 3, "std": 1.5, "min": 1, "max": 7, "p50": 3, "p95": 6, "p99": 7}
+    old = {"threshold": 7, "method": "ok_percentile", "percentile": 99.5, "ok": stats,
+           "ng": None, "ok_reject_rate": 0.0833, "ng_miss_rate": None,
+           "created_at": 1e9}  # fmt: skip
+    from_file = Calibration.from_dict(orjson.loads(orjson.dumps(old)))
+    floats = {k: float(v) if isinstance(v, int) else v for k, v in stats.items()}
+    as_floats = {**old, "threshold": 7.0, "ok": floats}
+    assert from_file.version == Calibration.from_dict(as_floats).version
+    # the store, which never imports the engine, names the same version from the file
+    from store.models import calibration_facts
+
+    assert calibration_facts(orjson.dumps(old)).version == from_file.version
+    # ...also for a file that leaves out fields the engine fills with their defaults
+    sparse = {k: v for k, v in old.items() if k not in ("method", "ok_reject_rate")}
+    assert calibration_facts(orjson.dumps(sparse)).version == (
+        Calibration.from_dict(sparse).version
+    )
+
+
+def test_a_calibration_written_and_read_back_keeps_its_version() -> None:
+    for calibration in _recalibrated():
+        data = orjson.loads(orjson.dumps(calibration.to_dict(), option=orjson.OPT_INDENT_2))
+        assert Calibration.from_dict(data).version == calibration.version

@@ -60,3 +60,39 @@ def test_state_of_a_damaged_model_is_not_ready(store: ModelStore, model_a: Train
     state = store.state(store.ref("r", ROLE, "roi"))
     assert not state.ready and state.error
     assert state.to_dict()["ready"] is False
+
+
+def test_the_manifest_names_the_calibration_the_loaded_model_has(
+    store: ModelStore, model_a: Trained
+) -> None:
+    """Recalibrating changes the calibration's version, not the model's; a calibration file
+    written before calibration versions existed gets the one its loaded model names."""
+    import orjson
+
+    from tests.helpers.store import recalibrated
+
+    ref = store.ref("r", ROLE, "roi")
+    store.save_model(ref, model_a.model)
+    first = store.state(ref)
+    assert first.calibration_version == model_a.model.calibration.version
+    again = recalibrated(model_a, model_a.model.threshold + 1.0)
+    store.save_artifacts(ref, again.files, version=again.version, mm_per_px=0.1)
+    second = store.state(ref)
+    assert second.version == first.version
+    assert second.calibration_version == again.model.calibration.version
+    assert second.calibration_version not in (None, first.calibration_version)
+    assert store.load_model(ref).calibration.version == second.calibration_version
+
+    old = orjson.loads(again.files["_calib.json"])
+    for name in ("method", "ok_reject_rate"):  # an older release's file
+        del old[name]
+    old["threshold"] = 12  # written as an integer
+    files = {**again.files, "_calib.json": orjson.dumps(old)}
+    store.save_artifacts(ref, files, version=again.version, mm_per_px=0.1)
+    third = store.state(ref)
+    assert third.calibration_version == store.load_model(ref).calibration.version
+    assert third.calibration_version not in (first.calibration_version, second.calibration_version)
+    entry = store.manifest("r")["recipes"][0]["models"][0]
+    assert entry["calibration_version"] == third.calibration_version
+    revisions = store.revisions(ref)
+    assert [r.calibration_version for r in revisions][:1] == [third.calibration_version]

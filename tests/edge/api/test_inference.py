@@ -10,7 +10,7 @@ import pytest
 
 from edge.simulator.discs import encode_png, make_ng
 from engine.images import PNG_MAGIC
-from tests.helpers.api import IDS, files
+from tests.helpers.api import IDS, files, fit
 from tests.helpers.images import SIZE, ng_png, ok_png
 
 pytestmark = pytest.mark.slow
@@ -150,3 +150,55 @@ def test_damaged_model_is_a_500_without_server_paths(trained, tmp_path):
     assert str(tmp_path) not in r.text and ".npz" not in r.text
     state = trained.get("/state", params=IDS).json()
     assert str(tmp_path) not in str(state)
+
+
+def test_every_answer_says_what_made_it_over_real_http(live_server):
+    """Model, calibration, image, code and settings: a recalibration keeps the model's
+    version and changes the calibration's, in the answer, the state and the revisions."""
+    import hashlib
+
+    import httpx
+
+    from engine import EngineConfig
+    from engine.provenance import code_version, settings_fingerprint
+
+    server = live_server()
+    with httpx.Client(base_url=server.url, timeout=120) as http:
+        trained = fit(http)
+        assert trained.status_code == 200, trained.text
+        blob = ok_png(100)
+        before = infer(http, blob).json()
+        assert before["image_sha256"] == hashlib.sha256(blob).hexdigest()
+        assert before["code_version"] == code_version()
+        settings = server.app.state.bdi.settings
+        assert before["settings_fingerprint"] == settings_fingerprint(
+            EngineConfig.from_settings(settings)
+        )
+        state = http.get("/state", params=IDS).json()
+        assert before["model_version"] == state["version"] == trained.json()["model_version"]
+        assert before["calibration_version"] == state["calibration_version"]
+        assert before["calibration_version"] == trained.json()["calibration_version"]
+
+        cal = http.post("/calibrate_ng", json={**IDS, "ok_scores": [1.0], "ng_scores": [3.0]})
+        assert cal.status_code == 200, cal.text
+        after = infer(http, blob).json()
+        assert after["threshold"] == 2.0 != before["threshold"]
+        assert after["model_version"] == before["model_version"]  # the bank is the same
+        assert after["calibration_version"] == cal.json()["calibration_version"]
+        assert after["calibration_version"] != before["calibration_version"]
+        assert (
+            http.get("/state", params=IDS).json()["calibration_version"]
+            == (after["calibration_version"])
+        )
+        revisions = http.get("/models/revisions", params=IDS).json()["revisions"]
+        assert [r["calibration_version"] for r in revisions] == [
+            after["calibration_version"], before["calibration_version"]]  # fmt: skip
+        other = ok_png(101)
+        assert infer(http, other).json()["image_sha256"] == hashlib.sha256(other).hexdigest()
+
+
+def test_an_uncalibrated_answer_has_no_calibration_version_but_names_its_image(client):
+    client.post("/fit_ok", data=IDS, files=files("images", [ok_png(0)]))
+    body = infer(client, ok_png(1)).json()
+    assert body["verdict"] == "NO_MODEL" and body["calibration_version"] is None
+    assert body["image_sha256"] and body["code_version"] and body["settings_fingerprint"]

@@ -13,6 +13,7 @@ from schemathesis.checks import (
 )
 
 from edge.api.app import create_app
+from store.trace import TraceStore
 from tests.helpers.api import IDS, files
 from tests.helpers.images import ok_png
 from tests.helpers.settings import tiny_settings
@@ -25,7 +26,9 @@ def api_app(tmp_path_factory):
     from fastapi.testclient import TestClient
 
     root = tmp_path_factory.mktemp("schemathesis")
-    app = create_app(tiny_settings(models_dir=root / "models", max_upload_mb=2))
+    settings = tiny_settings(models_dir=root / "models", max_upload_mb=2)
+    TraceStore.open(settings).close()  # an empty trace database: its endpoints answer 4xx
+    app = create_app(settings)
     with TestClient(app) as client:
         r = client.post("/fit_ok", data={**IDS, "mm_per_px": "0.1"},
                         files=files("images", [ok_png(s) for s in range(4)]))  # fmt: skip

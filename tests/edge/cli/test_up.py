@@ -81,7 +81,7 @@ def test_bdi_up_runs_the_line_and_stops_cleanly(tmp_path):
     api_port = free_port()
     env = bdi_env(tmp_path / "models", BDI_IMAGE_SIZE=SIZE, BDI_MODEL_POLL_S=0.5)
     with BdiProcess(["up", "--port", str(api_port), "--broker-port", "0", "--partitions", "2",
-                     "--consumers", "2"], env) as up:  # fmt: skip
+                     "--consumers", "2", "--no-trace"], env) as up:  # fmt: skip
         bootstrap = up.wait_for(r"Kafka\s+: (\S+)").group(1)
         assert f"http://127.0.0.1:{api_port}" in up.text
         assert "CPU allowed" in up.text
@@ -121,6 +121,52 @@ def test_bdi_up_runs_the_line_and_stops_cleanly(tmp_path):
         up.ctrl_c()
         assert up.wait(60) == 0, up.text[-3000:]
     assert re.search(STOPPED, up.text) and "broker (" in up.text, up.text[-3000:]
+    assert not [s for s in NOT_CLEAN if s in up.text], up.text[-5000:]
+    assert not still_alive(pids), "bdi up left processes running"
+
+
+def test_bdi_up_runs_the_trace_store_and_the_api_reads_it(tmp_path):
+    """``bdi trace`` is a child of ``bdi up`` (named in the banner with its database): the
+    verdicts of published frames reach the trace, ``GET /verdicts``, ``/frames/{id}`` (its
+    crop and heatmap) and ``/parts/{id}`` answer them, and Ctrl-C stops it cleanly too."""
+    api_port = free_port()
+    models = tmp_path / "models"
+    env = bdi_env(models, BDI_IMAGE_SIZE=SIZE, BDI_MODEL_POLL_S=0.5)
+    with BdiProcess(["up", "--port", str(api_port), "--broker-port", "0", "--partitions", "1",
+                     "--consumers", "1"], env) as up:  # fmt: skip
+        db = up.wait_for(r"trace\s+: bdi trace in group bdi-trace -> SQLite (\S+)").group(1)
+        assert db == str((models / "trace" / "trace.db").resolve())
+        bootstrap = up.wait_for(r"Kafka\s+: (\S+)").group(1)
+        pids = up.pids()
+        assert len(pids) == 4  # api, the consumer, trace, the broker
+        up.wait_for(r"consumer-1\].*partitions assigned")
+        api = f"http://127.0.0.1:{api_port}"
+        _train(api)
+        frames = disc_frames(10, SIZE, ng_every=5, tag="tr")
+        asyncio.run(produce(bootstrap, "bdi.frames", frames))
+        records = asyncio.run(
+            read_until(bootstrap, "bdi.verdicts", answered({f.frame_id for f in frames}))
+        )
+        wanted = {v["frame_id"]: v["verdict"] for v in parse(records)}  # what MES was told
+        deadline, stored = time.monotonic() + 90, {}
+        while set(stored) != set(wanted) and time.monotonic() < deadline:
+            page = httpx.get(f"{api}/verdicts", params={"limit": 100}, timeout=10)
+            if page.status_code == 200:  # 503 until bdi trace created its database
+                stored = {v["frame_id"]: v["verdict"] for v in page.json()["verdicts"]}
+            time.sleep(0.5)
+        assert stored == wanted, up.text[-3000:]
+        ng = next(f for f in frames if stored[f.frame_id] == "NG")
+        frame = httpx.get(f"{api}/frames/{ng.frame_id}", timeout=10).json()
+        assert frame["verdict"]["verdict"] == "NG"
+        assert httpx.get(api + frame["crop_url"], timeout=10).content == ng.value
+        heat = httpx.get(api + frame["heatmap_url"], timeout=60)
+        assert heat.status_code == 200 and heat.headers["content-type"] == "image/png"
+        part = httpx.get(api + frame["part_url"], timeout=10).json()  # no plan: no record
+        assert part["decided"] is False and len(part["other_frames"]) == 2
+        up.ctrl_c()
+        assert up.wait(60) == 0, up.text[-3000:]
+    stopped = r"api \(exit 0, [\d.]+ s\), trace \(exit 0, [\d.]+ s\)"
+    assert re.search(stopped, up.text), up.text[-3000:]
     assert not [s for s in NOT_CLEAN if s in up.text], up.text[-5000:]
     assert not still_alive(pids), "bdi up left processes running"
 
@@ -180,8 +226,8 @@ def test_ctrl_c_with_traffic_flowing_commits_every_answered_frame(
         **{f"BDI_{k.upper()}": v for k, v in topics.settings(kafka_broker.bootstrap).items()},
     )  # fmt: skip
     api_port = free_port()
-    with BdiProcess(["up", "--port", str(api_port), "--partitions", "2", "--consumers", "2"],
-                    env) as up:  # fmt: skip
+    with BdiProcess(["up", "--port", str(api_port), "--partitions", "2", "--consumers", "2",
+                     "--no-trace"], env) as up:  # fmt: skip
         pids = up.pids()
         assert len(pids) == 3, up.text  # api and two consumers: the broker is not ours
         assert _health_urls(up) == {
@@ -284,8 +330,9 @@ def test_bdi_up_on_apache_kafka(tmp_path):
         pytest.skip(f"Apache Kafka cannot run here: missing {'; '.join(missing)}")
     api_port = free_port()
     env = bdi_env(tmp_path / "models", BDI_IMAGE_SIZE=SIZE, BDI_MODEL_POLL_S=0.5)
-    with BdiProcess(["up", "--broker", "kafka", "--port", str(api_port), "--broker-port", "0",
-                     "--partitions", "2", "--consumers", "1"], env) as up:  # fmt: skip
+    args = ["up", "--broker", "kafka", "--port", str(api_port), "--broker-port", "0",
+            "--partitions", "2", "--consumers", "1", "--no-trace"]  # fmt: skip
+    with BdiProcess(args, env) as up:
         bootstrap = up.wait_for(r"Kafka\s+: (\S+)").group(1)
         assert "local Apache Kafka 4.4.0, KRaft" in up.text
         pids = up.pids()
