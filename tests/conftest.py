@@ -197,7 +197,11 @@ def live_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
     started: list[tuple[uvicorn.Server, threading.Thread]] = []
 
     def start(**overrides: object) -> LiveServer:
-        settings = tiny_settings(models_dir=tmp_path / "models", **overrides)
+        from store.trace import TraceStore
+
+        settings = tiny_settings(**{"models_dir": tmp_path / "models", **overrides})
+        # the trace database `bdi up` creates: without it the trace endpoints answer 503
+        TraceStore.open(settings).close()
         app = create_app(settings)
         port = free_port()
         config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")

@@ -17,6 +17,9 @@ from typing import Any
 
 import orjson
 
+from store import naming
+from store.errors import InvalidIdError
+
 FRAME_VERDICTS = frozenset({"OK", "NG", "ERROR", "NO_MODEL"})
 PART_VERDICTS = frozenset({"OK", "NG", "ERROR", "NO_MODEL", "INCOMPLETE"})
 
@@ -67,6 +70,18 @@ def to_ms(text: Any) -> int | None:
     return int(when.timestamp() * 1000)
 
 
+def _recipe(doc: dict[str, Any]) -> str | None:
+    """The record's recipe id as the store names it (case-insensitive: lower-case); a
+    malformed one is kept as it came, so that it can still be read back."""
+    raw = _text(doc, "recipe_id")
+    if raw is None:
+        return None
+    try:
+        return naming.recipe_id(raw)
+    except InvalidIdError:
+        return raw
+
+
 def _text(doc: dict[str, Any], name: str) -> str | None:
     value = doc.get(name)
     return value if isinstance(value, str) and value else None
@@ -104,7 +119,7 @@ def verdict_row(doc: dict[str, Any], received_ms: int) -> tuple[Any, ...]:
     return (
         frame_id,
         _text(doc, "part_id"),
-        _text(doc, "recipe_id"),
+        _recipe(doc),
         _text(doc, "role_id"),
         _text(doc, "roi_id"),
         verdict,
@@ -143,7 +158,7 @@ def part_row(doc: dict[str, Any], received_ms: int) -> tuple[Any, ...]:
         raise BadRecord(f"not a part record (part_id {part_id!r}, verdict {verdict!r})")
     return (
         part_id,
-        _text(doc, "recipe_id"),
+        _recipe(doc),
         verdict,
         None if doc.get("plan_version") is None else str(doc.get("plan_version")),
         _text(doc, "first_frame_at"),

@@ -13,6 +13,7 @@ from edge.api.deps import StateDep, TraceDep
 from edge.api.errors import BadRequest
 from edge.api.routes.common import ERRORS, blocking
 from edge.api.schemas import ErrorPublic, FramePublic, PartPublic, VerdictsPublic
+from store import naming
 from store.errors import InvalidValueError
 from store.trace import Cursor, VerdictFilter
 from store.trace.records import FRAME_VERDICTS
@@ -85,11 +86,13 @@ async def get_verdicts(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
 ) -> VerdictsPublic:
-    """Frame verdicts, newest first (by ``produced_at``), filtered by ids exactly as the
-    frames name them, by verdict (repeat it or give a comma list) and by time; a page at a
-    time: pass ``next_cursor`` back as ``cursor``."""
+    """Frame verdicts, newest first (by ``produced_at``), filtered by ids as the frames
+    name them (the recipe id case-insensitive, as everywhere; a malformed one is 400), by
+    verdict (repeat it or give a comma list) and by time; a page at a time: pass
+    ``next_cursor`` back as ``cursor``."""
+    recipe = None if recipe_id is None else naming.recipe_id(recipe_id)
     where = VerdictFilter(
-        recipe_id=recipe_id, role_id=role_id, roi_id=roi_id, part_id=part_id,
+        recipe_id=recipe, role_id=role_id, roi_id=roi_id, part_id=part_id,
         verdict=_verdicts(verdict), since_ms=_ms("since", since), until_ms=_ms("until", until),
     )  # fmt: skip
     since_ms, until_ms = where.since_ms, where.until_ms

@@ -90,8 +90,17 @@ def filled(make_trace: Callable[..., TraceStore], client: TestClient) -> TestCli
     store.ingest(Batch(T0 + 9000, [], [late], [late_record]))
     pending = [verdict(f"p{i}", at=T0 + i, part="SN-2", roi=f"r{i}") for i in range(2)]
     store.ingest(Batch(T0, [image("p0", ok_jpeg(3), part="SN-2", roi="r0")], pending, []))
-    more = [verdict(f"m{i:02d}", "NG" if i % 3 == 0 else "OK", at=T0 + 10_000 + i * 1000,
-                    part=None, roi="r9", recipe_id="disc-b") for i in range(30)]  # fmt: skip
+    more = [
+        verdict(
+            f"m{i:02d}",
+            "NG" if i % 3 == 0 else "OK",
+            at=T0 + 10_000 + i * 1000,
+            part=None,
+            roi="r9",
+            recipe_id="disc-b" if i % 2 else "Disc-B",
+        )
+        for i in range(30)
+    ]  # fmt: skip  (recipe ids are case-insensitive)
     store.ingest(Batch(T0, [], more, []))
     return client
 
@@ -171,6 +180,7 @@ def test_verdicts_filtered_and_paged_newest_first(filled):
     ("params", "expect"),
     [
         ({"verdict": "ng", "recipe_id": "disc-b"}, {f"m{i:02d}" for i in range(0, 30, 3)}),
+        ({"recipe_id": "DISC-B", "roi_id": "r9"}, {f"m{i:02d}" for i in range(30)}),
         ({"verdict": ["NG", "OK"], "part_id": "SN-1"}, {"f1", "f2", "f3"}),
         ({"verdict": "NG,ERROR", "part_id": "SN-1"}, {"f1"}),
         ({"role_id": "Master1", "roi_id": "r2", "part_id": "SN-1"}, {"f2", "f3"}),
@@ -191,6 +201,7 @@ def test_verdict_filters(filled, params, expect):
         ({"since": "yesterday"}, "invalid_filter", "ISO 8601"),
         ({"since": iso(T0 + 1), "until": iso(T0)}, "invalid_filter", "before until"),
         ({"cursor": "not-a-cursor!"}, "invalid_cursor", "not a page cursor"),
+        ({"recipe_id": "../.."}, "invalid_id", "invalid recipe_id"),
     ],
 )
 def test_bad_filters_are_400(filled, params, code, words):
