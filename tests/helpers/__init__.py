@@ -12,6 +12,8 @@
   wire, committed offsets, a camera producer.
 - ``malformed``: malformed (and odd but valid) frames with their dead-letter class.
 - ``parts``: inspection plans, frame verdicts and a changelog for the part aggregator.
+- ``part_line``: the line of the part scenario (S22): a six-ROI plan, the frames of many
+  parts as cameras send them, the part rules as an oracle, ``bdi trace`` processes.
 - ``paths``: the repository root.
 - ``probes``: process memory, latency percentiles, a topic follower, ``ProductBug``.
 - ``processes``: a ``bdi consume`` subprocess and its settings, whether a pid is alive.
