@@ -1,5 +1,5 @@
-"""``bdi bench engine`` and ``bdi bench pipeline``: the parsers of the benchmarks in
-``edge.bench`` (imported when a benchmark runs, not when ``bdi`` starts)."""
+"""``bdi bench engine``, ``bdi bench pipeline`` and ``bdi bench parts``: the parsers of the
+benchmarks in ``edge.bench`` (imported when a benchmark runs, not when ``bdi`` starts)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
     _add_bench_engine(bench_sub)
     _add_bench_pipeline(bench_sub)
+    _add_bench_parts(bench_sub)
 
 
 def _count(minimum: int) -> Callable[[str], int]:
@@ -126,3 +127,40 @@ def _cmd_bench_pipeline(args: argparse.Namespace) -> int:
     result = run_pipeline_benchmark(cfg)
     print(orjson.dumps(result, option=0 if args.json else orjson.OPT_INDENT_2).decode())
     return 0
+
+
+def _add_bench_parts(bench_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = bench_sub.add_parser(
+        "parts",
+        help="part aggregator, trace store ingest, GET /parts/{id} with a full trace",
+        description="The part aggregator against building the verdicts themselves, the trace "
+        "store's ingest against raw inserts, GET /parts/{id} against GET /health with "
+        "--verdicts frame verdicts stored, on SQLite (and PostgreSQL with --postgres). "
+        "See docs/BENCHMARKS.md.",
+    )
+    p.add_argument("--frames", type=_count(6), default=60_000,
+                   help="frames through the aggregator, then into the trace store")  # fmt: skip
+    p.add_argument("--batch", type=_count(1), default=16, help="frames per consumer batch")
+    p.add_argument("--verdicts", type=_count(0), default=1_000_000,
+                   help="frame verdicts stored for GET /parts/{id} (0: skip it)")  # fmt: skip
+    p.add_argument("--requests", type=_count(1), default=2_000, help="GET /parts/{id} requests")
+    p.add_argument("--rounds", type=_count(1), default=3,
+                   help="aggregator and ingest passes, the fastest kept")  # fmt: skip
+    p.add_argument("--images", type=_count(0), default=3_000,
+                   help="frames ingested again with their images (crops; 0: skip)")  # fmt: skip
+    p.add_argument("--image-kb", type=_count(1), default=32, help="KiB per frame's image")
+    p.add_argument(
+        "--postgres", default=None, metavar="URL",
+        help="a PostgreSQL database to measure too (default: BDI_TRACE_DB_URL when it names "
+        "one); the benchmark works in a schema of its own and drops it",
+    )  # fmt: skip
+    p.add_argument("--db", choices=("sqlite", "postgresql", "both"), default=None,
+                   help="which databases (default: SQLite, and PostgreSQL when given)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="only the JSON line on stdout")
+    p.set_defaults(func=_cmd_bench_parts)
+
+
+def _cmd_bench_parts(args: argparse.Namespace) -> int:
+    from edge.bench.parts import run_parts_benchmark
+
+    return run_parts_benchmark(args)

@@ -38,7 +38,10 @@ def listen_socket(host: str, port: int, hint: str = "(another bdi serve?)") -> s
     """A TCP socket bound to ``host:port`` and listening. ``PortInUse`` when something else
     has it; ``ValueError`` when the address cannot be bound at all."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: accepted sockets inherit it, and asyncio sets TCP_NODELAY only on
+    # sockets that name it; without, Nagle holds each response's body until the client's
+    # delayed ACK, ~40 ms per request on a keep-alive connection
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         # a port left in TIME_WAIT by a previous run is free; a listening one is not
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

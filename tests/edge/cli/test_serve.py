@@ -145,3 +145,31 @@ def test_every_stderr_line_of_bdi_serve_is_json_native_ones_included(tmp_path):
     records = [json.loads(line) for line in err.splitlines()]  # each line parses, or this fails
     native = [r for r in records if r["logger"] == "native"]
     assert [r["stderr"] for r in native] == ["libpng error: PNG input buffer is incomplete"]
+
+
+def test_connections_accepted_on_the_listening_socket_get_tcp_nodelay():
+    """asyncio sets TCP_NODELAY only on sockets made with IPPROTO_TCP: without it, Nagle
+    held each keep-alive response's body for the client's delayed ACK (~40 ms a request)."""
+    import asyncio
+
+    from edge.cli.serve import listen_socket
+
+    async def accepted_nodelay() -> int:
+        loop = asyncio.get_running_loop()
+        got: asyncio.Future[int] = loop.create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport):  # type: ignore[override]
+                sock = transport.get_extra_info("socket")
+                got.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+        server = await loop.create_server(Probe, sock=listen_socket("127.0.0.1", 0))
+        try:
+            port = server.sockets[0].getsockname()[1]
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return await asyncio.wait_for(got, 10)
+        finally:
+            server.close()
+
+    assert asyncio.run(accepted_nodelay()) != 0
