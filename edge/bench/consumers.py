@@ -97,6 +97,27 @@ def misjudged(
     return out
 
 
+class BenchError(ValueError):
+    """The pipeline under test failed before anything was measured (``bdi: error: ...``)."""
+
+
+def check_warm_up(
+    warm: PhaseResult, wrong: list[dict[str, Any]], say: Callable[[str], None]
+) -> None:
+    """A warm-up frame unanswered, or answered ERROR / NO_MODEL, is a broken pipeline; one
+    misjudged OK / NG is the small benchmark model's mistake (say so, measure on)."""
+    failed = [w for w in wrong if w["verdict"] not in ("OK", "NG")]
+    if warm.lost or failed:
+        first = f"; first: {failed[0]}" if failed else ""
+        raise BenchError(
+            f"warm-up: {warm.lost} of {warm.frames} frames unanswered, {len(failed)} "
+            f"answered ERROR or NO_MODEL{first}"
+        )
+    if wrong:
+        say(f"warm-up: {len(wrong)} of {warm.frames} frames misjudged by the benchmark's "
+            f"model (not counted), e.g. {wrong[0]}")  # fmt: skip
+
+
 async def run_phase(
     camera: Camera,
     reader: VerdictReader,

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from configs.settings import load_settings
+from edge.bench.pipeline_report import Round, pipeline_result
 
 if TYPE_CHECKING:
     import numpy as np
@@ -112,7 +113,8 @@ class PipelineRun:
                     self.group.stop()
                 if self.broker is not None:
                     self.broker.stop()
-        return _result(self.cfg, engine, self._broker_name(), runs, load_avg)
+        threads = _consumer_threads(self.cfg.consumers)
+        return pipeline_result(self.cfg, engine, self._broker_name(), runs, load_avg, threads)
 
     def _broker_name(self) -> str:
         from consumers.apache_kafka import KAFKA_VERSION
@@ -180,7 +182,7 @@ class PipelineRun:
     async def _measure(
         self, engine: Engine, model: PatchCoreModel, streams: Streams
     ) -> dict[str, Any]:
-        from edge.bench.consumers import misjudged, recount, run_phase
+        from edge.bench.consumers import check_warm_up, misjudged, recount, run_phase
         from edge.simulator.camera import Camera, VerdictReader
 
         cfg, say, group = self.cfg, self.say, self.group
@@ -201,7 +203,7 @@ class PipelineRun:
         try:
             await group.wait_assigned(cfg.partitions, timeout)
             warm = await phase(streams.warm)
-            _check_warm_up(warm, misjudged(streams.warm, reader.verdicts), say)
+            check_warm_up(warm, misjudged(streams.warm, reader.verdicts), say)
             say("consumers warm")
             rounds = []
             for index in range(cfg.rounds):
@@ -246,36 +248,6 @@ class PipelineRun:
             f"engine {len(frames) / engine_s:.1f} img/s, pipeline {result.img_per_s:.1f} img/s"
         )
         return Round(engine_s, engine_cpu, frames, result, cpu)
-
-
-class BenchError(ValueError):
-    """The pipeline under test failed before anything was measured (``bdi: error: ...``)."""
-
-
-def _check_warm_up(warm: PhaseResult, wrong: list[dict[str, Any]], say: Say) -> None:
-    """A warm-up frame unanswered, or answered ERROR / NO_MODEL, is a broken pipeline; one
-    misjudged OK / NG is the small benchmark model's mistake (say so, measure on)."""
-    failed = [w for w in wrong if w["verdict"] not in ("OK", "NG")]
-    if warm.lost or failed:
-        first = f"; first: {failed[0]}" if failed else ""
-        raise BenchError(
-            f"warm-up: {warm.lost} of {warm.frames} frames unanswered, {len(failed)} "
-            f"answered ERROR or NO_MODEL{first}"
-        )
-    if wrong:
-        say(f"warm-up: {len(wrong)} of {warm.frames} frames misjudged by the benchmark's "
-            f"model (not counted), e.g. {wrong[0]}")  # fmt: skip
-
-
-@dataclass
-class Round:
-    """One engine-only run and one max-rate run."""
-
-    engine_s: float
-    engine_cpu_s: float  # CPU seconds of this process during the engine-only run
-    frames: list[CameraFrame]
-    result: PhaseResult
-    cpu_s: list[float]  # during the max-rate run: per consumer, the broker, this process
 
 
 def _overrides(
@@ -360,72 +332,3 @@ def engine_baseline(
         engine.infer([InferItem(model, im) for im in chunk])
     wall, c1 = time.perf_counter() - t0, os.times()
     return wall, (c1.user + c1.system) - (c0.user + c0.system)
-
-
-def _result(
-    cfg: BenchConfig, engine: Engine, broker: str, runs: dict[str, Any], load_avg: float
-) -> dict[str, Any]:
-    """The JSON object. With several rounds the rates are each one's best round (the VM's
-    neighbours only ever slow a run down); correctness counts cover every round."""
-    import torch
-
-    from edge.bench.consumers import batch_profile
-
-    rounds: list[Round] = runs["rounds"]
-    paced: PhaseResult = runs["paced"]
-    best = max(rounds, key=lambda r: r.result.img_per_s)
-    fastest = min(rounds, key=lambda r: r.engine_s)
-    maxed = best.result
-    engine_rate = cfg.frames / fastest.engine_s
-    batches, infer_s = batch_profile(maxed.timings)
-    n = cfg.consumers
-    max_rate_cpu = {"consumers": sum(best.cpu_s[:n]), "bench": best.cpu_s[-1]}
-    if broker.startswith("local "):
-        max_rate_cpu["broker"] = best.cpu_s[n]
-    return {
-        "frames": sum(r.result.frames for r in rounds),
-        "verdicts": sum(r.result.answered for r in rounds),
-        "lost": sum(r.result.lost for r in rounds),
-        "duplicates": sum(r.result.duplicates for r in rounds),
-        "wrong": sum(r.result.wrong for r in rounds),
-        "pipeline_img_per_s": round(maxed.img_per_s, 2),
-        "engine_img_per_s": round(engine_rate, 2),
-        "efficiency": round(maxed.img_per_s / engine_rate, 3),
-        "latency_ms_p50": maxed.percentile_ms(50),
-        "latency_ms_p99": maxed.percentile_ms(99),
-        "paced_rate_img_per_s": round(runs["paced_fps"], 2),
-        "paced_latency_ms_p50": paced.percentile_ms(50),
-        "paced_latency_ms_p99": paced.percentile_ms(99),
-        "paced_verdicts": paced.answered,
-        "paced_lost": paced.lost,
-        "paced_duplicates": paced.duplicates,
-        "paced_wrong": paced.wrong,
-        "batch": cfg.batch,
-        "size": cfg.size,
-        "consumers": cfg.consumers,
-        "partitions": cfg.partitions,
-        "backbone": engine.config.backbone,
-        "device": engine.spec.describe(),
-        "engine_threads": torch.get_num_threads(),
-        "consumer_threads": _consumer_threads(cfg.consumers) or torch.get_num_threads(),
-        "broker": broker,
-        "rounds": [
-            {
-                "engine_img_per_s": round(cfg.frames / r.engine_s, 2),
-                "pipeline_img_per_s": round(r.result.img_per_s, 2),
-            }
-            for r in rounds
-        ],  # fmt: skip
-        # where the (best) max-rate run's time went (see docs/BENCHMARKS.md, Pipeline)
-        "max_rate_s": round(maxed.window_s, 3),
-        "publish_s": round(maxed.publish_s, 3),
-        "consumer_batches": batches,
-        "consumer_infer_s": round(infer_s, 3),
-        # CPU seconds (user + system) while the engine-only run and the max-rate run went
-        # on: the engine alone, and everything the pipeline ran on this machine
-        "cpu_s": {
-            "engine_only": round(fastest.engine_cpu_s, 2),
-            "max_rate": {k: round(v, 2) for k, v in max_rate_cpu.items()},
-        },
-        "load_avg_1m": load_avg,
-    }

@@ -14,8 +14,8 @@ import orjson
 import pytest
 
 from configs.settings import load_settings
-from edge.bench.consumers import ConsumerGroup, PhaseResult, tally
-from edge.bench.pipeline import BenchConfig, BenchError, PipelineRun, _check_warm_up, consumer_env
+from edge.bench.consumers import BenchError, ConsumerGroup, PhaseResult, check_warm_up, tally
+from edge.bench.pipeline import BenchConfig, PipelineRun, consumer_env
 from edge.cli import main
 from edge.simulator.camera import CameraFrame
 
@@ -154,12 +154,12 @@ def test_a_broken_warm_up_is_a_clear_error_and_a_misjudged_frame_is_said():
     ok_as_ng = {"frame_id": "w1", "expected": "OK", "verdict": "NG", "score": 9.0}
     error = {"frame_id": "w2", "expected": "OK", "verdict": "ERROR", "error": "decode"}
     said: list[str] = []
-    _check_warm_up(_phase(32, 32), [], said.append)
+    check_warm_up(_phase(32, 32), [], said.append)
     assert said == []
-    _check_warm_up(_phase(32, 32), [ok_as_ng], said.append)
+    check_warm_up(_phase(32, 32), [ok_as_ng], said.append)
     assert len(said) == 1 and "1 of 32 frames misjudged" in said[0] and "w1" in said[0]
     with pytest.raises(BenchError, match="3 of 32 frames unanswered, 0 answered ERROR"):
-        _check_warm_up(_phase(32, 29), [], said.append)
+        check_warm_up(_phase(32, 29), [], said.append)
     with pytest.raises(BenchError, match="0 of 32 frames unanswered, 1 answered ERROR.*w2"):
-        _check_warm_up(_phase(32, 32), [ok_as_ng, error], said.append)
+        check_warm_up(_phase(32, 32), [ok_as_ng, error], said.append)
     assert issubclass(BenchError, ValueError)  # bdi: error: ..., exit 2, no traceback
