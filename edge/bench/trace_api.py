@@ -13,7 +13,6 @@ import contextlib
 import math
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from consumers.broker import free_port
 from consumers.part_rules import iso
 from edge.bench.parts import FRAME_GAP_MS, MISSING_EVERY, NG_EVERY, PART_GAP_MS, part_ids
 from edge.bench.trace import Db, Doc, insert_rows, opened, scratch, server_version
@@ -174,12 +174,6 @@ def measure_api(db: Db, docs: list[tuple[str, Doc]], n_verdicts: int, n_requests
 
 def _ms(values: list[float], q: int) -> float:
     return round(float(np.percentile(np.array(values) * 1e3, q)), 3)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager

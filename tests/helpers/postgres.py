@@ -10,20 +10,15 @@ import contextlib
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
 from pathlib import Path
 
+from tests.helpers.api import free_port
+
 SUPERUSER = "bdi"
 SEARCH = ("/usr/local/bin", "/usr/lib/postgresql/*/bin")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def binaries() -> Path | None:

@@ -4,7 +4,6 @@ checked, every line on stderr one JSON object."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
 import subprocess
@@ -17,18 +16,6 @@ from consumers.broker import free_port
 from edge.cli import build_parser, main
 from edge.cli.consume import client_options
 from tests.helpers.paths import REPO
-
-
-@pytest.fixture(autouse=True)
-def _restore_root_logging():
-    """``bdi consume`` installs a JSON handler on the root logger; take it away again."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-    root.setLevel(level)
 
 
 def test_consume_is_a_bdi_command():

@@ -3,24 +3,10 @@ line and exit 2, the database password never shown."""
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 
 from edge.cli import build_parser, main
-from tests.helpers.postgres import free_port
-
-
-@pytest.fixture(autouse=True)
-def _restore_root_logging():
-    """``bdi trace`` installs a JSON handler on the root logger; take it away again."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-    root.setLevel(level)
+from tests.helpers.api import free_port
 
 
 def test_trace_is_a_bdi_command():
