@@ -37,6 +37,7 @@ BackboneName = Literal["dinov2_vits14", "efficientnet_lite0"]
 KnnMode = Literal["exact", "ivf"]  # engine.knn.KnnIndex's modes (the one definition)
 KafkaProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+ThresholdMethod = Literal["conformal", "percentile"]  # engine.engine.Engine.fit
 Idempotence = Literal["auto", "on", "off"]  # consumers.publish.start_producer
 # never shown in a settings error, whatever their value
 SECRET_FIELDS = frozenset({"api_key", "kafka_sasl_password", "trace_db_url"})
@@ -102,6 +103,13 @@ class Settings(_BdiSources):
     models_dir: Path = _env("models_dir", default=Path("models"))
     coreset_rate: float = _env("coreset_rate", default=0.1, gt=0.0, le=1.0)
     score_percentile: float = _env("score_percentile", default=99.5, gt=0.0, le=100.0)
+    # the OK-only threshold: "conformal" (a held-out split, false-reject rate <= target_frr,
+    # docs/THRESHOLDS.md) or "percentile" (the legacy score_percentile of leave-one-out scores)
+    threshold_method: ThresholdMethod = _env("threshold_method", default="conformal")
+    target_frr: float = _env("target_frr", default=0.05, gt=0.0, lt=1.0)
+    # share of the OK images held out to calibrate (at least what target_frr needs, at most
+    # half); they join the memory bank afterwards
+    calibration_share: float = _env("calibration_share", default=0.2, gt=0.0, le=0.5)
     area_mm2_thr: float = _env("area_mm2_thr", default=0.0, ge=0.0)
     min_ok_samples: int = _env("min_ok_samples", default=10, ge=1)
     train_dataset_only: bool = _env("train_dataset_only", default=False)
@@ -154,6 +162,11 @@ class Settings(_BdiSources):
     # (unset: <BDI_KAFKA_GROUP>.parts.changelog); consumers.part_state
     kafka_topic_parts: str = _env("kafka_topic_parts", default="bdi.parts", min_length=1)
     kafka_topic_parts_changelog: str | None = _env("kafka_topic_parts_changelog", default=None)
+    # drift of each model's conformal p-values (consumers.drift, docs/DRIFT.md): the test
+    # ("off": none), ADWIN's confidence, and the topic of the bdi.alert/1 records
+    kafka_topic_alerts: str = _env("kafka_topic_alerts", default="bdi.alerts", min_length=1)
+    drift: Literal["adwin", "martingale", "off"] = _env("drift", default="adwin")
+    drift_delta: float = _env("drift_delta", default=0.002, gt=0.0, lt=1.0)
     kafka_exactly_once: bool = _env("kafka_exactly_once", default=False)
     # at-least-once verdict producer: idempotent (no duplicates from the producer's own
     # retries) when the broker grants a producer id; "on" requires it, "off" never asks

@@ -47,6 +47,8 @@ def to_bytes(model: PatchCoreModel) -> dict[str, bytes]:
         arrays[BASELINE] = model.baseline
     if model.shortlist is not None:
         arrays["shortlist"] = model.shortlist
+    if model.held_out is not None:
+        arrays["held_out"] = model.held_out
     np.savez(buf, **arrays)  # type: ignore[arg-type]
     index = model.index.cpu_index()
     out = {NPZ: buf.getvalue(), INDEX: faiss.serialize_index(index).tobytes()}
@@ -70,6 +72,7 @@ def load(directory: Path, base_name: str, nprobe: int = 8, use_gpu: bool = False
             version = str(npz["version"]) if "version" in npz else ""
             baseline = npz[BASELINE].astype(np.float32) if BASELINE in npz else None
             shortlist = npz["shortlist"].astype(np.int32) if "shortlist" in npz else None
+            held_out = npz["held_out"].astype(bool) if "held_out" in npz else None
     except Exception as exc:  # zip, header and payload damage surface as many types
         raise ArtifactError(f"unreadable memory bank {paths[NPZ]}: {exc}") from exc
     # checked now, not at the model's first frame (JSON may hold any type there)
@@ -98,7 +101,7 @@ def load(directory: Path, base_name: str, nprobe: int = 8, use_gpu: bool = False
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"unreadable calibration {paths[CALIB]}: {exc}") from exc
     try:
-        return PatchCoreModel(meta, index, calibration, version, baseline, shortlist)
+        return PatchCoreModel(meta, index, calibration, version, baseline, shortlist, held_out)
     except ValueError as exc:  # a baseline or shortlist that does not fit the model
         raise ArtifactError(f"inconsistent memory bank {paths[NPZ]}: {exc}") from exc
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from engine import conformal as conf
+from engine.conformal import ConformalRecord
 from engine.errors import EngineError
 
 # A missed defect (NG scored as OK) ships a defective disc; a false reject costs a re-check.
@@ -44,13 +46,16 @@ class ScoreStats:
 @dataclass(frozen=True)
 class Calibration:
     threshold: float  # score >= threshold -> NG
-    method: str  # "ok_percentile" or "ok_ng"
+    method: str  # "conformal", "ok_percentile" (legacy) or "ok_ng"
     percentile: float
     ok: ScoreStats
     ng: ScoreStats | None
     ok_reject_rate: float  # share of the OK scores at or above the threshold
     ng_miss_rate: float | None  # share of the NG scores below it
     created_at: float
+    # the held-out OK scores and the conformal choice they give (engine.conformal): kept
+    # whatever threshold is applied, for every verdict's p-value. None: a legacy model.
+    conformal: ConformalRecord | None = None
     # content hash of the fields above but created_at (store.models.calibration_version):
     # named by every verdict, since a recalibration keeps the model's version. Not in the
     # file; a file's is computed from its JSON as read, so the store names the same one.
@@ -63,7 +68,15 @@ class Calibration:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         del data["version"]
+        if self.conformal is None:
+            del data["conformal"]  # as files written before the field have it
+        else:
+            data["conformal"] = self.conformal.to_dict()
         return data
+
+    def p_value(self, score: float) -> float | None:
+        """The conformal p-value of an image score (None without held-out OK scores)."""
+        return None if self.conformal is None else self.conformal.p_value(score)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Calibration:
@@ -77,6 +90,9 @@ class Calibration:
             ok_reject_rate=float(data.get("ok_reject_rate", 0.0)),
             ng_miss_rate=None if data.get("ng_miss_rate") is None else float(data["ng_miss_rate"]),
             created_at=float(data.get("created_at", 0.0)),
+            conformal=(
+                ConformalRecord.from_dict(data["conformal"]) if data.get("conformal") else None
+            ),
         )
         # hashed as the file has it (a field it lacks stays absent): as the store names it
         object.__setattr__(calibration, "version", _content_version(data))
@@ -98,8 +114,28 @@ def _checked(scores: Any, name: str) -> np.ndarray:
     return s
 
 
+def from_conformal(ok_scores: Any, alpha: float, percentile: float) -> Calibration:
+    """Threshold with a false-reject rate of at most ``alpha`` (:mod:`engine.conformal`),
+    from the scores of held-out OK images. Where there are too few for ``alpha``, the
+    highest score, and the record says the bound is not guaranteed."""
+    ok = _checked(ok_scores, "OK")
+    record = conf.record(ok, alpha)
+    threshold = record.threshold
+    return Calibration(
+        threshold=threshold,
+        method=conf.METHOD,
+        percentile=percentile,
+        ok=ScoreStats.of(ok),
+        ng=None,
+        ok_reject_rate=float((ok >= threshold).mean()),
+        ng_miss_rate=None,
+        created_at=time.time(),
+        conformal=record,
+    )
+
+
 def from_ok(ok_scores: Any, percentile: float) -> Calibration:
-    """Threshold at the ``percentile``-th OK score."""
+    """Threshold at the ``percentile``-th OK score (the legacy OK-only method)."""
     ok = _checked(ok_scores, "OK")
     threshold = float(np.percentile(ok, percentile))
     return Calibration(
@@ -114,12 +150,14 @@ def from_ok(ok_scores: Any, percentile: float) -> Calibration:
     )
 
 
-def from_ok_ng(ok_scores: Any, ng_scores: Any, percentile: float) -> Calibration:
+def from_ok_ng(
+    ok_scores: Any, ng_scores: Any, percentile: float, conformal: ConformalRecord | None = None
+) -> Calibration:
     """Threshold separating OK from NG scores.
 
     Separable: halfway between the highest OK and the lowest NG score. Overlapping: the
     threshold minimising ``NG_MISS_COST * misses + false rejects``, ties to the lowest
-    (safest) one.
+    (safest) one. ``conformal``: the model's held-out OK scores, kept for p-values.
     """
     ok = _checked(ok_scores, "OK")
     ng = _checked(ng_scores, "NG")
@@ -140,4 +178,5 @@ def from_ok_ng(ok_scores: Any, ng_scores: Any, percentile: float) -> Calibration
         ok_reject_rate=float((ok >= threshold).mean()),
         ng_miss_rate=float((ng < threshold).mean()),
         created_at=time.time(),
+        conformal=conformal,
     )

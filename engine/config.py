@@ -6,7 +6,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from configs.settings import KnnMode, Settings
+    from configs.settings import KnnMode, Settings, ThresholdMethod
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,9 @@ class EngineConfig:
     score_reweight: bool
     position_norm: bool  # subtract the per-position OK baseline from patch distances
     score_percentile: float
+    threshold_method: ThresholdMethod  # "conformal" (held-out split) or "percentile" (legacy)
+    target_frr: float  # the conformal threshold's false-reject rate bound
+    calibration_share: float  # share of the OK images held out for it
     area_mm2_thr: float  # regions smaller than this (mm²) do not make a frame NG
     engine_batch_size: int  # images per backbone forward; 0 = by device
     seed: int

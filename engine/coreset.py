@@ -65,12 +65,16 @@ def greedy_coreset(
     return Coreset(idx_t, float(radius_t))
 
 
-def _greedy_dense(z: torch.Tensor, k: int, start: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact greedy k-center; ``z (N, d)`` on any device, no ``.item()`` inside the loop."""
+def _greedy_dense(
+    z: torch.Tensor, k: int, start: int | None, min_d2: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact greedy k-center; ``z (N, d)`` on any device, no ``.item()`` inside the loop.
+    ``min_d2 (N,)``: squared distances to centres chosen before (then ``start`` is None:
+    the first pick is the farthest row)."""
     sq = (z * z).sum(1)
-    min_d2 = torch.full_like(sq, float("inf"))
+    min_d2 = torch.full_like(sq, float("inf")) if min_d2 is None else min_d2.clone()
     selected = torch.empty(k, dtype=torch.long, device=z.device)
-    current = torch.tensor(start, device=z.device)
+    current = torch.tensor(start, device=z.device) if start is not None else torch.argmax(min_d2)
     for i in range(k):
         selected[i] = current
         centre = z.index_select(0, current.view(1))  # (1, d)
@@ -89,26 +93,53 @@ def _greedy_pruned(
 ) -> tuple[np.ndarray, float]:
     """Exact greedy k-center on the CPU with triangle-inequality pruning. ``z (N, d)``."""
     z = np.ascontiguousarray(z, dtype=np.float32)
-    n, d = z.shape
-    centres = np.empty((k, d), dtype=np.float32)
-    centre_sq = np.empty(k, dtype=np.float32)
-    selected = np.empty(k, dtype=np.int64)
-    # r: distance of each point to its nearest selected centre; owner: which centre that is
-    owner = np.zeros(n, dtype=np.int32)
-    z_sq = np.einsum("ij,ij->i", z, z)
     r = np.sqrt(np.maximum(((z - z[start]) ** 2).sum(1), 0.0)).astype(np.float32)
     r[start] = _CHOSEN
+    owner = np.zeros(len(z), dtype=np.int32)
+    picked = _continue_pruned(z, z[start][None], r, owner, k - 1, progress, done=1)
+    return np.concatenate([[start], picked]).astype(np.int64), max(0.0, float(r.max()))
+
+
+def _continue_pruned(
+    z: np.ndarray,
+    prior: np.ndarray,
+    r: np.ndarray,
+    owner: np.ndarray,
+    k: int,
+    progress: Callable[[int, int], None] | None = None,
+    done: int = 0,
+    radius: float | None = None,
+) -> np.ndarray:
+    """``k`` more greedy picks among ``z (N, d)`` given centres ``prior (m, d)`` already
+    chosen: ``r (N,)`` each row's distance to its nearest centre (``_CHOSEN`` for chosen
+    rows), ``owner (N,)`` which centre that is. ``r`` and ``owner`` are updated in place.
+    ``radius``: after the ``k``, more picks while some row is farther than it from every
+    centre (at most every row)."""
+    n, d = z.shape
+    m = len(prior)
+    limit = k if radius is None else n
+    centres = np.empty((m + limit, d), dtype=np.float32)
+    centres[:m] = prior
+    centre_sq = np.einsum("ij,ij->i", centres[:m], centres[:m])
+    centre_sq = np.concatenate([centre_sq, np.empty(limit, dtype=np.float32)])
+    selected = np.empty(limit, dtype=np.int64)
+    z_sq = np.einsum("ij,ij->i", z, z)
     twice_r = 2.0 * r
-    selected[0], centres[0] = start, z[start]
-    centre_sq[0] = float(z[start] @ z[start])
-    report_every = max(1, k // 50)
-    for i in range(1, k):
-        if progress is not None and i % report_every == 0:
-            progress(i, k)
+    total = done + k
+    report_every = max(1, total // 50)
+    step = 0
+    for step in range(limit + 1):  # noqa: B007 (the count of picks is read after)
+        if step == limit:
+            break
+        i = m + step  # the new centre's number
+        if progress is not None and (done + step) % report_every == 0 and done + step:
+            progress(min(done + step, total), total)
         new = int(np.argmax(r))
+        if step >= k and (radius is None or r[new] <= radius):
+            break
         c = z[new]
         c_sq = float(c @ c)
-        selected[i], centres[i], centre_sq[i] = new, c, c_sq
+        selected[step], centres[i], centre_sq[i] = new, c, c_sq
         # a chosen row ranks below every other (see _greedy_dense) and is never a candidate
         # again (its twice_r is negative)
         r[new] = twice_r[new] = _CHOSEN
@@ -130,8 +161,76 @@ def _greedy_pruned(
         twice_r[hit] = 2.0 * dist[better]
         owner[hit] = i
     if progress is not None:
-        progress(k, k)
-    return selected, max(0.0, float(r.max()))
+        progress(total, total)
+    return selected[:step]
+
+
+def continue_coreset(
+    features: torch.Tensor,
+    prior: torch.Tensor,
+    n_select: int,
+    projection_dim: int = 128,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+    radius: float | None = None,
+) -> Coreset:
+    """``n_select`` more rows of ``features (N, D)`` by the same greedy k-center rule,
+    going on from the centres ``prior (M, D)`` already chosen (a stored memory bank):
+    each step adds the new row farthest from every centre, old and new. Same projection
+    as :func:`greedy_coreset` (same ``projection_dim`` and ``seed``). ``radius``: then on,
+    while a row is farther than that from every centre (new images as well covered as the
+    bank's own; at most every row).
+
+    ``radius``: the coverage radius of the new rows by all centres, in the projected space.
+    """
+    n = features.shape[0]
+    if not 0 < n_select <= n:
+        raise ValueError(f"n_select must be in [1, {n}], got {n_select}")
+    z = random_projection(features, projection_dim, seed)
+    zp = random_projection(prior, projection_dim, seed).to(z.device)
+    nearest, owner = _nearest_centres(z, zp)
+    if z.device.type == "cpu":
+        r = nearest.numpy().astype(np.float32)
+        idx = _continue_pruned(
+            np.ascontiguousarray(z.numpy(), dtype=np.float32),
+            zp.numpy(), r, owner.numpy().astype(np.int32), n_select, progress, radius=radius,
+        )  # fmt: skip
+        return Coreset(torch.from_numpy(idx), max(0.0, float(r.max())))
+    coreset = _continue_dense(z, nearest.square(), n_select, radius)
+    if progress is not None:
+        progress(n_select, n_select)
+    return coreset
+
+
+def _continue_dense(
+    z: torch.Tensor, min_d2: torch.Tensor, k: int, radius: float | None
+) -> Coreset:
+    """:func:`continue_coreset` on any device: rounds of :func:`_greedy_dense` without host
+    syncs (``k`` picks, then a quarter of that at a time while the radius is not reached)."""
+    n = z.shape[0]
+    picked: list[torch.Tensor] = []
+    step = k
+    while True:
+        idx_t, radius_t = _greedy_dense(z, step, None, min_d2)
+        picked.append(idx_t)
+        done = sum(len(p) for p in picked)
+        if radius is None or float(radius_t) <= radius or done >= n:
+            return Coreset(torch.cat(picked), float(radius_t))
+        min_d2 = torch.cdist(z, z[idx_t]).min(1).values.square().minimum(min_d2)
+        min_d2[torch.cat(picked)] = _CHOSEN
+        step = min(max(1, k // 4), n - done)
+
+
+def _nearest_centres(
+    z: torch.Tensor, centres: torch.Tensor, chunk: int = 8192
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distance of each row of ``z (N, d)`` to its nearest centre, and that centre's row."""
+    dist = torch.empty(z.shape[0], dtype=torch.float32, device=z.device)
+    owner = torch.empty(z.shape[0], dtype=torch.long, device=z.device)
+    for start in range(0, z.shape[0], chunk):
+        best = torch.cdist(z[start : start + chunk], centres).min(1)
+        dist[start : start + chunk], owner[start : start + chunk] = best.values, best.indices
+    return dist, owner
 
 
 def coverage_radius(z: torch.Tensor, indices: torch.Tensor, chunk: int = 8192) -> float:

@@ -39,6 +39,9 @@ class Inference:
     regions: list[Region] = field(default_factory=list)
     model_version: str | None = None
     calibration_version: str | None = None  # the threshold's identity (Calibration.version)
+    # conformal p-value of the score against the model's held-out OK scores (uniform on OK
+    # frames like them, small on outliers); None without them (legacy models) or a score
+    p_value: float | None = None
     error: str | None = None
     error_kind: str | None = None  # the exception class behind an ERROR, for the front doors
     anomaly_map: np.ndarray | None = None  # (H, W) at the original resolution
@@ -141,6 +144,7 @@ def decide(
     return Inference(
         verdict, score, threshold, regions, error=error, model_version=model.version,
         calibration_version=model.calibration_version,
+        p_value=None if model.calibration is None else model.calibration.p_value(score),
         # the localisation map: patch distances, no baseline (the better pixel ranking)
         anomaly_map=resize_map(amap, h, w) if item.want_map and amap is not None else None,
         heatmap_png=png, random_backbone=random_bb,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from engine import calibration as calib
+from engine import training
 from engine.anomaly_map import anomaly_maps
 from engine.backbone import RANDOM_WEIGHTS, Backbone, load_backbone
 from engine.config import EngineConfig
@@ -21,34 +22,18 @@ from engine.decision import Inference, InferItem, decide, failed, needs_map
 from engine.device import DeviceSpec, compute_dtype, dtype_name, select_device
 from engine.errors import EngineError
 from engine.images import to_tensor
-from engine.leave_one_out import leave_one_out_neighbours, position_baseline, positional_shortlist
-from engine.patchcore import MapSpec, ModelMeta, PatchCoreModel, aggregate, build_memory, score
+from engine.patchcore import MapSpec, PatchCoreModel, aggregate, score
+from engine.training import FitOutput, Progress
 
 if TYPE_CHECKING:
     from configs.settings import Settings
 
-Progress = Callable[[str, int, int], None]  # (stage, done, total)
-# training images re-scored leave-one-out: the OK threshold and the per-position baseline
-CALIBRATION_IMAGES = 64
 # images per backbone forward when BDI_ENGINE_BATCH_SIZE is 0. On the CPU a forward of 8
 # keeps the backbone's activations in a 32 MiB L3 cache: measured on 2 EPYC cores, a batch of
 # 16 frames scored as two forwards of 8 and one search gives 3-22 % more img/s than one
 # forward of 16 (docs/BENCHMARKS.md). A GPU wants large forwards.
 CPU_BATCH = 8
 CUDA_BATCH = 64
-
-
-@dataclass(frozen=True)
-class FitOutput:
-    """What :meth:`Engine.fit` returns: the model (not yet stored) and how it was made."""
-
-    model: PatchCoreModel
-    n_images: int
-    n_patches: int
-    timings_s: dict[str, float]
-    # leave-one-image-out scores of (up to CALIBRATION_IMAGES) training images: unbiased OK
-    # scores for calibration, unlike re-scoring training images against their own bank
-    ok_scores: np.ndarray = field(default_factory=lambda: np.empty(0))
 
 
 def _noop(stage: str, done: int, total: int) -> None:
@@ -145,69 +130,26 @@ class Engine:
         mm_per_px: float | None = None,
         coreset_rate: float | None = None,
         progress: Progress = _noop,
+        target_frr: float | None = None,
     ) -> FitOutput:
-        """Build a PatchCore model from OK images (and an OK-only threshold when n >= 2)."""
-        if not images:
-            raise EngineError("no OK images to train from")
-        s = self.config
-        size = s.image_size
-        rate = s.coreset_rate if coreset_rate is None else coreset_rate
-        bb = self.backbone(s.backbone, size)
-        # the device's dtype: recorded in the model, which is scored in it from then on
-        dtype = self.spec.dtype
-        t0 = time.perf_counter()
-        feats = self.embed(images, bb, size, progress, dtype)
-        n_img, h, w, c = feats.shape
-        t1 = time.perf_counter()
-        index, ids, timing = build_memory(
-            feats.reshape(-1, c), rate, s.knn_mode, s.knn_ivf_nprobe, s.coreset_projection_dim,
-            s.seed, self.spec.device, self.spec.is_cuda,
-            lambda done, total: progress("coreset", done, total),
-        )  # fmt: skip
-        t2 = time.perf_counter()
-        loo = np.empty((0, h * w))
-        shortlist = None
-        if n_img >= 2:
-            pick = np.linspace(0, n_img - 1, min(n_img, CALIBRATION_IMAGES)).round().astype(int)
-            source = ids // (h * w)
-            # re-number so that bank rows of picked image j carry label j
-            remap = np.full(n_img, -1)
-            remap[pick] = np.arange(len(pick))
-            loo, nearest = leave_one_out_neighbours(
-                index, feats[pick].reshape(len(pick), h * w, c), remap[source]
-            )
-            if s.knn_shortlist:
-                shortlist = positional_shortlist(nearest.reshape(-1, h, w), s.knn_shortlist)
-        baseline = position_baseline(loo.reshape(-1, h, w)) if s.position_norm else None
-        meta = ModelMeta(
-            backbone=bb.info.name,
-            backbone_weights=self.weights_fingerprint(bb),
-            image_size=size,
-            grid=(h, w),
-            feature_dim=c,
-            mm_per_px=mm_per_px,
-            coreset_rate=rate,
-            n_train_images=n_img,
-            n_patches=n_img * h * w,
-            memory_bank=len(ids),
-            baseline_images=0 if baseline is None else len(loo),
-            compute_dtype=dtype_name(dtype),
-        )
-        model = PatchCoreModel(meta=meta, index=index, baseline=baseline, shortlist=shortlist)
-        ok = np.empty(0)
-        if len(loo):
-            # the same images scored the way inference will score (baseline subtracted);
-            # they helped set the baseline, so these run low: a stricter threshold
-            ok = (loo - (0.0 if baseline is None else baseline.ravel())).max(axis=1)
-            model.calibration = calib.from_ok(ok, s.score_percentile)
-        t3 = time.perf_counter()
-        timings = {"embed_s": t1 - t0, "coreset_s": timing.coreset_s, "index_s": timing.index_s,
-                   "calibrate_s": t3 - t2, "fit_s": t3 - t0}  # fmt: skip
-        return FitOutput(model, n_img, n_img * h * w, timings, ok)
+        """Build a PatchCore model from OK images, with an OK-only threshold when n >= 2
+        (``target_frr``: the conformal bound, else ``BDI_TARGET_FRR``; engine.training)."""
+        return training.fit(self, images, mm_per_px, coreset_rate, progress, target_frr)
+
+    def append(
+        self, model: PatchCoreModel, images: Sequence[np.ndarray], progress: Progress = _noop
+    ) -> FitOutput:
+        """``model`` with more OK images in its memory bank, without a refit (a new model;
+        :func:`engine.training.append`)."""
+        return training.append(self, model, images, progress)
+
+    @staticmethod
+    def dtype_name(dtype: torch.dtype) -> str:
+        return dtype_name(dtype)
 
     def image_scores(self, model: PatchCoreModel, images: Sequence[np.ndarray]) -> np.ndarray:
         """Image scores of many images against one model (calibration, datasets)."""
-        bb = self._backbone_for(model)
+        bb = self.backbone_for(model)
         feats = self.embed(images, bb, model.meta.image_size, dtype=self.model_dtype(model))
         no_maps = np.zeros(len(feats), dtype=bool)
         return score(model, feats, self.config.score_reweight, no_maps).image
@@ -215,10 +157,13 @@ class Engine:
     def calibrate(
         self, model: PatchCoreModel, ok_scores: Sequence[float], ng_scores: Sequence[float] | None
     ) -> calib.Calibration:
+        """A threshold from OK (and NG) scores; a conformal model keeps its held-out scores
+        (and so its p-values) whatever threshold is applied."""
         pct = self.config.score_percentile
+        held = None if model.calibration is None else model.calibration.conformal
         if ng_scores is None or len(ng_scores) == 0:
-            return calib.from_ok(ok_scores, pct)
-        return calib.from_ok_ng(ok_scores, ng_scores, pct)
+            return replace(calib.from_ok(ok_scores, pct), conformal=held)
+        return calib.from_ok_ng(ok_scores, ng_scores, pct, held)
 
     @staticmethod
     def model_dtype(model: PatchCoreModel) -> torch.dtype:
@@ -226,7 +171,7 @@ class Engine:
         are embedded in it on any device, whatever the device's default."""
         return compute_dtype(model.meta.compute_dtype)
 
-    def _backbone_for(self, model: PatchCoreModel) -> Backbone:
+    def backbone_for(self, model: PatchCoreModel) -> Backbone:
         bb = self.backbone(model.meta.backbone, model.meta.image_size)
         if bb.info.dim != model.meta.feature_dim:
             raise EngineError(
@@ -276,7 +221,7 @@ class Engine:
         first = items[members[0]].model
         assert first is not None
         try:
-            bb = self._backbone_for(first)
+            bb = self.backbone_for(first)
             dtype = self.model_dtype(first)
             t0 = time.perf_counter()
             images = [items[i].image for i in members]

@@ -122,6 +122,19 @@ class KnnIndex:
         self._configure()
         return self
 
+    def add(self, rows: np.ndarray) -> KnnIndex:
+        """A new index: this bank and ``rows (R, C)`` after it (ids go on from ``size``).
+
+        Only what the rows change is rebuilt: an IVF index keeps its trained lists and files
+        the rows into them (no new k-means), a flat one appends them. This index is left as
+        it is (a model being scored keeps using it)."""
+        index = faiss.clone_index(self._require())
+        index.add(np.ascontiguousarray(rows, dtype=np.float32))
+        knn = KnnIndex(self.mode, nprobe=self.nprobe, use_gpu=self.use_gpu)
+        knn._index = index
+        knn._configure()
+        return knn
+
     def _configure(self) -> None:
         index = self._index
         assert index is not None

@@ -88,6 +88,9 @@ class ModelMeta:
     # "bfloat16" or "float16" (engine.device.COMPUTE_DTYPES). The model is scored in it on
     # any device, so that its threshold means what it meant at calibration.
     compute_dtype: str = FLOAT32
+    # max over the training patches of the distance to their nearest coreset row, in the
+    # coreset's projected space (engine.coreset); None: not recorded (older models)
+    coverage_radius: float | None = None
     created_at: float = field(default_factory=time.time)
     format: int = FORMAT_VERSION
 
@@ -100,6 +103,8 @@ class ModelMeta:
             # absent means fp32, as in every model stored before the key existed: their
             # metadata, and so their versions, stay what they were
             del d["compute_dtype"]
+        if self.coverage_radius is None:
+            del d["coverage_radius"]  # as in models stored before it was recorded
         return d
 
     @classmethod
@@ -130,6 +135,9 @@ class PatchCoreModel:
     # (h*w, K) memory-bank rows per grid position: the nearest rows of aligned OK patches
     # there and around. Only a speed aid (see :func:`score`); None: search everything.
     shortlist: np.ndarray | None = None
+    # (M,) bool: bank rows that came from held-out calibration images (engine.incremental),
+    # left out when new calibration scores are made; None: no such rows
+    held_out: np.ndarray | None = None
     _baseline_maps: dict[tuple[int, float], np.ndarray] = field(
         default_factory=dict, repr=False, compare=False
     )
@@ -164,6 +172,10 @@ class PatchCoreModel:
                 self.shortlist.min() >= 0 and self.shortlist.max() < self.index.size
             ):
                 raise ValueError("shortlist names rows outside the memory bank")
+        if self.held_out is not None:
+            self.held_out = np.ascontiguousarray(self.held_out, dtype=bool)
+            if self.held_out.shape != (self.index.size,):
+                raise ValueError(f"held-out flags {self.held_out.shape} != {self.index.size} rows")
         if not self.version:
             self.version = content_version(self.meta, self.index.bank(), self.baseline)
 
@@ -215,6 +227,7 @@ def content_version(meta: ModelMeta, bank: np.ndarray, baseline: np.ndarray | No
 class FitTimings(NamedTuple):
     coreset_s: float
     index_s: float
+    radius: float | None = None  # the coreset's coverage radius (None: every row kept)
 
 
 def build_memory(
@@ -236,11 +249,12 @@ def build_memory(
         feats = torch.from_numpy(features).to(device)
         coreset = greedy_coreset(feats, k, projection_dim, seed, progress)
         ids = coreset.indices.cpu().numpy()
+        radius: float | None = coreset.radius
     else:
-        ids = np.arange(n)
+        ids, radius = np.arange(n), None
     t1 = time.perf_counter()
     index = KnnIndex(knn_mode, nprobe=nprobe, use_gpu=use_gpu_index).fit(features[ids])
-    return index, ids, FitTimings(t1 - t0, time.perf_counter() - t1)
+    return index, ids, FitTimings(t1 - t0, time.perf_counter() - t1, radius)
 
 
 def score(

@@ -23,7 +23,8 @@ class Revision:
     revision: str
     version: str | None  # the model's content hash (the memory bank's)
     threshold: float | None
-    calibration: str | None  # "ok_percentile" (set by training) or "ok_ng"; None: none
+    # "conformal" or "ok_percentile" (set by training), or "ok_ng"; None: none
+    calibration: str | None
     saved_at: float | None  # when this revision was first stored (seconds since the epoch)
     current: bool
     calibration_version: str | None = None  # models.calibration_version; None: uncalibrated

@@ -40,7 +40,7 @@ def test_revisions_say_what_each_one_is(store: ModelStore, model_a: Trained, eng
     assert current.threshold == pytest.approx(calibration.threshold)
     assert previous.threshold == pytest.approx(model_a.model.threshold)
     assert (current.calibration, current.calibrated) == ("ok_ng", True)
-    assert (previous.calibration, previous.calibrated) == ("ok_percentile", False)
+    assert (previous.calibration, previous.calibrated) == ("conformal", False)
     assert before <= previous.saved_at <= current.saved_at <= time.time()
     assert current.to_dict()["calibrated"] is True
 
