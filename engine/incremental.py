@@ -20,7 +20,7 @@ import torch
 
 from engine.coreset import continue_coreset
 from engine.knn import KnnIndex
-from engine.patchcore import PatchCoreModel
+from engine.patchcore import ModelMeta, PatchCoreModel
 
 # at most this share of a position's shortlist is given to rows added after the fit
 SHORTLIST_NEW_SHARE = 0.25
@@ -33,9 +33,11 @@ class Extension(NamedTuple):
     seconds: float
 
 
-def rows_for(n_patches: int, rate: float) -> int:
-    """Bank rows the greedy rule adds for ``n_patches`` new patches: the fit's rate."""
-    return max(1, min(n_patches, round(n_patches * rate)))
+def rows_for(meta: ModelMeta, n_new: int) -> int:
+    """Bank rows the greedy rule adds for ``n_new`` new patches: as many as bring the bank
+    to the fit's rate of all the patches (a full fit's size), at least one."""
+    target = int((meta.n_patches + n_new) * meta.coreset_rate)
+    return max(1, min(n_new, target - meta.memory_bank))
 
 
 def extend_bank(
@@ -50,7 +52,7 @@ def extend_bank(
 ) -> Extension:
     """``model`` with the patches ``features (N, h, w, C)`` of N more OK images covered.
 
-    As many rows are added as the model's coreset rate gives for the new patches, and then
+    As many rows are added as bring the bank to the coreset rate of all patches, and then
     more while a new patch is farther from every row than the bank's coverage radius (new
     content is covered as well as the images it was fitted on: a false reject appended
     scores as a training image does).
@@ -63,7 +65,7 @@ def extend_bank(
     if (h, w) != tuple(meta.grid) or c != meta.feature_dim:
         raise ValueError(f"features {h}x{w}x{c} do not fit the model's grid {meta.grid}x{c}")
     flat = np.ascontiguousarray(features.reshape(-1, c), dtype=np.float32)
-    k = rows_for(len(flat), meta.coreset_rate)
+    k = rows_for(meta, len(flat))
     bank = model.index.bank()
     if k < len(flat):
         coreset = continue_coreset(
