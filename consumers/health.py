@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from consumers.drift import metrics_lines
 from consumers.errors import ConsumerError
 from consumers.topics import names, names_offsets
 
@@ -57,6 +58,7 @@ def health_report(
     group: str,
     client_id: str,
     models: dict[str, Any],
+    drift: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What ``/health`` reports (``docs/KAFKA.md``); ``client`` is the group member, None
     before the start and after the stop."""
@@ -82,6 +84,7 @@ def health_report(
         "last_commit_at": stats.last_commit_at,
         "committed": dict(stats.committed),
         "models": models,
+        "drift": drift or {},  # per model (consumers.drift.DriftMonitor.snapshot)
     }
 
 
@@ -109,6 +112,7 @@ def metrics_text(h: dict[str, Any]) -> str:
             "# TYPE bdi_consumer_last_commit_timestamp_seconds gauge",
             f"bdi_consumer_last_commit_timestamp_seconds {h['last_commit_at']:.3f}",
         ]
+    lines += metrics_lines(h.get("drift") or {})
     return "\n".join(lines) + "\n"
 
 

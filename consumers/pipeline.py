@@ -16,6 +16,7 @@ from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Protocol
 
 from consumers.dlq import dead_letter
+from consumers.drift import DriftMonitor, canonical_ids
 from consumers.frames import Decoded, Failure, Frame, decode_frame
 from consumers.models import ModelResolver
 from consumers.outcome import Outcome, OutRecord
@@ -24,8 +25,11 @@ from engine import EngineConfig, InferItem
 from engine.provenance import Provenance
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from configs.settings import Settings
     from engine import Inference
+    from store import ModelStore
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +42,34 @@ class InferenceEngine(Protocol):
 
 
 class BatchProcessor:
-    def __init__(self, settings: Settings, engine: InferenceEngine, resolver: ModelResolver):
+    def __init__(
+        self,
+        settings: Settings,
+        engine: InferenceEngine,
+        resolver: ModelResolver,
+        drift: DriftMonitor | None = None,
+    ):
         self.settings = settings
+        self.drift = drift or DriftMonitor.from_settings(settings)
         self.engine = engine
         self.resolver = resolver
         self.max_bytes = int(settings.max_frame_mb * 1024 * 1024)
         self.heatmaps = settings.kafka_topic_heatmaps
         self.provenance = Provenance.of(EngineConfig.from_settings(settings))
+
+    @classmethod
+    def for_consumer(
+        cls, settings: Settings, engine: InferenceEngine, store: ModelStore, consumer: str
+    ) -> BatchProcessor:
+        """A consumer's processor: models hot-reloaded from ``store``, drift reported
+        under the store for ``GET /state`` as ``consumer``."""
+        resolver = ModelResolver(store, settings.model_poll_s)
+        drift = DriftMonitor.from_settings(settings, canonical_ids(store), store.root, consumer)
+        return cls(settings, engine, resolver, drift)
+
+    def report(self) -> dict[str, Any]:
+        """What the health port shows of the models: their versions and drift."""
+        return {"models": self.resolver.versions(), "drift": self.drift.snapshot()}
 
     async def decode(self, frames: Sequence[Frame], pool: Executor) -> list[Decoded]:
         """Decode a batch in ``pool``'s threads, order kept."""
@@ -60,7 +85,9 @@ class BatchProcessor:
         """Blocking: models, engine, verdicts. Never raises: even an unexpected bug turns
         into ERROR verdicts for the batch rather than a consumer crash-looping on it."""
         try:
-            return self._infer(batch)
+            outcomes = self._infer(batch)
+            self.drift.save()
+            return outcomes
         except Exception as exc:
             log.exception("batch processing failed", extra={"frames": len(batch)})
             failure = Failure.of(exc)
@@ -93,8 +120,15 @@ class BatchProcessor:
                 inference_ms=infer_ms,
                 total_ms=(time.monotonic() - d.frame.fetched_at) * 1e3,
             )
-            verdict = build_verdict(d, inference, failure, timings, provenance=self.provenance)
-            outcomes.append(self._outcome(d, verdict, inference, failure))
+            p_value = inference.p_value if inference is not None and failure is None else None
+            version = inference.model_version if inference is not None else None
+            drift, alerts = self.drift.observe(d.frame.meta.model_key, version, p_value)
+            verdict = build_verdict(
+                d, inference, failure, timings, provenance=self.provenance, drift=drift
+            )
+            outcome = self._outcome(d, verdict, inference, failure)
+            outcome.records.extend(alerts)  # delivered (committed) with the verdict
+            outcomes.append(outcome)
         return outcomes
 
     def _plan(

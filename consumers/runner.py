@@ -36,7 +36,6 @@ from consumers.frames import Decoded, Frame, KafkaRecord, frame_from_record
 from consumers.health import Stats, health_report
 from consumers.lineage import Lineage
 from consumers.membership import refuse_commits_outside_the_group
-from consumers.models import ModelResolver
 from consumers.offsets import OffsetTracker
 from consumers.outcome import Outcome
 from consumers.part_state import PartState, PlanCache, caught_up, deadline_publisher, store_plans
@@ -225,6 +224,8 @@ class FrameConsumer:
             await self._txn.close()
         self._consumer = self._producer = None
         self._committer = self._rebalancer = None
+        if self._processor is not None:
+            self._processor.drift.close()  # its report for GET /state taken back
         self._infer_pool.shutdown(wait=False, cancel_futures=True)
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
         counts = {"verdicts": dict(self.stats.verdicts), "parts": dict(self.stats.parts)}
@@ -247,8 +248,7 @@ class FrameConsumer:
         check_batch_time(per_frame_s, self.settings.batch_max, self._max_poll_interval_ms)
         if self.store is None:
             self.store = ModelStore(self.settings, use_gpu=self.engine.spec.is_cuda)
-        resolver = ModelResolver(self.store, self.settings.model_poll_s)
-        return BatchProcessor(self.settings, self.engine, resolver)
+        return BatchProcessor.for_consumer(self.settings, self.engine, self.store, self.client_id)
 
     def _producer_kwargs(self) -> dict[str, Any]:
         max_bytes = int(self.settings.max_frame_mb * 1024 * 1024) + HEADROOM
@@ -389,12 +389,12 @@ class FrameConsumer:
     # --- health --------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
         """What ``/health`` of the consumer's health port reports (``docs/KAFKA.md``)."""
-        resolver = self._processor.resolver if self._processor is not None else None
+        p = self._processor
         return health_report(
             client=self._consumer,
             running=not self._stopping.is_set(),
             stats=self.stats,
             group=self.settings.kafka_group,
             client_id=self.client_id,
-            models=resolver.versions() if resolver is not None else {},
+            **(p.report() if p is not None else {"models": {}, "drift": {}}),
         )

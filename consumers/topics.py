@@ -39,11 +39,11 @@ def require_bootstrap(settings: Settings) -> str:
         )
     s = settings
     outputs = [s.kafka_topic_verdicts, s.kafka_topic_dlq, s.kafka_topic_heatmaps,
-               s.kafka_topic_parts, changelog_topic(s)]  # fmt: skip
+               s.kafka_topic_parts, changelog_topic(s), s.kafka_topic_alerts]  # fmt: skip
     if s.kafka_topic_frames in outputs:
         raise ConsumerError(
             f"BDI_KAFKA_TOPIC_FRAMES={s.kafka_topic_frames!r} is also an output topic; "
-            "frames, verdicts, dead letters, heatmaps, parts and the parts changelog need "
+            "frames, verdicts, dead letters, heatmaps, parts, the parts changelog and alerts need "
             "distinct topics"
         )
     if s.kafka_topic_parts == changelog_topic(s):
@@ -139,11 +139,12 @@ COMPACTED = {"cleanup.policy": "compact"}
 def service_topics(settings: Settings, partitions: int) -> dict[str, int | TopicSpec]:
     """``{name: partitions}`` of the topics the service reads and writes: frames, verdicts
     and parts with ``partitions``, the parts changelog with as many (compacted), dead
-    letters and heatmaps (when set) with one."""
+    letters, drift alerts and heatmaps (when set) with one."""
     topics: dict[str, int | TopicSpec] = {
         settings.kafka_topic_frames: partitions,
         settings.kafka_topic_verdicts: partitions,
         settings.kafka_topic_dlq: 1,
+        settings.kafka_topic_alerts: 1,
         settings.kafka_topic_parts: partitions,
         changelog_topic(settings): TopicSpec(partitions, COMPACTED),
     }

@@ -52,6 +52,9 @@ class VerdictMessage:
     verdict: Verdict
     score: float | None
     threshold: float | None
+    # conformal p-value against the model's held-out OK scores (null: none, or no score)
+    p_value: float | None
+    drift: bool  # the model's drift monitor was in drift when this verdict was made
     regions: list[dict[str, Any]]  # Region.to_dict(), as the REST API's regions
     regions_total: int
     model_version: str | None
@@ -116,6 +119,7 @@ def build_verdict(
     *,
     provenance: Provenance,
     model_version: str | None = None,
+    drift: bool = False,
 ) -> VerdictMessage:
     """The verdict of one frame. ``failure`` (input, model) wins over ``inference``; an
     inference that fails :func:`inference_failure` becomes ``ERROR``/``NO_MODEL``.
@@ -126,19 +130,22 @@ def build_verdict(
         failure = inference_failure(inference)
     if failure is None and inference is None:
         failure = Failure("InferenceError", "no inference result for this frame")
-    score = threshold = None
+    score = threshold = p_value = None
     regions: list[Region] = []
     if inference is not None:
         score, threshold = finite(inference.score), finite(inference.threshold)
         model_version = inference.model_version or model_version
         calibration_version = inference.calibration_version
         regions = list(inference.regions) if failure is None else []
+        p_value = finite(inference.p_value) if failure is None else None
     verdict: Verdict = failure.verdict if failure is not None else _ok_ng(inference)
     return VerdictMessage(
         **{name: getattr(meta, name) for name in FRAME_FIELDS},
         verdict=verdict,
         score=score,
         threshold=threshold,
+        p_value=p_value,
+        drift=drift,
         model_version=model_version,
         calibration_version=calibration_version,
         image_sha256=decoded.image_sha256,

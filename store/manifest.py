@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from store import legacy, models, naming, recipes
+from store import atomic, legacy, models, naming, recipes
 from store.errors import InvalidIdError, StoreError
 
 if TYPE_CHECKING:
@@ -37,6 +37,11 @@ class ModelState:
     mm_per_px: float | None  # the recipe's locked value
     dataset: dict[str, int] = field(default_factory=dict)
     error: str | None = None
+    # how the threshold was set: "conformal", "ok_percentile" (legacy) or "ok_ng"; for a
+    # conformal one, its false-reject rate and whether enough held-out images guarantee it
+    threshold_method: str | None = None
+    target_frr: float | None = None
+    frr_guaranteed: bool | None = None
 
     @property
     def ready(self) -> bool:
@@ -55,7 +60,7 @@ def model_state(store: ModelStore, ref: ModelRef) -> ModelState:
         loc, error = None, str(exc)
     files = loc.files if loc else {}
     calib = files.get(models.CALIB)
-    threshold, _, calibration_version = models.calibration_facts(calib)
+    threshold, method, calibration_version = models.calibration_facts(calib)
     if calib is not None and threshold is None and error is None:
         error = f"unreadable calibration {calib}"
     version = None
@@ -75,7 +80,21 @@ def model_state(store: ModelStore, ref: ModelRef) -> ModelState:
         mm_per_px=recipes.locked_mm(store.recipe_dir(ref.recipe_id)),
         dataset=store.datasets.counts(ref),
         error=error,
+        threshold_method=method,
+        **_conformal_facts(calib if method == "conformal" else None),
     )
+
+
+def _conformal_facts(calib: Path | None) -> dict[str, Any]:
+    """``target_frr`` and ``frr_guaranteed`` of a conformal calibration file."""
+    if calib is None:
+        return {}
+    try:
+        record = atomic.read_json(calib)["conformal"]
+        alpha, guaranteed = float(record["alpha"]), bool(record["guaranteed"])
+        return {"target_frr": alpha, "frr_guaranteed": guaranteed}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}  # no record (or an unreadable one): the threshold's facts say enough
 
 
 def _subdirs(path: Path) -> list[Path]:

@@ -21,7 +21,7 @@ from edge.api.diagnostics import Diagnostics
 from edge.api.errors import as_bdi_error, error_body
 from edge.api.metrics import ApiMetrics
 from edge.api.middleware import ApiMiddleware, BodyDeadline, BodyError
-from edge.api.routes import datasets, health, inference, models, plans, trace, training
+from edge.api.routes import datasets, health, inference, models, plans, review, trace, training
 from engine import Engine
 from store import ModelStore
 
@@ -169,7 +169,7 @@ def create_app(
     _install_error_handlers(app)
     app.include_router(health.router)
     protected = [Depends(require_api_key)]
-    for module in (training, inference, models, datasets, plans, trace):
+    for module in (training, inference, models, datasets, plans, review, trace):
         app.include_router(module.router, dependencies=protected)
     if settings.cors_origins:
         wildcard = "*" in settings.cors_origins

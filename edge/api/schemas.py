@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from engine.calibration import ScoreStats
 from engine.decision import Verdict
 from store.plans import DEFAULT_DEADLINE_MS
 
 Label = Literal["ok", "ng"]
+Apply = Literal["balanced", "conformal"]  # the threshold a calibration stores
 
 
 class ErrorPublic(BaseModel):
@@ -55,12 +56,23 @@ class FitResult(ModelIds):
     image_size: int
     grid: tuple[int, int] = Field(description="token grid (rows, cols)")
     mm_per_px: float | None
-    threshold: float | None = Field(description="OK-only threshold (leave-one-out), if any")
+    threshold: float | None = Field(
+        description="OK-only threshold (conformal, or legacy leave-one-out), if any"
+    )
     calibration_version: str | None = Field(
         description="content hash of that threshold's calibration"
     )
     timings_s: dict[str, float]
     source: Literal["upload", "dataset"]
+    # issue 22: the conformal threshold, and appending OK images (docs/API_CONTRACTS.md)
+    mode: Literal["fit", "append"] = Field(description="append: added to the stored model")
+    calibration_method: str | None = Field(description="conformal, ok_percentile or ok_ng")
+    target_frr: float | None = Field(description="conformal alpha; null: legacy threshold")
+    conformal: ConformalPublic | None = Field(description="the conformal choice; null: legacy")
+    n_calibration: int = Field(description="images this call held out for the threshold")
+    added_rows: int | None = Field(description="append: memory-bank rows added")
+    previous_model_version: str | None = Field(description="append: the model added to")
+    warnings: list[str] = Field(description="e.g. the false-reject bound is not guaranteed")
 
 
 def _finite(values: list[float]) -> list[float]:
@@ -76,24 +88,60 @@ class CalibrateRequest(BaseModel):
     role_id: str
     roi_id: str
     model_key: str | None = None
-    ok_scores: list[float] = Field(min_length=1, max_length=1_000_000)
+    # required (1 or more) but with apply=conformal alone: the stored held-out scores then
+    ok_scores: list[float] = Field(default_factory=list, max_length=1_000_000)
     ng_scores: list[float] = Field(default_factory=list, max_length=1_000_000)
+    apply: Apply = "balanced"  # the OK/NG choice, or the model's conformal threshold
+    target_frr: float | None = Field(default=None, ge=1e-6, lt=1, allow_inf_nan=False)
+    # a part of m ROIs, NG when any is: each ROI's threshold gets target_frr / m
+    per_part_rois: int = Field(default=1, ge=1, le=10_000, strict=True)
 
     _check_ok = field_validator("ok_scores")(_finite)
     _check_ng = field_validator("ng_scores")(_finite)
+
+    @model_validator(mode="after")
+    def _needs(self) -> CalibrateRequest:
+        if not self.ok_scores and (self.apply != "conformal" or self.ng_scores):
+            raise ValueError("ok_scores: at least one score (unless apply=conformal alone)")
+        if self.per_part_rois > 1 and self.target_frr is None:
+            raise ValueError("per_part_rois needs target_frr (the part's false-reject rate)")
+        return self
+
+
+class ConformalPublic(BaseModel):  # of the model's held-out OK scores (docs/THRESHOLDS.md)
+    alpha: float = Field(description="per-ROI false-reject rate: target_frr / per_part_rois")
+    target_frr: float
+    per_part_rois: int
+    n: int = Field(description="held-out OK scores")
+    k: int = Field(description="the threshold is the k-th smallest of them")
+    bound: float = Field(description="(n + 1 - k) / (n + 1): the guaranteed false-reject rate")
+    guaranteed: bool = Field(description="n >= needed: the bound reaches alpha")
+    needed: int
+    threshold: float
+    ng_miss_rate: float | None = Field(description="NG scores below it; null without NG")
+
+
+class BalancedPublic(BaseModel):
+    threshold: float
+    ng_miss_rate: float
+    ok_reject_rate: float
 
 
 class CalibrationPublic(ModelIds):
     model_version: str
     calibration_version: str = Field(description="content hash of this calibration")
     threshold: float
-    method: Literal["ok_percentile", "ok_ng"]
+    method: Literal["conformal", "ok_percentile", "ok_ng"]
     percentile: float
     ok: ScoreStats
     ng: ScoreStats | None
     ok_reject_rate: float
     ng_miss_rate: float | None
     source: Literal["scores", "dataset"]
+    applied: Apply
+    conformal: ConformalPublic | None = Field(description="null: a legacy model")
+    balanced: BalancedPublic | None = Field(description="the OK/NG choice; null without NG")
+    warnings: list[str]
 
 
 class RegionPublic(BaseModel):
@@ -122,6 +170,7 @@ class InferencePublic(BaseModel):
     settings_fingerprint: str = Field(
         description="hash of the settings that change a score or verdict (docs/KAFKA.md)"
     )
+    p_value: float | None = Field(description="conformal p-value (docs/THRESHOLDS.md)")
     error: str | None = None
     heatmap_png_base64: str | None = None
     random_backbone: bool = Field(description="true: scored with an untrained backbone (tests)")
@@ -135,6 +184,7 @@ class DatasetInferencePublic(BaseModel):
     score: float | None
     threshold: float | None
     regions: list[RegionPublic]
+    p_value: float | None = Field(description="as in /infer")
     error: str | None = None
 
 
@@ -145,6 +195,19 @@ class InferDatasetResult(ModelIds):
     results: list[DatasetInferencePublic]
     counts: dict[str, int] = Field(description="verdict -> number of images")
     auroc: float | None = Field(description="image AUROC, when both labels are present")
+
+
+class DriftReportPublic(BaseModel):
+    """One consumer's drift report on a model (consumers.drift_state)."""
+
+    consumer: str | None
+    drift: bool
+    since: str | None = Field(description="when the current drift started")
+    model_version: str | None
+    frames: int = Field(description="p-values tested since this version's detector started")
+    detector: str
+    statistic: float
+    updated_at: float | None = Field(description="when the consumer wrote it (Unix time)")
 
 
 class ModelStatePublic(BaseModel):
@@ -165,6 +228,14 @@ class ModelStatePublic(BaseModel):
     dataset: dict[str, int]
     error: str | None
     ready: bool
+    threshold_method: str | None = Field(description="conformal, ok_percentile or ok_ng")
+    target_frr: float | None = Field(description="a conformal threshold's false-reject rate")
+    frr_guaranteed: bool | None = Field(description="enough held-out OK images for it")
+    drift: bool | None = Field(
+        None, description="a consumer finds this model version's p-values drifting (null: "
+        "no consumer reports on it; docs/DRIFT.md)"
+    )  # fmt: skip
+    drift_reports: list[DriftReportPublic] = Field(default_factory=list)
 
 
 class RecipeManifest(BaseModel):
@@ -269,78 +340,3 @@ class PlanPublic(BaseModel):
     warnings: list[PlanWarningPublic] = Field(
         description="ROIs whose frames cannot be judged OK/NG now (their parts cannot be OK)"
     )
-
-
-# --- the trace (store/trace, docs/TRACE.md) --------------------------------------------------
-class TraceFramePublic(BaseModel):
-    frame_id: str
-    role_id: str | None
-    roi_id: str | None
-    verdict: str | None = Field(description="OK, NG, ERROR or NO_MODEL")
-    score: float | None
-    threshold: float | None
-    regions: list[dict[str, Any]] = Field(description="as in the frame verdict")
-    error_class: str | None
-    model_version: str | None
-    calibration_version: str | None
-    image_sha256: str | None
-    code_version: str | None
-    settings_fingerprint: str | None
-    produced_at: str | None = Field(description="when the frame verdict was built")
-    seen_at: str | None = Field(description="when the part aggregator counted it")
-    verdict_stored: bool = Field(description="its frame verdict (bdi.verdicts) is stored")
-    frame_url: str
-    crop_url: str | None = Field(description="the crop as the camera sent it, when kept")
-    heatmap_url: str | None = Field(
-        description="drawn on demand; null without a kept crop or for a frame no model scored"
-    )
-    no_crop: str | None = Field(description="why there is no crop_url (null: there is one)")
-
-
-class PartPublic(BaseModel):
-    part_id: str
-    decided: bool = Field(description="false: frames are stored but no part record yet")
-    verdict: Literal["OK", "NG", "ERROR", "NO_MODEL", "INCOMPLETE"] | None
-    reason: str | None
-    recipe_id: str | None
-    plan_version: str | None
-    deadline_ms: int | None
-    missing: list[dict[str, Any]] = Field(description="plan ROIs without a frame")
-    first_frame_at: str | None
-    last_frame_at: str | None
-    decided_at: str | None
-    code_version: str | None = Field(description="the aggregator's code version")
-    frames: list[TraceFramePublic] = Field(description="the frames the verdict is made of")
-    unexpected: list[TraceFramePublic] = Field(description="frames of the part not counted")
-    other_frames: list[TraceFramePublic] = Field(
-        description="frame verdicts stored with this part_id that no record lists"
-    )
-    late: list[TraceFramePublic] = Field(description="frames that came after the decision")
-    record: dict[str, Any] | None = Field(description="the whole bdi.part/1 record")
-
-
-class VerdictsPublic(BaseModel):
-    verdicts: list[dict[str, Any]] = Field(
-        description="bdi.verdict/1 documents as stored, newest first, each with frame_url "
-        "and part_url"
-    )
-    count: int
-    next_cursor: str | None = Field(description="pass as cursor for the next page; null: last")
-
-
-class FrameImagePublic(BaseModel):
-    sha256: str
-    size: int
-
-
-class FramePublic(BaseModel):
-    frame_id: str
-    part_id: str | None
-    part_url: str | None
-    verdict: dict[str, Any] | None = Field(
-        description="the bdi.verdict/1 document as stored; null until it comes"
-    )
-    image: FrameImagePublic | None = Field(description="the frame's image, when read")
-    crop_url: str | None
-    heatmap_url: str | None
-    no_crop: str | None = Field(description="why there is no crop_url (null: there is one)")

@@ -13,10 +13,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from edge.api import fitting
 from edge.api.diagnostics import Diagnostics
 from edge.api.errors import BadRequest, BdiError
 from edge.api.metrics import ApiMetrics
 from edge.api.schemas import (
+    Apply,
     CalibrationPublic,
     DatasetInferencePublic,
     FitResult,
@@ -26,8 +28,8 @@ from edge.api.schemas import (
     RevisionPublic,
     RevisionsPublic,
 )
+from edge.api.thresholds import Choice, choose
 from engine import Engine, Inference, InferItem
-from engine.calibration import Calibration
 from engine.images import decode_image
 from engine.metrics import auroc
 from engine.provenance import Provenance
@@ -51,13 +53,14 @@ def train(
     images: Sequence[np.ndarray],
     mm_per_px: float | None,
     source: str,
+    target_frr: float | None = None,
 ) -> FitResult:
     locked = store.check_mm_per_px(ref.recipe_id, mm_per_px)  # 409 before the work
     mm = mm_per_px if mm_per_px is not None else locked
     started = time.perf_counter()
     metrics.fits_running.inc()
     try:
-        fit = engine.fit(images, mm_per_px=mm)
+        fit = engine.fit(images, mm_per_px=mm, target_frr=target_frr)
         saved = store.save_model(ref, fit.model)
     except Exception as exc:
         metrics.trainings.labels("error").inc()
@@ -78,23 +81,7 @@ def train(
         memory_bank=meta.memory_bank, model_version=saved.version, threshold=fit.model.threshold,
         source=source, result="ok", duration_ms=round(seconds * 1e3, 3), timings_s=fit.timings_s,
     )  # fmt: skip
-    return FitResult(
-        **ref.ids(),
-        model_version=saved.version,
-        revision=saved.revision,
-        n_images=fit.n_images,
-        n_patches=fit.n_patches,
-        memory_bank=meta.memory_bank,
-        coreset_rate=meta.coreset_rate,
-        backbone=meta.backbone,
-        image_size=meta.image_size,
-        grid=meta.grid,
-        mm_per_px=saved.mm_per_px,
-        threshold=fit.model.threshold,
-        calibration_version=fit.model.calibration_version,
-        timings_s={k: round(v, 4) for k, v in fit.timings_s.items()},
-        source="dataset" if source == "dataset" else "upload",
-    )
+    return fitting.fit_result(ref, fit, saved, source, engine.config.calibration_share)
 
 
 def _store_calibration(
@@ -102,21 +89,28 @@ def _store_calibration(
     metrics: ApiMetrics,
     diagnostics: Diagnostics,
     ref: ModelRef,
-    calibration: Calibration,
+    choice: Choice,
     source: str,
 ) -> CalibrationPublic:
+    calibration = choice.calibration
     saved = store.save_calibration(ref, calibration)
     metrics.calibrations.labels("ok").inc()
     data = calibration.to_dict()
     diagnostics.log(
         "calibration", **ref.ids(), model_version=saved.version, threshold=calibration.threshold,
         method=calibration.method, n_ok=calibration.ok.n,
-        n_ng=calibration.ng.n if calibration.ng else 0, source=source,
+        n_ng=calibration.ng.n if calibration.ng else 0, source=source, applied=choice.applied,
     )  # fmt: skip
     data.pop("created_at", None)
     data["calibration_version"] = calibration.version
+    report = {
+        "applied": choice.applied,
+        "conformal": choice.conformal,
+        "balanced": choice.balanced,
+        "warnings": choice.warnings,
+    }
     return CalibrationPublic.model_validate(
-        {**data, **ref.ids(), "model_version": saved.version, "source": source}
+        {**data, **report, **ref.ids(), "model_version": saved.version, "source": source}
     )
 
 
@@ -128,10 +122,14 @@ def calibrate_scores(
     ref: ModelRef,
     ok_scores: list[float],
     ng_scores: list[float],
+    apply: Apply = "balanced",
+    target_frr: float | None = None,
+    per_part_rois: int = 1,
 ) -> CalibrationPublic:
+    """The threshold ``apply`` asks for (:func:`edge.api.thresholds.choose`), stored."""
     model = store.load_model(ref)
-    calibration = engine.calibrate(model, ok_scores, ng_scores or None)
-    return _store_calibration(store, metrics, diagnostics, ref, calibration, "scores")
+    choice = choose(engine, model, ok_scores, ng_scores, apply, target_frr, per_part_rois)
+    return _store_calibration(store, metrics, diagnostics, ref, choice, "scores")
 
 
 def calibrate_dataset(
@@ -152,9 +150,9 @@ def calibrate_dataset(
     if not ok:
         raise BadRequest("no stored OK images to calibrate with", code="missing_ok_samples")
     ok_scores = engine.image_scores(model, ok).tolist()
-    ng_scores = engine.image_scores(model, ng).tolist() if ng else None
-    calibration = engine.calibrate(model, ok_scores, ng_scores)
-    return _store_calibration(store, metrics, diagnostics, ref, calibration, "dataset")
+    ng_scores = engine.image_scores(model, ng).tolist() if ng else []
+    choice = choose(engine, model, ok_scores, ng_scores)
+    return _store_calibration(store, metrics, diagnostics, ref, choice, "dataset")
 
 
 def regions_public(result: Inference) -> list[RegionPublic]:
@@ -183,7 +181,7 @@ def infer_one(
     metrics.inferences.labels(result.verdict).inc()
     diagnostics.log(
         "inference", **ref.ids(), verdict=result.verdict, score=result.score,
-        threshold=result.threshold, model_version=result.model_version,
+        threshold=result.threshold, p_value=result.p_value, model_version=result.model_version,
         calibration_version=result.calibration_version, image_sha256=image_sha256,
         regions=len(result.regions), error=result.error, timings_ms=result.timings_ms,
     )  # fmt: skip
@@ -194,6 +192,7 @@ def infer_one(
         score=result.score,
         threshold=result.threshold,
         regions=regions_public(result),
+        p_value=result.p_value,
         model_version=result.model_version,
         calibration_version=result.calibration_version,
         image_sha256=image_sha256,
@@ -232,6 +231,7 @@ def infer_dataset(
             score=r.score,
             threshold=r.threshold,
             regions=regions_public(r),
+            p_value=r.p_value,
             error=r.error,
         )  # fmt: skip
         for (lab, name), r in zip(names, results, strict=True)

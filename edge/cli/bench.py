@@ -1,5 +1,6 @@
-"""``bdi bench engine``, ``bdi bench pipeline`` and ``bdi bench parts``: the parsers of the
-benchmarks in ``edge.bench`` (imported when a benchmark runs, not when ``bdi`` starts)."""
+"""``bdi bench engine``, ``pipeline``, ``parts``, ``frr``, ``incremental`` and ``drift``: the
+parsers of the benchmarks in ``edge.bench`` (imported when a benchmark runs, not when ``bdi``
+starts)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     _add_bench_engine(bench_sub)
     _add_bench_pipeline(bench_sub)
     _add_bench_parts(bench_sub)
+    _add_bench_frr(bench_sub)
+    _add_bench_incremental(bench_sub)
+    _add_bench_drift(bench_sub)
 
 
 def _count(minimum: int) -> Callable[[str], int]:
@@ -164,3 +168,113 @@ def _cmd_bench_parts(args: argparse.Namespace) -> int:
     from edge.bench.parts import run_parts_benchmark
 
     return run_parts_benchmark(args)
+
+
+def _engine_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="MVTec-layout folder")
+    p.add_argument("--backbone", default="efficientnet_lite0",
+                   help="dinov2_vits14 or efficientnet_lite0")  # fmt: skip
+    p.add_argument("--weights", default=None, help="backbone weights file, or 'random'")
+    p.add_argument("--size", type=int, default=224, help="backbone input size (px)")
+    p.add_argument("--coreset-rate", type=float, default=0.1,
+                   help="share of patches kept in the memory bank")  # fmt: skip
+    p.add_argument("--knn", choices=["exact", "ivf"], default=None,
+                   help="kNN index (default: BDI_KNN_MODE)")  # fmt: skip
+    p.add_argument("--shortlist", type=int, default=None,
+                   help="memory-bank rows per grid position for the kNN (0 = off)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print only the JSON line on stdout")
+
+
+def _rate(text: str) -> float:
+    """An argparse type: a rate strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is not in (0, 1)")
+    return value
+
+
+def _add_bench_frr(bench_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = bench_sub.add_parser(
+        "frr",
+        help="false-reject rate of the conformal threshold on unseen OK images",
+        description="Pools DIR's OK images (train/good, test/good); over random train/"
+        "calibration/test splits, fits a bank, sets the conformal threshold at --alpha, "
+        "measures the false-reject rate on the test OK images and the miss rate on "
+        "DIR/test/<defect>. See docs/BENCHMARKS.md.",
+    )
+    _engine_options(p)
+    p.add_argument("--alpha", type=_rate, required=True, help="target false-reject rate")
+    p.add_argument("--splits", type=_count(1), default=200, help="random splits")
+    p.add_argument("--draws", type=_count(1), default=10,
+                   help="distinct training parts (bank fits) the splits share")  # fmt: skip
+    p.add_argument("--folded", type=_count(0), default=5,
+                   help="splits whose calibration images are also folded into the bank, "
+                   "as production does")  # fmt: skip
+    p.add_argument("--seed", type=_count(0), default=0, help="seed of the random splits")
+    p.set_defaults(func=_cmd_bench_frr)
+
+
+def _cmd_bench_frr(args: argparse.Namespace) -> int:
+    from edge.bench.frr import run_frr_benchmark
+
+    return run_frr_benchmark(args)
+
+
+def _add_bench_incremental(bench_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = bench_sub.add_parser(
+        "incremental",
+        help="append 20 %% of the OK images to a bank fitted on 80 %% vs a full fit",
+        description="Fits on 80 %% of DIR/train/good, appends the other 20 %% (Engine.append) "
+        "and fits on 100 %% in the same run: times, image and pixel AUROC on DIR/test, "
+        "coverage radius of every training patch by each bank. See docs/BENCHMARKS.md.",
+    )
+    _engine_options(p)
+    p.add_argument("--append-share", type=_rate, default=0.2,
+                   help="share of the training images appended")  # fmt: skip
+    p.add_argument("--seed", type=_count(0), default=0, help="seed of the 80/20 split")
+    p.add_argument("--rounds", type=_count(1), default=3,
+                   help="full fits and appends timed, the fastest of each kept")  # fmt: skip
+    p.set_defaults(func=_cmd_bench_incremental)
+
+
+def _cmd_bench_incremental(args: argparse.Namespace) -> int:
+    from edge.bench.incremental import run_incremental_benchmark
+
+    return run_incremental_benchmark(args)
+
+
+def _add_bench_drift(bench_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = bench_sub.add_parser(
+        "drift",
+        help="drift detectors: false alarms on a stable OK stream, frames until the alarm "
+        "on shifted ones",
+        description="Fits a model on DIR's OK images, streams jittered unseen OK frames "
+        "through the engine, and feeds their conformal p-values to the drift detectors. "
+        "See docs/DRIFT.md.",
+    )
+    p.add_argument("--data", required=True, help="MVTec-layout folder")
+    p.add_argument("--stable", type=_count(1), default=10_000, help="stable frames tested")
+    p.add_argument("--distinct", type=_count(1), default=1_000,
+                   help="distinct stable frames scored by the engine")  # fmt: skip
+    p.add_argument("--shift-distinct", type=_count(1), default=300,
+                   help="distinct frames scored per shift")  # fmt: skip
+    p.add_argument("--prefix", type=_count(1), default=500,
+                   help="stable frames before each shift")  # fmt: skip
+    p.add_argument("--max-shifted", type=_count(1), default=1_000,
+                   help="shifted frames fed at most before the shift counts as missed")  # fmt: skip
+    p.add_argument("--repeats", type=_count(1), default=5, help="runs per shift (median)")
+    p.add_argument("--seed", type=_count(0), default=0, help="splits, jitter and sampling")
+    p.add_argument("--size", type=_count(32), default=224, help="backbone input size (px)")
+    p.add_argument("--noise", type=float, default=0.0,
+                   help="sensor noise on each frame (sigma, grey levels; 0: none)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="only the JSON line on stdout")
+    p.set_defaults(func=_cmd_bench_drift)
+
+
+def _cmd_bench_drift(args: argparse.Namespace) -> int:
+    from edge.bench.drift import run_drift_benchmark
+
+    return run_drift_benchmark(args)

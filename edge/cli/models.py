@@ -37,6 +37,14 @@ def add_store_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     train.add_argument("--ok", required=True, type=Path, help="folder of OK images")
     train.add_argument("--ng", type=Path, default=None, help="folder of NG images (calibrate)")
     train.add_argument("--mm-per-px", type=float, default=None, help="scale, locked per recipe")
+    train.add_argument(
+        "--target-frr", type=_rate, default=None, metavar="A",
+        help="false-reject rate the conformal threshold guarantees (default BDI_TARGET_FRR)",
+    )  # fmt: skip
+    train.add_argument(
+        "--append", action="store_true",
+        help="add the OK images to the stored model's memory bank (a new version, no refit)",
+    )  # fmt: skip
     train.add_argument("--json", action="store_true", help="print the result as one JSON line")
     train.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     train.set_defaults(func=cmd_train)
@@ -104,23 +112,46 @@ def _read_all(paths: list[Path], stage: str, bars: _Bars) -> list[Any]:
     return images
 
 
+def _rate(text: str) -> float:
+    """``--target-frr``: a rate strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1 (exclusive): {text}")
+    return value
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.append and (args.ng is not None or args.target_frr is not None):
+        raise ValueError(
+            "--append keeps the stored model's threshold target: no --ng or --target-frr "
+            "(calibrate with POST /calibrate_ng or /calibrate_dataset)"
+        )
     settings = load_settings()
     store = ModelStore(settings)
     ref = store.ref(args.recipe, args.role, args.roi, args.model_key)  # bad ids fail here
     locked = store.check_mm_per_px(ref.recipe_id, args.mm_per_px)  # and a 409 before training
     mm = args.mm_per_px if args.mm_per_px is not None else locked
+    previous = store.load_model(ref) if args.append else None  # none stored: an error
     ok_paths = _image_paths(args.ok)
     ng_paths = _image_paths(args.ng) if args.ng is not None else []
 
+    from edge.api import fitting
     from engine import Engine
 
     bars = _Bars(enabled=not args.no_progress)
     try:
+        engine = Engine.from_settings(settings)
+        if previous is not None:  # refused before the images are read
+            fitting.check_append(store, engine, ref, previous, args.mm_per_px)
         ok_images = _read_all(ok_paths, "read ok", bars)
         ng_images = _read_all(ng_paths, "read ng", bars)
-        engine = Engine.from_settings(settings)
-        fit = engine.fit(ok_images, mm_per_px=mm, progress=bars)
+        if previous is not None:
+            fit = engine.append(previous, ok_images, progress=bars)
+        else:
+            fit = engine.fit(ok_images, mm_per_px=mm, progress=bars, target_frr=args.target_frr)
         model = fit.model
         if ng_images:
             bars("calibrate", 0, 2)
@@ -134,7 +165,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             bars("calibrate", 2, 2)
     finally:
         bars.close()
-    saved = store.save_model(ref, model)
+    saved = fitting.save(store, ref, model, previous)
     result = {
         **ref.ids(),
         "version": saved.version,
@@ -144,12 +175,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         "n_ok": len(ok_images),
         "n_ng": len(ng_images),
         "path": str(ref.directory),
+        **fitting.cli_summary(fit, settings.calibration_share, previous),
     }
     if args.json:
         print(orjson.dumps(result).decode())
     else:
         for key, value in result.items():
-            print(f"{key:10} {value}")
+            if key != "warnings":
+                print(f"{key:10} {value}")
+    for warning in result["warnings"]:
+        print(f"bdi: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -160,6 +195,8 @@ COLUMNS = (
     "model_key",
     "version",
     "threshold",
+    "method",
+    "frr",
     "ok",
     "ng",
     "ready",
@@ -182,6 +219,15 @@ def _threshold(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
 
 
+def _frr(entry: dict[str, Any]) -> str | None:
+    """A conformal threshold's false-reject rate: ``<=0.05``, or ``0.05(unguaranteed)``
+    when too few held-out OK images back it (docs/THRESHOLDS.md)."""
+    alpha = entry.get("target_frr")
+    if entry.get("threshold_method") != "conformal" or alpha is None:
+        return None
+    return f"<={alpha:g}" if entry.get("frr_guaranteed") else f"{alpha:g}(unguaranteed)"
+
+
 def _table(columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> list[str]:
     """Aligned text columns; ``None`` shows as ``-``."""
     cells = [list(columns)] + [["-" if r[c] is None else str(r[c]) for c in columns] for r in rows]
@@ -194,6 +240,8 @@ def _row(recipe: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
         **entry,
         "recipe_id": recipe["recipe_id"],
         "threshold": _threshold(entry["threshold"]),
+        "method": entry.get("threshold_method"),
+        "frr": _frr(entry),
         "ok": entry["dataset"].get("ok", 0),
         "ng": entry["dataset"].get("ng", 0),
         "ready": "yes" if entry["ready"] else "no",

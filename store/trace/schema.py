@@ -110,7 +110,31 @@ CREATE TABLE IF NOT EXISTS crops (
 CREATE INDEX IF NOT EXISTS crops_kind ON crops (kind, created_ms);
 """
 
-MIGRATIONS: tuple[str, ...] = (V1,)
+# an engineer's review of a frame verdict (docs/REVIEW.md): written by the REST API
+V2 = """
+CREATE TABLE IF NOT EXISTS reviews (
+    review_id TEXT PRIMARY KEY,
+    frame_id TEXT NOT NULL,
+    part_id TEXT,
+    recipe_id TEXT,
+    role_id TEXT,
+    roi_id TEXT,
+    verdict TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    reviewer TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    reviewed_ms BIGINT NOT NULL,
+    dataset_label TEXT,
+    dataset_item TEXT,
+    model_version TEXT,
+    new_model_version TEXT,
+    json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS reviews_frame ON reviews (frame_id, reviewed_ms);
+CREATE INDEX IF NOT EXISTS reviews_time ON reviews (reviewed_ms, review_id);
+"""
+
+MIGRATIONS: tuple[str, ...] = (V1, V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

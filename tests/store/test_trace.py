@@ -13,6 +13,7 @@ import pytest
 
 from store.trace import Batch, Cursor, FrameImage, TraceDbError, TraceStore, VerdictFilter
 from store.trace.crops import DAY_MS, PART_WAIT_MS, sampled
+from store.trace.schema import SCHEMA_VERSION
 from tests.helpers.settings import tiny_settings
 
 T0 = 1_780_000_000_000  # ms; the records' own times
@@ -132,11 +133,11 @@ def test_unusable_documents_are_counted_not_stored(make_trace):
 
 def test_schema_is_versioned_and_a_newer_one_refused(make_trace):
     store = make_trace()
-    assert store.db.read("SELECT version FROM schema_version") == [(1,)]
+    assert store.db.read("SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
     store.ingest(batch(verdicts=[verdict("f1")]))
     store.close()
     again = make_trace()  # reopened: same rows, no second version row
-    assert again.db.read("SELECT version FROM schema_version") == [(1,)]
+    assert again.db.read("SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
     assert count(again, "verdicts") == 1
     with again.db.transaction() as tx:
         tx.execute("UPDATE schema_version SET version = 99")

@@ -7,10 +7,16 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Query
 
+from consumers.drift_state import read_drift
 from edge.api import service
 from edge.api.deps import FormRef, QueryRef, StateDep, StoreDep
 from edge.api.routes.common import ERRORS, blocking
-from edge.api.schemas import ManifestPublic, ModelStatePublic, RevisionsPublic
+from edge.api.schemas import (
+    DriftReportPublic,
+    ManifestPublic,
+    ModelStatePublic,
+    RevisionsPublic,
+)
 from store import ModelStore
 
 router = APIRouter(tags=["models"], responses=ERRORS)
@@ -40,9 +46,16 @@ def _private(model_state: dict[str, Any], store: ModelStore) -> dict[str, Any]:
 
 @router.get("/state")
 async def model_state(store: StoreDep, ref: QueryRef) -> ModelStatePublic:
-    """Artifacts, version, threshold, dataset counts and ``ready`` for one role/ROI."""
+    """Artifacts, version, threshold, dataset counts and ``ready`` for one role/ROI, and
+    what the consumers report of its drift."""
     st = await blocking(store.state, ref)
-    return ModelStatePublic(**_private(st.to_dict(), store))
+    data = _private(st.to_dict(), store)
+    key = "/".join((ref.recipe_id, ref.role_id, ref.roi_id))
+    reports = await blocking(read_drift, store.root, key)
+    current = [r for r in reports if r.get("model_version") == data.get("version")]
+    drift = any(r.get("drift") for r in current) if current else None
+    public = [DriftReportPublic(**r) for r in reports]
+    return ModelStatePublic(**data, drift=drift, drift_reports=public)
 
 
 @router.get("/models/revisions")

@@ -12,7 +12,8 @@ from edge.api import trace
 from edge.api.deps import StateDep, TraceDep
 from edge.api.errors import BadRequest
 from edge.api.routes.common import ERRORS, blocking
-from edge.api.schemas import ErrorPublic, FramePublic, PartPublic, VerdictsPublic
+from edge.api.schemas import ErrorPublic
+from edge.api.trace_schemas import FramePublic, PartPublic, VerdictsPublic
 from store import naming
 from store.errors import InvalidValueError
 from store.trace import Cursor, VerdictFilter

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, UploadFile
 
-from edge.api import service
+from edge.api import fitting, service
 from edge.api.deps import BodyRef, FormRef, StateDep
 from edge.api.errors import BadRequest, Busy
 from edge.api.metrics import ApiMetrics
@@ -24,12 +24,23 @@ async def fit_ok(
     mm_per_px: Annotated[float | None, Form(gt=0, allow_inf_nan=False)] = None,
     use_dataset: Annotated[bool, Form()] = False,
     images: Annotated[list[UploadFile] | None, File()] = None,
+    target_frr: Annotated[float | None, Form(gt=0, lt=1, allow_inf_nan=False)] = None,
+    mode: Annotated[Literal["fit", "append"], Form()] = "fit",
 ) -> FitResult:
     """Build a model from OK images: uploaded ones, or the stored OK dataset
-    (``use_dataset=true``, at least ``BDI_MIN_OK_SAMPLES``)."""
+    (``use_dataset=true``, at least ``BDI_MIN_OK_SAMPLES``); its threshold rejects at most
+    ``target_frr`` of OK frames (default ``BDI_TARGET_FRR``). ``mode=append``: add the
+    images to the stored model's memory bank instead, without a refit (a new version)."""
     settings = state.settings
+    append = mode == "append"
     if use_dataset and images:
         raise BadRequest("send images or use_dataset=true, not both", code="ambiguous_source")
+    if append and target_frr is not None:
+        raise BadRequest(
+            "target_frr chooses a new model's threshold; an append keeps the stored model's "
+            "target (recalibrate with /calibrate_ng to change it)",
+            code="target_frr_with_append",
+        )
     if not use_dataset and settings.train_dataset_only:
         raise BadRequest(
             "uploads are disabled for training (BDI_TRAIN_DATASET_ONLY=1): store the images "
@@ -41,18 +52,20 @@ async def fit_ok(
     try:
         if use_dataset:
             ok = await blocking(state.store.datasets.load, ref, "ok")
-            if len(ok) < settings.min_ok_samples:
+            need = 1 if append else settings.min_ok_samples
+            if len(ok) < need:
+                why = "to append" if append else "(BDI_MIN_OK_SAMPLES)"
                 raise BadRequest(
-                    f"{len(ok)} stored OK images, at least {settings.min_ok_samples} needed "
-                    "(BDI_MIN_OK_SAMPLES)",
+                    f"{len(ok)} stored OK images, at least {need} needed {why}",
                     code="missing_ok_samples",
                 )
         else:
             ok = await read_images(images or [], settings.max_image_pixels)
+        source = "dataset" if use_dataset else "upload"
+        if append:
+            return await blocking(fitting.append, *workers(state), ref, ok, mm_per_px, source)
         return await blocking(
-            service.train,
-            *workers(state),
-            *(ref, ok, mm_per_px, "dataset" if use_dataset else "upload"),
+            service.train, *workers(state), ref, ok, mm_per_px, source, target_frr
         )
     finally:
         state.fit_slots.release()
@@ -60,14 +73,21 @@ async def fit_ok(
 
 @router.post("/calibrate_ng")
 async def calibrate_ng(state: StateDep, ref: BodyRef, body: CalibrateRequest) -> CalibrationPublic:
-    """Set the stored model's threshold from OK (and NG) image scores."""
-    work = blocking(service.calibrate_scores, *workers(state), ref, body.ok_scores, body.ng_scores)
+    """Set the stored model's threshold from OK (and NG) image scores (``apply=balanced``),
+    or the conformal one of its held-out OK scores (``apply=conformal``); the answer reports
+    both (docs/THRESHOLDS.md)."""
+    work = blocking(
+        service.calibrate_scores,
+        *workers(state),
+        *(ref, body.ok_scores, body.ng_scores, body.apply, body.target_frr, body.per_part_rois),
+    )
     return await _counted(state.metrics, work)
 
 
 @router.post("/calibrate_dataset")
 async def calibrate_dataset(state: StateDep, ref: FormRef) -> CalibrationPublic:
-    """Score the stored OK and NG images with the stored model and set its threshold."""
+    """Score the stored OK and NG images with the stored model and set its threshold
+    (the answer reports the conformal one beside it)."""
     return await _counted(state.metrics, blocking(service.calibrate_dataset, *workers(state), ref))
 
 

@@ -203,3 +203,36 @@ def test_rollback_refuses_what_it_cannot_do(
     assert (
         store.state(store.ref("disc-a", "Master1", "inspection-1")).revision == history[0].revision
     )
+
+
+@pytest.mark.slow
+def test_models_table_says_how_each_threshold_was_set(
+    env_store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``method`` and ``frr``: a conformal threshold's false-reject rate, marked when too
+    few held-out OK images back it (docs/THRESHOLDS.md)."""
+    from engine import Engine
+
+    store = ModelStore(root=env_store)
+    for roi, settings in (
+        ("guaranteed", {"target_frr": 0.2}),  # 8 images: 4 held out, 4 needed
+        ("unguaranteed", {"target_frr": 0.05}),  # 19 needed
+        ("legacy", {"threshold_method": "percentile"}),
+    ):
+        engine = Engine.from_settings(tiny_settings(models_dir=env_store, **settings))
+        store.save_model(store.ref("disc-a", "r", roi), engine.fit(random_images(3, 8)).model)
+    assert _run(["models"]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    columns = header.split()
+    assert columns[6:8] == ["method", "frr"]
+    cells = {row.split()[2]: row.split()[6:8] for row in rows}
+    assert cells == {
+        "guaranteed": ["conformal", "<=0.2"],
+        "unguaranteed": ["conformal", "0.05(unguaranteed)"],
+        "legacy": ["ok_percentile", "-"],
+    }
+    assert _run(["models", "--json"]) == 0
+    (recipe,) = json.loads(capsys.readouterr().out)["recipes"]
+    facts = {m["roi_id"]: (m["target_frr"], m["frr_guaranteed"]) for m in recipe["models"]}
+    assert facts == {"guaranteed": (0.2, True), "unguaranteed": (0.05, False),
+                     "legacy": (None, None)}  # fmt: skip

@@ -1,0 +1,65 @@
+"""The review loop (docs/REVIEW.md): confirm or overrule a frame's verdict from the trace,
+and read a frame's reviews. The work is in ``edge/api/review.py``.
+
+Registered before the trace router: its ``GET /frames/{frame_id:path}`` would take
+``/frames/{frame_id}/reviews`` for a frame id ending in ``/reviews``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path
+
+from edge.api import review
+from edge.api.deps import StateDep, TraceDep
+from edge.api.review import ReviewPublic, ReviewRequest, ReviewsPublic
+from edge.api.routes.common import ERRORS, blocking
+from edge.api.schemas import ErrorPublic
+
+
+def _error(text: str) -> dict[str, Any]:
+    return {"model": ErrorPublic, "description": text}
+
+
+REVIEW_ERRORS: dict[int | str, dict[str, Any]] = {
+    **{code: ERRORS[code] for code in (401, 422, 500)},
+    404: _error("no such frame in the trace (frame_not_found)"),
+    503: _error("no trace database yet, or it cannot be reached (trace_unavailable)"),
+}
+router = APIRouter(tags=["review"], responses=REVIEW_ERRORS)
+
+Id = Annotated[str, Path(min_length=1, max_length=1024)]
+
+
+@router.post(
+    "/frames/{frame_id:path}/review",
+    responses={
+        400: _error("append=true for anything but an overruled NG (append_not_applicable); "
+                    "the verdict's ids break the naming rules (invalid_id); no model stored "
+                    "to append to (missing_memory)"),
+        409: _error("no verdict stored yet (verdict_not_stored); an ERROR or NO_MODEL verdict "
+                    "(not_reviewable); no crop kept (crop_not_kept); the model cannot take "
+                    "the crop (append_mismatch, mm_per_px_mismatch, model_changed)"),
+        413: ERRORS[413],
+        415: ERRORS[415],
+        429: _error("append=true while a training is running (see Retry-After)"),
+    },
+)  # fmt: skip
+async def post_review(
+    state: StateDep, reader: TraceDep, frame_id: Id, body: ReviewRequest
+) -> ReviewPublic:
+    """Confirm or overrule the frame's verdict. An NG overruled puts the crop into the OK
+    dataset (``append=true``: into the model's memory bank too, a new model version); an
+    NG confirmed and an OK overruled put it into the NG dataset; an OK confirmed is only
+    recorded. Every review is recorded in the trace with who, when and why."""
+    return await blocking(
+        review.review, reader, state.store, state.engine, state.diagnostics, state.fit_slots,
+        state.settings.max_image_pixels, frame_id, body,
+    )  # fmt: skip
+
+
+@router.get("/frames/{frame_id:path}/reviews")
+async def get_reviews(reader: TraceDep, frame_id: Id) -> ReviewsPublic:
+    """The frame's reviews, oldest first."""
+    return await blocking(review.reviews, reader, frame_id)
