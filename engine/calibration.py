@@ -120,33 +120,32 @@ def from_conformal(ok_scores: Any, alpha: float, percentile: float) -> Calibrati
     highest score, and the record says the bound is not guaranteed."""
     ok = _checked(ok_scores, "OK")
     record = conf.record(ok, alpha)
-    threshold = record.threshold
-    return Calibration(
-        threshold=threshold,
-        method=conf.METHOD,
-        percentile=percentile,
-        ok=ScoreStats.of(ok),
-        ng=None,
-        ok_reject_rate=float((ok >= threshold).mean()),
-        ng_miss_rate=None,
-        created_at=time.time(),
-        conformal=record,
-    )
+    return _ok_only(ok, record.threshold, conf.METHOD, percentile, record)
 
 
 def from_ok(ok_scores: Any, percentile: float) -> Calibration:
     """Threshold at the ``percentile``-th OK score (the legacy OK-only method)."""
     ok = _checked(ok_scores, "OK")
-    threshold = float(np.percentile(ok, percentile))
+    return _ok_only(ok, float(np.percentile(ok, percentile)), "ok_percentile", percentile)
+
+
+def _ok_only(
+    ok: np.ndarray,
+    threshold: float,
+    method: str,
+    percentile: float,
+    conformal: ConformalRecord | None = None,
+) -> Calibration:
     return Calibration(
         threshold=threshold,
-        method="ok_percentile",
+        method=method,
         percentile=percentile,
         ok=ScoreStats.of(ok),
         ng=None,
         ok_reject_rate=float((ok >= threshold).mean()),
         ng_miss_rate=None,
         created_at=time.time(),
+        conformal=conformal,
     )
 
 
