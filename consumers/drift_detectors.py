@@ -13,7 +13,10 @@ Each detector has a start and an end (one shift, one alarm; a return to normal e
 - :class:`AdwinDetector` (the default, ``BDI_DRIFT=adwin``): ``river``'s ADWIN (Bifet &
   Gavaldà 2007) on the p-values. It keeps a window whose mean is constant and cuts it where
   two sub-windows' means differ by more than a Hoeffding-type bound at confidence
-  ``delta``. A cut that lowers the mean starts a drift; the window's mean back within
+  ``delta``. A cut that lowers the mean starts a drift. So does a window whose mean is
+  below 1/2 by more than a Hoeffding bound (:meth:`AdwinDetector.below_uniform`): a cut
+  needs a change inside the stream, and a consumer that starts on a line that has already
+  moved sees none. The window's mean back within
   :data:`END_MARGIN` of ``min(0.5, the mean before the drift)`` (over at least
   :data:`MIN_WIDTH` frames) ends it.
 - :class:`MartingaleDetector` (``BDI_DRIFT=martingale``): a CUSUM conformal test martingale
@@ -36,7 +39,9 @@ STARTED: Change = "started"
 ENDED: Change = "ended"
 # a drift ends when the p-values' mean is back within this of min(0.5, its mean before)
 END_MARGIN = 0.1
-MIN_WIDTH = 32  # frames in ADWIN's window before its mean may end a drift
+# how far one calibration's mean p-value may sit below 1/2 by the luck of its sample
+CALIBRATION_SIGMAS = 4.0
+MIN_WIDTH = 32  # frames in ADWIN's window before its mean may end (or start) a drift
 DEFAULT_DELTA = 0.002  # river's default: about one false cut per 10^5 frames measured
 MARTINGALE_LEVEL = 1e4  # alarm when the CUSUM martingale has grown 10,000-fold
 _BETS = tuple(k / 10 for k in range(1, 10))  # the power mixture's exponents e
@@ -66,18 +71,44 @@ class AdwinDetector:
         self._adwin = ADWIN(delta=delta)
         self.in_drift = False
         self._before = 0.5  # the window's mean when the drift started
+        self._frames = 0
+        self._min_p = 1.0  # the smallest p-value seen: 1 / (n + 1) at the least
 
     @property
     def statistic(self) -> float:
         return float(self._adwin.estimation)
 
+    def below_uniform(self) -> bool:
+        """The window's mean p-value is below 1/2 beyond chance. While the line matches
+        calibration the p-values are (super-)uniform on [0, 1] over calibrations, mean
+        >= 1/2. Given one calibration of ``n`` scores their mean is
+        ``(1 + Σ F(s_i)) / (n + 1)``: a mean of ``n`` uniforms, off 1/2 by
+        :data:`CALIBRATION_SIGMAS` standard deviations ``sqrt(1 / 12n)`` at most (``n`` as
+        the smallest p-value seen tells it, ``1 / (n + 1)``: never more than the truth, so
+        the margin errs wide). Around that, by Hoeffding, a window of ``w`` p-values falls
+        ``ε`` below with probability at most ``exp(-2 w ε²)``; with
+        ``ε = sqrt(ln(t² / δ) / (2 w))`` at frame ``t``, summed over every frame checked,
+        below ``δ · π²/6``."""
+        width = self._adwin.width
+        if width < MIN_WIDTH:
+            return False
+        n = max(1, round(1.0 / self._min_p) - 1)
+        margin = CALIBRATION_SIGMAS * math.sqrt(1.0 / (12.0 * n))
+        eps = math.sqrt(math.log(self._frames**2 / self.delta) / (2.0 * width))
+        return float(self._adwin.estimation) < 0.5 - margin - eps
+
     def update(self, p_value: float) -> Change | None:
         before = float(self._adwin.estimation) if self._adwin.width else 0.5
         self._adwin.update(float(p_value))
+        self._frames += 1
+        self._min_p = min(self._min_p, max(float(p_value), 1e-9))
         after = float(self._adwin.estimation)
         if not self.in_drift:
             if self._adwin.drift_detected and after < before:
                 self.in_drift, self._before = True, before
+                return STARTED
+            if self.below_uniform():
+                self.in_drift, self._before = True, 0.5
                 return STARTED
         # the mean recovers by a cut or, where ADWIN kept only a few drifted frames, bit by
         # bit as normal ones fill its window

@@ -57,6 +57,18 @@ def test_a_shift_starts_one_drift_and_the_return_to_normal_ends_it(make):
     assert 1600 <= end < 1600 + 600
 
 
+@pytest.mark.parametrize("shift", [1.5, 2.0])
+def test_a_line_already_shifted_when_the_consumer_starts_is_seen(shift):
+    """No change inside the stream for ADWIN to cut at: the window's mean p-value, far below
+    the 1/2 of a line that matches calibration, starts the drift; the return ends it."""
+    line = Line(11)
+    stream = np.concatenate([line(400, shift=shift), line(2000)])
+    seen = changes(AdwinDetector(), stream)
+    assert [c for _, c in seen] == ["started", "ended"]
+    (start, _), (end, _) = seen
+    assert start < 150 and 400 <= end < 400 + 600
+
+
 def test_an_all_ng_shift_is_seen_too():
     """Every frame NG (p-values at the floor 1/(n+1)): the monitor is fed NG frames too."""
     monitor = DriftMonitor("adwin", "alerts")
