@@ -3,12 +3,14 @@
 Split conformal (Bates, Candès, Lei, Romano, Sesia, "Testing for outliers with conformal
 p-values", Ann. Statist. 2023): given the image scores ``s_1 … s_n`` of OK images that the
 scoring function never saw, and a future OK frame exchangeable with them, the frame's rank
-among the ``n + 1`` scores is uniform. With the threshold ``t = s_(k)``, the ``k``-th
-smallest, ``k = ⌈(1 − α)(n + 1)⌉``, and NG meaning ``score ≥ t``::
+among the ``n + 1`` scores is uniform. With ``s_(k)`` the ``k``-th smallest score,
+``k = ⌈(1 − α)(n + 1)⌉``, and NG meaning a score above it::
 
-    P(an OK frame is rejected) = (n + 1 − k) / (n + 1) ≤ α
+    P(an OK frame is rejected) = P(score > s_(k)) <= (n + 1 − k) / (n + 1) <= α
 
-(for scores without ties; equal scores only make a rejection rarer). When
+(equal to the bound for scores without ties; ties only make a rejection rarer). A frame is
+NG at ``score >= threshold``, so the threshold is the next float above ``s_(k)``: a frame
+scoring exactly ``s_(k)`` stays OK, as the bound needs. When
 ``n < 1/α − 1`` no calibration score is high enough (``k > n``): the bound cannot reach α,
 and the record says so (``guaranteed`` false, ``needed`` calibration images).
 
@@ -58,7 +60,8 @@ class ConformalRecord:
 
     @property
     def threshold(self) -> float:
-        return self.scores[self.k - 1]
+        """The next float above ``s_(k)`` (NG at ``score >= threshold``: above ``s_(k)``)."""
+        return float(np.nextafter(self.scores[self.k - 1], np.inf))
 
     def p_value(self, score: float) -> float:
         """``(1 + #{calibration scores >= score}) / (n + 1)``: uniform on an OK frame

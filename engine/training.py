@@ -99,7 +99,7 @@ def fit(
         mm_per_px=mm_per_px, coreset_rate=s.coreset_rate if coreset_rate is None else coreset_rate,
         n_train_images=0, n_patches=0, memory_bank=0, compute_dtype=engine.dtype_name(dtype),
     )  # fmt: skip
-    model, loo_ok, timings = _fit_bank(engine, feats[train], meta, progress)
+    model, loo_ok, timings = fit_bank(engine, feats[train], meta, progress)
     t2 = time.perf_counter()
     if n_cal:
         no_maps = np.zeros(n_cal, dtype=bool)
@@ -117,7 +117,7 @@ def fit(
     return FitOutput(model, n_img, n_img * h * w, timings, ok, n_cal)
 
 
-def _fit_bank(
+def fit_bank(
     engine: Engine, feats: np.ndarray, meta: ModelMeta, progress: Progress
 ) -> tuple[PatchCoreModel, np.ndarray, dict[str, float]]:
     """Memory bank, baseline and shortlist of ``feats (N, h, w, C)``; the leave-one-out

@@ -20,7 +20,9 @@ def test_the_threshold_is_the_kth_smallest_score(alpha: float, n: int, k: int) -
     scores = np.random.default_rng(n).normal(size=n)
     record = conformal.record(scores, alpha)
     assert record.k == k == conformal.rank(alpha, n)
-    assert record.threshold == np.sort(scores)[k - 1]
+    kth = np.sort(scores)[k - 1]
+    assert record.threshold == np.nextafter(kth, np.inf)  # a score equal to s_(k) is OK
+    assert record.threshold > kth and not record.threshold > np.nextafter(kth, np.inf)
     assert record.guaranteed
     assert record.bound == pytest.approx((n + 1 - k) / (n + 1)) and record.bound <= alpha
 
@@ -30,7 +32,7 @@ def test_too_few_scores_are_marked_unguaranteed(alpha: float, needed: int) -> No
     assert conformal.needed(alpha) == needed
     record = conformal.record(np.arange(needed - 1, dtype=float), alpha)
     assert not record.guaranteed and record.needed == needed
-    assert record.k == record.n and record.threshold == needed - 2  # the highest score
+    assert record.k == record.n and record.threshold == np.nextafter(needed - 2, np.inf)
     assert record.bound > alpha
     assert conformal.record(np.arange(needed, dtype=float), alpha).guaranteed
 

@@ -9,6 +9,7 @@ import json
 from collections.abc import Callable, Iterator
 
 import httpx
+import numpy as np
 import pytest
 
 from engine.calibration import from_ok_ng
@@ -18,6 +19,11 @@ from tests.helpers.images import ng_png, ok_png
 pytestmark = pytest.mark.slow  # each test trains a (tiny) model
 
 Api = tuple[httpx.Client, LiveServer]
+
+
+def above(score: float) -> float:
+    """The stored threshold of a conformal choice s_(k): the next float up (NG above s_(k))."""
+    return float(np.nextafter(score, np.inf))
 
 
 @pytest.fixture
@@ -59,7 +65,7 @@ def test_calibrate_ng_reports_both_choices_and_applies_the_asked_one(api):
     scores = held_out(server)
     assert len(scores) == 4  # needed(0.2) = 4: guaranteed
     top = scores[-1]  # k = ceil(0.8 * 5) = 4
-    assert state(http)["threshold"] == top
+    assert state(http)["threshold"] == above(top)
     ok, ng = [top * 0.1, top * 0.2, top * 0.3], [top * 0.5, top * 2.0]
     balanced = from_ok_ng(ok, ng, 99.5)
 
@@ -71,7 +77,7 @@ def test_calibrate_ng_reports_both_choices_and_applies_the_asked_one(api):
     assert body["balanced"]["ng_miss_rate"] == balanced.ng_miss_rate
     assert body["conformal"] == {
         "alpha": 0.2, "target_frr": 0.2, "per_part_rois": 1, "n": 4, "k": 4, "bound": 0.2,
-        "guaranteed": True, "needed": 4, "threshold": top, "ng_miss_rate": 0.5,
+        "guaranteed": True, "needed": 4, "threshold": above(top), "ng_miss_rate": 0.5,
     }  # fmt: skip
     assert body["warnings"] == []
     now = state(http)
@@ -82,15 +88,17 @@ def test_calibrate_ng_reports_both_choices_and_applies_the_asked_one(api):
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["applied"] == "conformal" and body["method"] == "conformal"
-    assert body["threshold"] == top == body["conformal"]["threshold"]
+    assert body["threshold"] == above(top) == body["conformal"]["threshold"]
     assert body["ng_miss_rate"] == 0.5 and body["ng"]["n"] == 2
     assert body["balanced"]["threshold"] == balanced.threshold  # reported beside it
     now = state(http)
-    assert now["threshold"] == top and now["calibration_version"] == body["calibration_version"]
+    assert (
+        now["threshold"] == above(top) and now["calibration_version"] == body["calibration_version"]
+    )
     assert (now["threshold_method"], now["target_frr"], now["frr_guaranteed"]) == (
         "conformal", 0.2, True)  # fmt: skip
     verdict = http.post("/infer", data=IDS, files=files("image", [ok_png(50)])).json()
-    assert verdict["threshold"] == top and verdict["p_value"] is not None
+    assert verdict["threshold"] == above(top) and verdict["p_value"] is not None
 
 
 def test_target_frr_rederives_the_threshold_without_scores(api):
@@ -102,15 +110,15 @@ def test_target_frr_rederives_the_threshold_without_scores(api):
     assert r.status_code == 200, r.text
     body = r.json()
     # k = ceil(0.6 * 5) = 3; bound (4 + 1 - 3) / 5
-    assert body["threshold"] == scores[2] and body["conformal"]["k"] == 3
+    assert body["threshold"] == above(scores[2]) and body["conformal"]["k"] == 3
     assert body["conformal"]["bound"] == pytest.approx(0.4) and body["conformal"]["guaranteed"]
     assert body["ok"]["n"] == 4 and body["ng"] is None and body["balanced"] is None
     now = state(http)
-    assert (now["threshold"], now["target_frr"], now["version"]) == (scores[2], 0.4, version)
+    assert (now["threshold"], now["target_frr"], now["version"]) == (above(scores[2]), 0.4, version)
 
     # the held-out scores stay: a second re-derivation starts from the same four
     r = calibrate(http, apply="conformal", target_frr=0.2)
-    assert r.json()["threshold"] == scores[3] and held_out(server) == scores
+    assert r.json()["threshold"] == above(scores[3]) and held_out(server) == scores
 
     # today's validation otherwise: OK scores are needed
     for body in ({"target_frr": 0.4}, {"apply": "conformal", "ng_scores": [1.0]},
@@ -127,7 +135,7 @@ def test_an_unguaranteed_target_is_stored_marked_with_a_warning(api):
     body = r.json()
     conformal = body["conformal"]
     assert (conformal["guaranteed"], conformal["needed"], conformal["n"]) == (False, 99, 4)
-    assert body["threshold"] == scores[-1] == conformal["threshold"]  # the highest
+    assert body["threshold"] == above(scores[-1]) == conformal["threshold"]  # the highest
     (warning,) = body["warnings"]
     assert "99 held-out OK images" in warning and "has 4" in warning
     now = state(http)
@@ -144,7 +152,7 @@ def test_per_part_rois_divides_the_target(api):
     conformal = r.json()["conformal"]
     assert (conformal["alpha"], conformal["target_frr"], conformal["per_part_rois"]) == (
         0.4, 0.8, 2)  # fmt: skip
-    assert r.json()["threshold"] == scores[2]  # as target_frr=0.4 for one ROI
+    assert r.json()["threshold"] == above(scores[2])  # as target_frr=0.4 for one ROI
     assert state(http)["target_frr"] == 0.4  # the stored threshold is per ROI
     for body in ({"apply": "conformal", "per_part_rois": 2},  # no target to divide
                  {"apply": "conformal", "target_frr": 0.1, "per_part_rois": 0},
@@ -192,5 +200,5 @@ def test_every_verdict_carries_its_conformal_p_value(api):
     body = r.json()
     assert body["applied"] == "balanced" and body["balanced"]["threshold"] == body["threshold"]
     ng_score = next(row["score"] for row in rows if row["label"] == "ng")
-    assert body["conformal"]["threshold"] == scores[-1]
+    assert body["conformal"]["threshold"] == above(scores[-1])
     assert body["conformal"]["ng_miss_rate"] == (1.0 if ng_score < scores[-1] else 0.0)
