@@ -61,18 +61,25 @@ def load_mvtec(
     return train, tests
 
 
-def run_engine_benchmark(args: argparse.Namespace) -> int:
-    overrides = {"backbone": args.backbone, "image_size": args.size,
-                 "coreset_rate": args.coreset_rate, "require_cuda": False,
-                 "engine_batch_size": args.chunk}  # fmt: skip
+def engine_from_args(args: argparse.Namespace, **extra: object) -> Engine:
+    """The engine of a benchmark's ``--backbone/--weights/--size/--coreset-rate/--knn/
+    --shortlist`` options (and ``extra`` settings), on the CPU when no GPU is there."""
+    overrides: dict[str, object] = {
+        "backbone": args.backbone, "image_size": args.size,
+        "coreset_rate": args.coreset_rate, "require_cuda": False, **extra,
+    }  # fmt: skip
     if args.weights:
         overrides["backbone_weights"] = args.weights
     if args.knn:
         overrides["knn_mode"] = args.knn
     if args.shortlist is not None:
         overrides["knn_shortlist"] = args.shortlist
-    result = evaluate(Path(args.data), Engine.from_settings(load_settings(**overrides)),
-                      args.max_train, args.batch, args.rounds)  # fmt: skip
+    return Engine.from_settings(load_settings(**overrides))
+
+
+def run_engine_benchmark(args: argparse.Namespace) -> int:
+    engine = engine_from_args(args, engine_batch_size=args.chunk)
+    result = evaluate(Path(args.data), engine, args.max_train, args.batch, args.rounds)
     print(orjson.dumps(result).decode())
     return 0
 

@@ -41,8 +41,7 @@ import numpy as np
 import orjson
 import torch
 
-from configs.settings import load_settings
-from edge.bench.engine import _progress, _read, load_mvtec
+from edge.bench.engine import _progress, _read, engine_from_args, load_mvtec
 from engine import calibration as calib
 from engine import conformal, training
 from engine.engine import Engine
@@ -72,22 +71,6 @@ def split_sizes(n: int, alpha: float, calibration_share: float) -> SplitSizes:
     n_test = max(math.ceil(TEST_MIN_SHARE * n), min(math.ceil(TEST_SHARE * n), n - 2 * need))
     n_cal = training.held_out_count(n - n_test, alpha, calibration_share)
     return SplitSizes(n - n_test - n_cal, n_cal, n_test)
-
-
-def engine_from_args(args: argparse.Namespace) -> Engine:
-    """The engine of a benchmark's ``--backbone/--weights/--size/--coreset-rate/--knn/
-    --shortlist`` options, on the CPU when no GPU is there."""
-    overrides: dict[str, object] = {
-        "backbone": args.backbone, "image_size": args.size,
-        "coreset_rate": args.coreset_rate, "require_cuda": False,
-    }  # fmt: skip
-    if args.weights:
-        overrides["backbone_weights"] = args.weights
-    if args.knn:
-        overrides["knn_mode"] = args.knn
-    if args.shortlist is not None:
-        overrides["knn_shortlist"] = args.shortlist
-    return Engine.from_settings(load_settings(**overrides))
 
 
 def run_frr_benchmark(args: argparse.Namespace) -> int:

@@ -27,8 +27,7 @@ import numpy as np
 import orjson
 import torch
 
-from edge.bench.engine import _pixel_auroc, _progress, _read, load_mvtec
-from edge.bench.frr import engine_from_args
+from edge.bench.engine import _pixel_auroc, _progress, _read, engine_from_args, load_mvtec
 from engine.coreset import coverage_radius, random_projection
 from engine.engine import Engine, InferItem
 from engine.metrics import auroc
