@@ -202,9 +202,7 @@ def continue_coreset(
     return coreset
 
 
-def _continue_dense(
-    z: torch.Tensor, min_d2: torch.Tensor, k: int, radius: float | None
-) -> Coreset:
+def _continue_dense(z: torch.Tensor, min_d2: torch.Tensor, k: int, radius: float | None) -> Coreset:
     """:func:`continue_coreset` on any device: rounds of :func:`_greedy_dense` without host
     syncs (``k`` picks, then a quarter of that at a time while the radius is not reached)."""
     n = z.shape[0]

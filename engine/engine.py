@@ -19,7 +19,7 @@ from engine.anomaly_map import anomaly_maps
 from engine.backbone import RANDOM_WEIGHTS, Backbone, load_backbone
 from engine.config import EngineConfig
 from engine.decision import Inference, InferItem, decide, failed, needs_map
-from engine.device import DeviceSpec, compute_dtype, dtype_name, select_device
+from engine.device import DeviceSpec, compute_dtype, select_device
 from engine.errors import EngineError
 from engine.images import to_tensor
 from engine.patchcore import MapSpec, PatchCoreModel, aggregate, score
@@ -142,10 +142,6 @@ class Engine:
         """``model`` with more OK images in its memory bank, without a refit (a new model;
         :func:`engine.training.append`)."""
         return training.append(self, model, images, progress)
-
-    @staticmethod
-    def dtype_name(dtype: torch.dtype) -> str:
-        return dtype_name(dtype)
 
     def image_scores(self, model: PatchCoreModel, images: Sequence[np.ndarray]) -> np.ndarray:
         """Image scores of many images against one model (calibration, datasets)."""

@@ -27,6 +27,7 @@ import numpy as np
 
 from engine import calibration as calib
 from engine import conformal
+from engine.device import dtype_name
 from engine.errors import EngineError
 from engine.incremental import extend_bank, reference_scores
 from engine.leave_one_out import leave_one_out_neighbours, position_baseline, positional_shortlist
@@ -97,7 +98,7 @@ def fit(
         backbone=bb.info.name, backbone_weights=engine.weights_fingerprint(bb),
         image_size=s.image_size, grid=feats.shape[1:3], feature_dim=feats.shape[3],
         mm_per_px=mm_per_px, coreset_rate=s.coreset_rate if coreset_rate is None else coreset_rate,
-        n_train_images=0, n_patches=0, memory_bank=0, compute_dtype=engine.dtype_name(dtype),
+        n_train_images=0, n_patches=0, memory_bank=0, compute_dtype=dtype_name(dtype),
     )  # fmt: skip
     model, loo_ok, timings = fit_bank(engine, feats[train], meta, progress)
     t2 = time.perf_counter()

@@ -44,6 +44,7 @@ import torch
 from edge.bench.engine import _progress, _read, engine_from_args, load_mvtec
 from engine import calibration as calib
 from engine import conformal, training
+from engine.device import dtype_name
 from engine.engine import Engine
 from engine.patchcore import ModelMeta, PatchCoreModel, score
 
@@ -125,7 +126,7 @@ def measure(
         backbone=bb.info.name, backbone_weights=engine.weights_fingerprint(bb),
         image_size=cfg.image_size, grid=ok.shape[1:3], feature_dim=ok.shape[3], mm_per_px=None,
         coreset_rate=cfg.coreset_rate, n_train_images=0, n_patches=0, memory_bank=0,
-        compute_dtype=engine.dtype_name(dtype),
+        compute_dtype=dtype_name(dtype),
     )  # fmt: skip
     rng = np.random.default_rng(seed)
     per_draw = [n_splits // draws + (r < n_splits % draws) for r in range(draws)]
