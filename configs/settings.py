@@ -40,7 +40,7 @@ SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 ThresholdMethod = Literal["conformal", "percentile"]  # engine.engine.Engine.fit
 Idempotence = Literal["auto", "on", "off"]  # consumers.publish.start_producer
 # never shown in a settings error, whatever their value
-SECRET_FIELDS = frozenset({"api_key", "kafka_sasl_password", "trace_db_url"})
+SECRET_FIELDS = frozenset({"api_key", "kafka_sasl_password", "trace_db_url", "session_secret"})
 KAFKA_TLS_FILES = ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile")
 KAFKA_SASL_FIELDS = (
     "kafka_sasl_mechanism",
@@ -150,6 +150,10 @@ class Settings(_BdiSources):
     max_concurrent_fits: int = _env("max_concurrent_fits", default=1, ge=1, le=64)
     log_max_mb: float = _env("log_max_mb", default=20.0, gt=0.0)
     log_backups: int = _env("log_backups", default=5, ge=1, le=1000)
+    # sessions of named users (docs/AUTH.md); no secret: <models_dir>/.session_key, made once
+    session_secret: SecretStr | None = _env("session_secret", default=None)
+    session_ttl_s: float = _env("session_ttl_s", default=8 * 3600.0, gt=0.0, le=30 * 86400.0)
+    api_key_role: Literal["operator", "engineer"] = _env("api_key_role", default="engineer")
 
     # --- Kafka (consumers/) ----------------------------------------------------------------
     kafka_bootstrap: str | None = _env("kafka_bootstrap", default=None)
@@ -215,6 +219,7 @@ class Settings(_BdiSources):
     @field_validator(
         "backbone_weights",
         "api_key",
+        "session_secret",
         "kafka_bootstrap",
         "kafka_topic_heatmaps",
         "kafka_topic_parts_changelog",

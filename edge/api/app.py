@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -16,12 +16,24 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from configs.settings import Settings
-from edge.api.deps import AppState, require_api_key
+from edge.api.auth import AuditMiddleware
+from edge.api.deps import AppState, Engineer, Operator
 from edge.api.diagnostics import Diagnostics
 from edge.api.errors import as_bdi_error, error_body
 from edge.api.metrics import ApiMetrics
 from edge.api.middleware import ApiMiddleware, BodyDeadline, BodyError
-from edge.api.routes import datasets, health, inference, models, plans, review, trace, training
+from edge.api.routes import (
+    audit,
+    auth,
+    datasets,
+    health,
+    inference,
+    models,
+    plans,
+    review,
+    trace,
+    training,
+)
 from engine import Engine
 from store import ModelStore
 
@@ -168,9 +180,14 @@ def create_app(
     app.state.bdi = state
     _install_error_handlers(app)
     app.include_router(health.router)
-    protected = [Depends(require_api_key)]
-    for module in (training, inference, models, datasets, plans, review, trace):
-        app.include_router(module.router, dependencies=protected)
+    app.include_router(auth.router)  # login is open; each endpoint says what it needs
+    # operators read and review; engineers do everything (docs/AUTH.md): the endpoints of
+    # the operators' routers that change things name Engineer themselves
+    for module in (training, inference, audit):
+        app.include_router(module.router, dependencies=[Engineer])
+    for module in (models, datasets, plans, review, trace):
+        app.include_router(module.router, dependencies=[Operator])
+    app.add_middleware(AuditMiddleware, state=state)
     if settings.cors_origins:
         wildcard = "*" in settings.cors_origins
         app.add_middleware(
@@ -178,7 +195,7 @@ def create_app(
             allow_origins=settings.cors_origins,
             allow_credentials=not wildcard,  # never '*' together with credentials
             allow_methods=["GET", "POST", "PUT", "DELETE"],
-            allow_headers=["X-API-Key", "X-Request-Id", "Content-Type"],
+            allow_headers=["X-API-Key", "X-CSRF-Token", "X-Request-Id", "Content-Type"],
             expose_headers=["X-Request-Id"],
         )
     app.add_middleware(

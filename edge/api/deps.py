@@ -1,22 +1,21 @@
 """What handlers get injected: the app's state pieces, a validated model reference, the
-request id, the API-key check. Each dependency is narrow: a handler asks for what it uses.
+request id, who the request is and the role it needs. Each dependency is narrow: a handler
+asks for what it uses.
 
 No ``from __future__ import annotations`` here: :func:`_ref_dependency` builds handler
 parameters from local ``Annotated`` types, which FastAPI must see evaluated.
 """
 
-import hmac
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, Form, Query, Request
-from fastapi.security import APIKeyHeader
 
 from configs.settings import Settings
+from edge.api.auth import Auth, Principal, engineer, identify, operator
 from edge.api.diagnostics import Diagnostics
-from edge.api.errors import Unauthorized
 from edge.api.metrics import ApiMetrics
 from edge.api.schemas import CalibrateRequest
 from edge.api.trace import TraceReader
@@ -36,6 +35,7 @@ class AppState:
     version: str
     fit_slots: threading.BoundedSemaphore = field(init=False)
     trace: TraceReader = field(init=False)  # opened on the first trace request
+    auth: Auth = field(init=False)  # users, sessions, the API key
     # readiness (GET /ready): "ready", "loading" or "error: ..." / "ok", "unreachable",
     # "not configured"
     engine_status: str = "ready"
@@ -44,6 +44,7 @@ class AppState:
     def __post_init__(self) -> None:
         self.fit_slots = threading.BoundedSemaphore(self.settings.max_concurrent_fits)
         self.trace = TraceReader(self.settings)
+        self.auth = Auth(self.settings)
 
     @property
     def ready(self) -> bool:
@@ -74,20 +75,11 @@ StoreDep = Annotated[ModelStore, Depends(get_store)]
 TraceDep = Annotated[TraceReader, Depends(get_trace)]
 RequestIdDep = Annotated[str, Depends(get_request_id)]
 
-_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
-
-
-def require_api_key(
-    state: StateDep, key: Annotated[str | None, Depends(_api_key_header)] = None
-) -> None:
-    """With ``BDI_API_KEY`` set, the request must carry it in ``X-API-Key`` (401 otherwise)."""
-    expected = state.settings.api_key
-    if expected is None:
-        return
-    given = (key or "").encode()
-    # compare_digest: the time taken does not tell how much of a guess was right
-    if not hmac.compare_digest(given, expected.get_secret_value().encode()):
-        raise Unauthorized("missing or wrong X-API-Key", code="unauthorized")
+# who the request is (a session's user, the API key, the open mode) and the role it needs
+# (edge/api/auth.py, docs/AUTH.md); a router or endpoint names one in ``dependencies``
+PrincipalDep = Annotated[Principal, Depends(identify)]
+Operator = Depends(operator)
+Engineer = Depends(engineer)
 
 
 # --- the model reference -------------------------------------------------------------------

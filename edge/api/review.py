@@ -20,6 +20,7 @@ import threading
 import time
 from typing import Any, Literal
 
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edge.api import fitting
@@ -40,7 +41,13 @@ class ReviewRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     decision: Literal["confirm", "overrule"] = Field(description="the verdict stands or not")
-    reviewer: str = Field(min_length=1, max_length=256, description="who reviewed it")
+    reviewer: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="who reviewed it; required with the API key, and replaced by the user's "
+        "name for a logged-in user",
+    )
     reason: str = Field(default="", max_length=2000, description="why (free text)")
     append: bool = Field(
         default=False,
@@ -50,7 +57,9 @@ class ReviewRequest(BaseModel):
 
     @field_validator("reviewer", "reason")
     @classmethod
-    def _printable(cls, value: str) -> str:
+    def _printable(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         text = " ".join(value.split())
         if not all(c.isprintable() for c in text):
             raise ValueError("must be printable text")
@@ -58,8 +67,8 @@ class ReviewRequest(BaseModel):
 
     @field_validator("reviewer")
     @classmethod
-    def _named(cls, value: str) -> str:
-        if not value:
+    def _named(cls, value: str | None) -> str | None:
+        if value is not None and not value:
             raise ValueError("must name the reviewer")
         return value
 
@@ -90,6 +99,18 @@ class ReviewPublic(BaseModel):
 class ReviewsPublic(BaseModel):
     frame_id: str
     reviews: list[ReviewPublic] = Field(description="oldest first")
+
+
+def as_reviewer(body: ReviewRequest, user: str | None) -> ReviewRequest:
+    """The review as ``user`` (a logged-in user) made it; without one, the body must name
+    the reviewer (422, as any missing field)."""
+    if user is not None:
+        return body.model_copy(update={"reviewer": user})
+    if body.reviewer is None:
+        raise RequestValidationError(
+            [{"type": "missing", "loc": ("body", "reviewer"), "msg": "Field required"}]
+        )
+    return body
 
 
 def _label(verdict: str, decision: str) -> Literal["ok", "ng"] | None:
@@ -209,7 +230,7 @@ def review(
             "model_version": doc.get("model_version"),
             "calibration_version": doc.get("calibration_version"),
             "image_sha256": doc.get("image_sha256"), "decision": body.decision,
-            "reviewer": body.reviewer, "reason": body.reason,
+            "reviewer": str(body.reviewer), "reason": body.reason,
             "reviewed_at": Review.iso(now_ms),
         }  # fmt: skip
         item = _dataset_item(store, ref, label, data, earlier, frame_id, provenance)
@@ -231,7 +252,7 @@ def review(
     record = Review(
         review_id=review_id, frame_id=frame_id, part_id=doc.get("part_id"),
         recipe_id=ref.recipe_id, role_id=ref.role_id, roi_id=ref.roi_id, verdict=verdict,
-        score=doc.get("score"), decision=body.decision, reviewer=body.reviewer,
+        score=doc.get("score"), decision=body.decision, reviewer=str(body.reviewer),
         reason=body.reason, reviewed_ms=now_ms, dataset_label=label, dataset_item=name,
         model_version=doc.get("model_version"),
         calibration_version=doc.get("calibration_version"), appended=appended is not None,

@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     from edge.cli.trace import add_trace_command
 
     add_trace_command(sub)
+    from edge.cli.users import add_users_command
+
+    add_users_command(sub)
     _finish(parser)
     return parser
 

@@ -134,7 +134,26 @@ CREATE INDEX IF NOT EXISTS reviews_frame ON reviews (frame_id, reviewed_ms);
 CREATE INDEX IF NOT EXISTS reviews_time ON reviews (reviewed_ms, review_id);
 """
 
-MIGRATIONS: tuple[str, ...] = (V1, V2)
+# who did what over the REST API (docs/AUTH.md): written by the API for every
+# state-changing request; ``user_name`` because ``user`` is a reserved word in PostgreSQL
+V3 = """
+CREATE TABLE IF NOT EXISTS audit (
+    audit_id TEXT PRIMARY KEY,
+    at_ms BIGINT NOT NULL,
+    user_name TEXT,
+    role TEXT,
+    action TEXT NOT NULL,
+    target TEXT,
+    outcome INTEGER NOT NULL,
+    request_id TEXT,
+    json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_time ON audit (at_ms, audit_id);
+CREATE INDEX IF NOT EXISTS audit_user ON audit (user_name, at_ms);
+CREATE INDEX IF NOT EXISTS audit_action ON audit (action, at_ms);
+"""
+
+MIGRATIONS: tuple[str, ...] = (V1, V2, V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -44,7 +44,7 @@ def _open_paths() -> set[str]:
     """The paths the README says stay open when BDI_API_KEY is set."""
     text = README.read_text()
     (sentence,) = re.findall(r"With `BDI_API_KEY` set, every endpoint but (.*?) wants", text, re.S)
-    return set(re.findall(r"`(/[a-z_.]*)`", sentence))
+    return set(re.findall(r"`(/[a-z_./]*)`", sentence))
 
 
 # --- fast: what the README names exists -----------------------------------------------------

@@ -14,6 +14,8 @@ from tests.helpers.images import ok_png
 
 KEY = "k3y-for-the-reliability-suite"
 OPEN = {"/health", "/ready", "/metrics"}  # probes and metrics (docs/API_CONTRACTS.md)
+# logging in and out take no key: a login checks a password (docs/AUTH.md)
+OPEN |= {"/auth/login", "/auth/logout"}
 DOCS = {"/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"}  # schema pages
 ALLOWED_ORIGIN = "https://hmi.plant.example"
 FOREIGN = "https://evil.example"

@@ -54,7 +54,7 @@ def test_a_version_1_database_is_migrated_and_keeps_its_rows(db: Database) -> No
         )
     assert migrate(db) == 1
     assert db.read("SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
-    assert SCHEMA_VERSION == 2
+    assert SCHEMA_VERSION >= 2  # later migrations add tables beside it
     assert db.read("SELECT frame_id FROM verdicts") == [("f1",)]
     assert db.read("SELECT COUNT(*) FROM reviews") == [(0,)]
     assert migrate(db) == SCHEMA_VERSION  # again: nothing to do

@@ -26,7 +26,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorPublic, "description": text}
     for code, text in [
         (400, "invalid id or value, missing memory/OK samples, token-grid mismatch"),
-        (401, "missing or wrong X-API-Key (when BDI_API_KEY is set)"),
+        (401, "not logged in, session expired, or a wrong X-API-Key (docs/AUTH.md)"),
+        (403, "the role may not do this (forbidden), or a missing X-CSRF-Token (csrf)"),
         (404, "no such dataset image or model revision"),
         (409, "mm_per_px differs from the recipe's locked value"),
         (413, "request body or image too large"),

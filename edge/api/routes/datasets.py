@@ -15,7 +15,7 @@ from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
-from edge.api.deps import AppState, FormDatasetRef, QueryDatasetRef, StateDep
+from edge.api.deps import AppState, Engineer, FormDatasetRef, QueryDatasetRef, StateDep
 from edge.api.routes.common import ERRORS, blocking, read_images
 from edge.api.schemas import (
     DatasetImagePublic,
@@ -47,7 +47,7 @@ def _changed(state: AppState, event: str, ref: ModelRef, **fields: Any) -> dict[
     return state.store.datasets.counts(ref)
 
 
-@router.post("/upload")
+@router.post("/upload", dependencies=[Engineer])
 async def upload(
     state: StateDep,
     ref: FormDatasetRef,
@@ -136,7 +136,7 @@ async def download_zip(
     )
 
 
-@router.delete("/file")
+@router.delete("/file", dependencies=[Engineer])
 async def delete_file(
     state: StateDep, ref: QueryDatasetRef, label: LabelQ, name: NameQ
 ) -> DeletedPublic:
@@ -145,7 +145,7 @@ async def delete_file(
     return DeletedPublic(deleted=1, counts=counts)
 
 
-@router.delete("/clear")
+@router.delete("/clear", dependencies=[Engineer])
 async def clear(state: StateDep, ref: QueryDatasetRef, label: OptLabelQ = None) -> DeletedPublic:
     """Remove one label's images, or both labels'."""
     n = await blocking(state.store.datasets.clear, ref, label)

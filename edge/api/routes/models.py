@@ -9,7 +9,7 @@ from fastapi import APIRouter, Form, Query
 
 from consumers.drift_state import read_drift
 from edge.api import service
-from edge.api.deps import FormRef, QueryRef, StateDep, StoreDep
+from edge.api.deps import Engineer, FormRef, QueryRef, StateDep, StoreDep
 from edge.api.routes.common import ERRORS, blocking
 from edge.api.schemas import (
     DriftReportPublic,
@@ -65,7 +65,7 @@ async def revisions(store: StoreDep, ref: QueryRef) -> RevisionsPublic:
     return await blocking(service.revisions, store, ref)
 
 
-@router.post("/models/rollback")
+@router.post("/models/rollback", dependencies=[Engineer])
 async def rollback(
     state: StateDep,
     ref: FormRef,

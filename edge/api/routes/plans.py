@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 
-from edge.api.deps import StoreDep
+from edge.api.deps import Engineer, StoreDep
 from edge.api.routes.common import ERRORS, blocking
 from edge.api.schemas import PlanPublic, PlanRequest
 from store import ModelStore, PlanRoi, StoredPlan
@@ -18,7 +18,7 @@ _INVALID = (
 )
 _MISSING = "no plan stored for the recipe, or no such version (plan_not_found)"
 PLAN_ERRORS: dict[int | str, dict[str, Any]] = {
-    **{code: ERRORS[code] for code in (401, 413, 422, 500)},
+    **{code: ERRORS[code] for code in (401, 403, 413, 422, 500)},
     400: {**ERRORS[400], "description": _INVALID},
     404: {**ERRORS[404], "description": _MISSING},
 }
@@ -47,7 +47,7 @@ def _read(store: ModelStore, recipe_id: str, version: str | None) -> PlanPublic:
     return _public(store, store.stored_plan(recipe_id, version))
 
 
-@router.put("/recipes/{recipe_id}/plan")
+@router.put("/recipes/{recipe_id}/plan", dependencies=[Engineer])
 async def put_plan(
     request: Request, store: StoreDep, recipe_id: RecipeId, body: PlanRequest
 ) -> PlanPublic:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Request
 
 from edge.api import review
-from edge.api.deps import StateDep, TraceDep
+from edge.api.deps import PrincipalDep, StateDep, TraceDep
 from edge.api.review import ReviewPublic, ReviewRequest, ReviewsPublic
 from edge.api.routes.common import ERRORS, blocking
 from edge.api.schemas import ErrorPublic
@@ -23,7 +23,7 @@ def _error(text: str) -> dict[str, Any]:
 
 
 REVIEW_ERRORS: dict[int | str, dict[str, Any]] = {
-    **{code: ERRORS[code] for code in (401, 422, 500)},
+    **{code: ERRORS[code] for code in (401, 403, 422, 500)},
     404: _error("no such frame in the trace (frame_not_found)"),
     503: _error("no trace database yet, or it cannot be reached (trace_unavailable)"),
 }
@@ -47,12 +47,20 @@ Id = Annotated[str, Path(min_length=1, max_length=1024)]
     },
 )  # fmt: skip
 async def post_review(
-    state: StateDep, reader: TraceDep, frame_id: Id, body: ReviewRequest
+    request: Request,
+    state: StateDep,
+    principal: PrincipalDep,
+    reader: TraceDep,
+    frame_id: Id,
+    body: ReviewRequest,
 ) -> ReviewPublic:
     """Confirm or overrule the frame's verdict. An NG overruled puts the crop into the OK
     dataset (``append=true``: into the model's memory bank too, a new model version); an
     NG confirmed and an OK overruled put it into the NG dataset; an OK confirmed is only
-    recorded. Every review is recorded in the trace with who, when and why."""
+    recorded. Every review is recorded in the trace with who, when and why: a logged-in
+    user's name is the reviewer; with the API key, ``reviewer`` says who."""
+    body = review.as_reviewer(body, principal.name if principal.via == "session" else None)
+    request.state.audit_detail = {"decision": body.decision, "append": body.append}
     return await blocking(
         review.review, reader, state.store, state.engine, state.diagnostics, state.fit_slots,
         state.settings.max_image_pixels, frame_id, body,

@@ -25,7 +25,7 @@ def _error(text: str) -> dict[str, Any]:
 
 
 TRACE_ERRORS: dict[int | str, dict[str, Any]] = {
-    **{code: ERRORS[code] for code in (401, 422, 500)},
+    **{code: ERRORS[code] for code in (401, 403, 422, 500)},
     503: _error("no trace database yet, or it cannot be reached (trace_unavailable)"),
 }
 _NOT_FOUND = _error("no such frame (frame_not_found)")
