@@ -66,6 +66,7 @@ def _cookie_args(request: Request) -> dict[str, Any]:
 @router.post(
     "/login",
     responses={
+        400: _error("a body that is not JSON (bad_request)"),
         401: _error("wrong user name or password, or a disabled user (bad_credentials)"),
         403: _error("a login from another site's page (csrf)"),
         422: _error("request does not match the schema"),
