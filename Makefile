@@ -29,9 +29,10 @@ kafka-jars: | $(STAMP)
 
 # Debian's kcat (librdkafka's command-line client), which the Kafka client tests run as a
 # camera and an MES would, and PostgreSQL (initdb, pg_ctl under /usr/lib/postgresql/*/bin),
-# which the trace store's tests start on a free port. Installed where apt-get can (root or
+# which the trace store's tests start on a free port, and Chromium, which the operator
+# screen's browser tests drive through Playwright. Installed where apt-get can (root or
 # sudo); otherwise it says so and those tests skip, naming it.
-DEBIAN_PACKAGES := kcat postgresql
+DEBIAN_PACKAGES := kcat postgresql chromium
 debian-packages:
 	@missing=""; for p in $(DEBIAN_PACKAGES); do \
 	  case $$p in \

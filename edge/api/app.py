@@ -34,6 +34,7 @@ from edge.api.routes import (
     trace,
     training,
 )
+from edge.ui import pages as ui_pages
 from engine import Engine
 from store import ModelStore
 
@@ -187,6 +188,7 @@ def create_app(
         app.include_router(module.router, dependencies=[Engineer])
     for module in (models, datasets, plans, review, trace):
         app.include_router(module.router, dependencies=[Operator])
+    ui_pages.install(app)  # the operator screen at /ui (docs/UI.md)
     app.add_middleware(AuditMiddleware, state=state)
     if settings.cors_origins:
         wildcard = "*" in settings.cors_origins
