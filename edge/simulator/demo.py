@@ -78,14 +78,19 @@ def _service_url(settings: Settings) -> str | None:
         return None
 
 
-def train_demo(url: str, size: int, n_train: int, seed: int, say: Any) -> float:
-    """Fit from generated OK discs, calibrate with held-out OK and NG scores; the threshold."""
+def train_demo(
+    url: str, size: int, n_train: int, seed: int, say: Any, api_key: str | None = None
+) -> float:
+    """Fit from generated OK discs, calibrate with held-out OK and NG scores; the threshold.
+    With named users (docs/AUTH.md) the demo trains as a machine: ``BDI_API_KEY``, whose
+    role (``BDI_API_KEY_ROLE``) must be engineer."""
     from edge.simulator.discs import encode_png, make_ng, make_ok
 
     base = 2_000_000 + seed * 10_000
     ok = [encode_png(make_ok(base + i, size).image) for i in range(n_train)]
     say(f"training recipe {DEMO_IDS['recipe_id']!r} from {n_train} generated OK discs ...")
-    with httpx.Client(base_url=url, timeout=600) as http:
+    headers = {"X-API-Key": api_key} if api_key else {}
+    with httpx.Client(base_url=url, timeout=600, headers=headers) as http:
         fit = http.post(
             "/fit_ok", data={**DEMO_IDS, "mm_per_px": str(DEMO_MM_PER_PX)},
             files=[("images", (f"ok{i}.png", b, "image/png")) for i, b in enumerate(ok)],
@@ -137,7 +142,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
             bootstrap = settings.kafka_bootstrap or f"127.0.0.1:{DEFAULT_BROKER_PORT}"
             print(f"using the running service at {url}, Kafka {bootstrap}", flush=True)
-        train_demo(url, args.size, args.train, args.seed, lambda m: print(m, flush=True))
+        key = settings.api_key.get_secret_value() if settings.api_key else None
+        train_demo(url, args.size, args.train, args.seed, lambda m: print(m, flush=True), key)
         stats = asyncio.run(_run_line(args, settings, bootstrap, url, sup))
     except KeyboardInterrupt:
         print("bdi demo: interrupted before the camera started", file=sys.stderr, flush=True)

@@ -23,9 +23,9 @@ export class ApiError extends Error {
 
 const CHANGES = new Set(["POST", "PUT", "PATCH", "DELETE"]);
 
-function toLogin() {
+function toLogin(code) {
   const next = encodeURIComponent(location.hash || "#/line");
-  location.assign(`/ui/login?next=${next}`);
+  location.assign(`/ui/login?next=${next}&why=${encodeURIComponent(code)}`);
 }
 
 export async function api(method, path, { json, form, query, raw, login = true } = {}) {
@@ -52,8 +52,9 @@ export async function api(method, path, { json, form, query, raw, login = true }
     throw new ApiError(0, "unreachable", `the API does not answer (${err.message})`, null);
   }
   if (response.status === 401 && login) {
-    toLogin();
-    throw new ApiError(401, "unauthorized", "not signed in, or the session ended", null);
+    const err = await errorOf(response);
+    toLogin(err.code);
+    throw err;
   }
   if (!response.ok) throw await errorOf(response);
   if (raw) return response;

@@ -4,6 +4,13 @@ import { errorOf } from "./api.js";
 const form = document.getElementById("login");
 const error = document.getElementById("login-error");
 
+const WHY = {
+  session_expired: "Your session has expired: sign in again.",
+  unauthorized: "Sign in to continue.",
+};
+const why = new URLSearchParams(location.search).get("why");
+if (why && WHY[why]) error.textContent = WHY[why];
+
 function next() {
   const wanted = new URLSearchParams(location.search).get("next") || "";
   return wanted.startsWith("#/") ? `/ui${wanted}` : "/ui#/line";
