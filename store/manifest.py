@@ -42,6 +42,7 @@ class ModelState:
     threshold_method: str | None = None
     target_frr: float | None = None
     frr_guaranteed: bool | None = None
+    n_held_out: int | None = None  # the held-out OK scores behind it (n in THRESHOLDS.md)
 
     @property
     def ready(self) -> bool:
@@ -86,13 +87,15 @@ def model_state(store: ModelStore, ref: ModelRef) -> ModelState:
 
 
 def _conformal_facts(calib: Path | None) -> dict[str, Any]:
-    """``target_frr`` and ``frr_guaranteed`` of a conformal calibration file."""
+    """``target_frr``, ``frr_guaranteed`` and ``n_held_out`` of a conformal calibration
+    file."""
     if calib is None:
         return {}
     try:
         record = atomic.read_json(calib)["conformal"]
         alpha, guaranteed = float(record["alpha"]), bool(record["guaranteed"])
-        return {"target_frr": alpha, "frr_guaranteed": guaranteed}
+        n = int(record["n"])
+        return {"target_frr": alpha, "frr_guaranteed": guaranteed, "n_held_out": n}
     except (OSError, ValueError, KeyError, TypeError):
         return {}  # no record (or an unreadable one): the threshold's facts say enough
 

@@ -28,12 +28,14 @@ from edge.api.routes import (
     datasets,
     health,
     inference,
+    jobs,
     models,
     plans,
     review,
     trace,
     training,
 )
+from edge.ui import live as ui_live
 from edge.ui import pages as ui_pages
 from engine import Engine
 from store import ModelStore
@@ -157,6 +159,7 @@ def create_app(
         state.store.sweep()  # temp files of writers killed mid-write
         state.diagnostics.log("startup", version=state.version, device=engine.spec.describe())
         tasks = []
+        ui_live.open_feed(app, settings)  # the Line page's feed, started by its first reader
         if warmup:  # serve /health at once; /ready says when the backbone is loaded
             state.engine_status = "loading"
             tasks.append(asyncio.create_task(_warm_up(state)))
@@ -168,6 +171,7 @@ def create_app(
         finally:
             for task in tasks:
                 task.cancel()
+            await ui_live.close_feed(app)
             state.trace.close()
             state.diagnostics.log("shutdown")
             state.diagnostics.close()
@@ -186,9 +190,10 @@ def create_app(
     # the operators' routers that change things name Engineer themselves
     for module in (training, inference, audit):
         app.include_router(module.router, dependencies=[Engineer])
-    for module in (models, datasets, plans, review, trace):
+    for module in (models, datasets, plans, review, trace, jobs):
         app.include_router(module.router, dependencies=[Operator])
     ui_pages.install(app)  # the operator screen at /ui (docs/UI.md)
+    app.include_router(ui_live.router, dependencies=[Operator])  # its live feed
     app.add_middleware(AuditMiddleware, state=state)
     if settings.cors_origins:
         wildcard = "*" in settings.cors_origins

@@ -232,6 +232,7 @@ operator, engineer = (require_role(role) for role in ROLES)
 # --- the audit log -------------------------------------------------------------------------
 ACTIONS = {
     ("POST", "/fit_ok"): "fit_ok",
+    ("POST", "/jobs/train"): "train_job",
     ("POST", "/calibrate_ng"): "calibrate_ng",
     ("POST", "/calibrate_dataset"): "calibrate_dataset",
     ("POST", "/infer_dataset"): "infer_dataset",

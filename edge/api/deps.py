@@ -16,6 +16,7 @@ from fastapi import Depends, Form, Query, Request
 from configs.settings import Settings
 from edge.api.auth import Auth, Principal, engineer, identify, operator
 from edge.api.diagnostics import Diagnostics
+from edge.api.jobs import Jobs
 from edge.api.metrics import ApiMetrics
 from edge.api.schemas import CalibrateRequest
 from edge.api.trace import TraceReader
@@ -36,6 +37,7 @@ class AppState:
     fit_slots: threading.BoundedSemaphore = field(init=False)
     trace: TraceReader = field(init=False)  # opened on the first trace request
     auth: Auth = field(init=False)  # users, sessions, the API key
+    jobs: Jobs = field(init=False)  # trainings running in worker threads (POST /jobs/train)
     # readiness (GET /ready): "ready", "loading" or "error: ..." / "ok", "unreachable",
     # "not configured"
     engine_status: str = "ready"
@@ -45,6 +47,7 @@ class AppState:
         self.fit_slots = threading.BoundedSemaphore(self.settings.max_concurrent_fits)
         self.trace = TraceReader(self.settings)
         self.auth = Auth(self.settings)
+        self.jobs = Jobs(self.diagnostics)
 
     @property
     def ready(self) -> bool:

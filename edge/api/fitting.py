@@ -29,7 +29,11 @@ if TYPE_CHECKING:
     from edge.api.metrics import ApiMetrics
     from engine import Engine
     from engine.patchcore import PatchCoreModel
-    from engine.training import FitOutput
+    from engine.training import FitOutput, Progress
+
+
+def quiet(stage: str, done: int, total: int) -> None:
+    """A progress callback that reports nothing (``engine.training.Progress``)."""
 
 
 class AppendMismatch(ConflictError):
@@ -98,11 +102,17 @@ def check_append(
 
 
 def extend(
-    store: ModelStore, engine: Engine, ref: ModelRef, model: PatchCoreModel, images: Sequence[Any]
+    store: ModelStore,
+    engine: Engine,
+    ref: ModelRef,
+    model: PatchCoreModel,
+    images: Sequence[Any],
+    progress: Progress = quiet,
 ) -> tuple[FitOutput, SavedModel]:
     """``images`` added to ``model`` and stored as the new current version, unless the
     stored model changed meanwhile (:class:`ModelChanged`: nothing is stored)."""
-    fit = engine.append(model, images)
+    fit = engine.append(model, images, progress)
+    progress("save", 0, 1)
     return fit, save(store, ref, fit.model, model)
 
 
@@ -229,6 +239,7 @@ def append(
     images: Sequence[np.ndarray],
     mm_per_px: float | None,
     source: str,
+    progress: Progress = quiet,
 ) -> FitResult:
     """``POST /fit_ok`` with ``mode=append``: 400 ``missing_memory`` without a stored model,
     409 as :func:`check_append` says, else the new version's ``FitResult``."""
@@ -239,7 +250,7 @@ def append(
     metrics.fits_running.inc()
     try:
         with http_errors():
-            fit, saved = extend(store, engine, ref, model, images)
+            fit, saved = extend(store, engine, ref, model, images, progress)
     except Exception as exc:
         metrics.trainings.labels("error").inc()
         diagnostics.log(

@@ -26,11 +26,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from edge.api import fitting
 from edge.api.diagnostics import Diagnostics
 from edge.api.errors import BadRequest, BdiError, Busy, NotFound
-from edge.api.trace import TraceReader, no_crop
+from edge.api.trace import TraceReader, frame_url, no_crop, part_url
 from engine import Engine
 from store import ModelStore
 from store.errors import NotFoundError
-from store.trace import TraceStore, queries
+from store.trace import Cursor, TraceStore, queries
 from store.trace import reviews as records
 from store.trace.reviews import Review
 
@@ -99,6 +99,24 @@ class ReviewPublic(BaseModel):
 class ReviewsPublic(BaseModel):
     frame_id: str
     reviews: list[ReviewPublic] = Field(description="oldest first")
+
+
+class QueueItemPublic(BaseModel):
+    frame_id: str
+    part_id: str | None
+    queued_as: Literal["NG", "ERROR", "NO_MODEL", "near_threshold"] = Field(
+        description="why the frame is in the queue: its verdict, or an OK scored near its threshold"
+    )
+    verdict: dict[str, Any] = Field(description="the bdi.verdict/1 document as stored")
+    reviews: int = Field(description="how many reviews the frame has (GET .../reviews)")
+    frame_url: str
+    part_url: str | None
+
+
+class QueuePublic(BaseModel):
+    items: list[QueueItemPublic] = Field(description="newest first")
+    count: int
+    next_cursor: str | None = Field(description="pass as cursor for the next page; null: last")
 
 
 def as_reviewer(body: ReviewRequest, user: str | None) -> ReviewRequest:
@@ -298,3 +316,28 @@ def reviews(reader: TraceReader, frame_id: str) -> ReviewsPublic:
     if found is None and not rows:
         raise _frame_not_found(frame_id)
     return ReviewsPublic(frame_id=frame_id, reviews=[ReviewPublic.model_validate(r) for r in rows])
+
+
+def queue(
+    reader: TraceReader,
+    verdicts: tuple[str, ...],
+    near: float | None,
+    reviewed: bool,
+    after: Cursor | None,
+    limit: int,
+) -> QueuePublic:
+    """``GET /review/queue``: the frames a person should look at, newest first."""
+    rows, last = reader.read(lambda s: records.queue(s.db, verdicts, near, reviewed, after, limit))
+    items = []
+    for doc, count in rows:
+        frame_id, part_id = str(doc["frame_id"]), doc.get("part_id")
+        part_id = part_id if isinstance(part_id, str) else None
+        verdict = doc.get("verdict")
+        item = {
+            "frame_id": frame_id, "part_id": part_id, "verdict": doc, "reviews": count,
+            "queued_as": "near_threshold" if verdict == "OK" else verdict,
+            "frame_url": frame_url(frame_id), "part_url": part_url(part_id),
+        }  # fmt: skip
+        items.append(QueueItemPublic.model_validate(item))
+    cursor = None if last is None else last.encode()
+    return QueuePublic(items=items, count=len(items), next_cursor=cursor)

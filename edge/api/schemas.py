@@ -231,6 +231,9 @@ class ModelStatePublic(BaseModel):
     threshold_method: str | None = Field(description="conformal, ok_percentile or ok_ng")
     target_frr: float | None = Field(description="a conformal threshold's false-reject rate")
     frr_guaranteed: bool | None = Field(description="enough held-out OK images for it")
+    n_held_out: int | None = Field(
+        None, description="a conformal threshold's held-out OK scores (n); null otherwise"
+    )
     drift: bool | None = Field(
         None, description="a consumer finds this model version's p-values drifting (null: "
         "no consumer reports on it; docs/DRIFT.md)"
@@ -275,6 +278,7 @@ class DatasetListPublic(BaseModel):
     ok: list[DatasetImagePublic]
     ng: list[DatasetImagePublic]
     counts: dict[str, int]
+    min_ok_samples: int = Field(description="stored OK images a training needs")
 
 
 class DeletedPublic(BaseModel):

@@ -10,9 +10,11 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 
+from configs.settings import Settings
 from edge.api import fitting
 from edge.api.diagnostics import Diagnostics
 from edge.api.errors import BadRequest, BdiError
@@ -33,6 +35,7 @@ from engine import Engine, Inference, InferItem
 from engine.images import decode_image
 from engine.metrics import auroc
 from engine.provenance import Provenance
+from engine.training import Progress
 from store import ModelRef, ModelStore
 
 # engine failures of one frame that mean "this model cannot score this image"
@@ -54,13 +57,15 @@ def train(
     mm_per_px: float | None,
     source: str,
     target_frr: float | None = None,
+    progress: Progress = fitting.quiet,
 ) -> FitResult:
     locked = store.check_mm_per_px(ref.recipe_id, mm_per_px)  # 409 before the work
     mm = mm_per_px if mm_per_px is not None else locked
     started = time.perf_counter()
     metrics.fits_running.inc()
     try:
-        fit = engine.fit(images, mm_per_px=mm, target_frr=target_frr)
+        fit = engine.fit(images, mm_per_px=mm, target_frr=target_frr, progress=progress)
+        progress("save", 0, 1)
         saved = store.save_model(ref, fit.model)
     except Exception as exc:
         metrics.trainings.labels("error").inc()
@@ -82,6 +87,69 @@ def train(
         source=source, result="ok", duration_ms=round(seconds * 1e3, 3), timings_s=fit.timings_s,
     )  # fmt: skip
     return fitting.fit_result(ref, fit, saved, source, engine.config.calibration_share)
+
+
+Mode = Literal["fit", "append"]
+
+
+def check_fit_request(
+    settings: Settings, mode: Mode, target_frr: float | None, use_dataset: bool, uploads: bool
+) -> None:
+    """What ``POST /fit_ok`` and ``POST /jobs/train`` refuse before any work (400)."""
+    if use_dataset and uploads:
+        raise BadRequest("send images or use_dataset=true, not both", code="ambiguous_source")
+    if mode == "append" and target_frr is not None:
+        raise BadRequest(
+            "target_frr chooses a new model's threshold; an append keeps the stored model's "
+            "target (recalibrate with /calibrate_ng to change it)",
+            code="target_frr_with_append",
+        )
+    if not use_dataset and settings.train_dataset_only:
+        raise BadRequest(
+            "uploads are disabled for training (BDI_TRAIN_DATASET_ONLY=1): store the images "
+            "with /datasets/upload and train with use_dataset=true",
+            code="train_dataset_only",
+        )
+
+
+def check_ok_count(settings: Settings, n_ok: int, mode: Mode) -> None:
+    """Enough stored OK images to train (``BDI_MIN_OK_SAMPLES``) or to append (one)."""
+    need = 1 if mode == "append" else settings.min_ok_samples
+    if n_ok < need:
+        why = "to append" if mode == "append" else "(BDI_MIN_OK_SAMPLES)"
+        raise BadRequest(
+            f"{n_ok} stored OK images, at least {need} needed {why}", code="missing_ok_samples"
+        )
+
+
+def stored_ok(store: ModelStore, settings: Settings, ref: ModelRef, mode: Mode) -> list[np.ndarray]:
+    """The stored OK dataset of ``ref``, when it has enough images for ``mode``."""
+    ok = store.datasets.load(ref, "ok")
+    check_ok_count(settings, len(ok), mode)
+    return ok
+
+
+def fit_ok(
+    store: ModelStore,
+    engine: Engine,
+    metrics: ApiMetrics,
+    diagnostics: Diagnostics,
+    ref: ModelRef,
+    images: Sequence[np.ndarray],
+    mm_per_px: float | None,
+    source: str,
+    mode: Mode,
+    target_frr: float | None,
+    progress: Progress = fitting.quiet,
+) -> FitResult:
+    """A new model from OK ``images`` (``mode=fit``), or them added to the stored one."""
+    if mode == "append":
+        return fitting.append(
+            store, engine, metrics, diagnostics, ref, images, mm_per_px, source, progress
+        )
+    return train(
+        store, engine, metrics, diagnostics, ref, images, mm_per_px, source, target_frr, progress
+    )
 
 
 def _store_calibration(

@@ -166,6 +166,7 @@ def frame_public(
         "verdict": verdict,
         "score": _number(merged.get("score")),
         "threshold": _number(merged.get("threshold")),
+        "p_value": _number(merged.get("p_value")),
         "regions": regions if isinstance(regions, list) else [],
         "error_class": _text(merged, "error_class"),
         **{k: _text(merged, k) for k in PROVENANCE},
@@ -230,6 +231,25 @@ def part(reader: TraceReader, part_id: str) -> dict[str, Any]:
         "late": frames(late),
         "record": found["record"],
     }
+
+
+def recent_parts(
+    reader: TraceReader, verdict: tuple[str, ...] | None, recipe_id: str | None, limit: int
+) -> dict[str, Any]:
+    """``GET /parts``: the newest decided parts, each in brief."""
+    records = reader.read(lambda s: queries.recent_parts(s.db, verdict, recipe_id, limit))
+
+    def brief(record: dict[str, Any]) -> dict[str, Any]:
+        frames = [f for f in record.get("frames") or () if isinstance(f, dict)]
+        return {
+            **_record_fields(record), "part_id": str(record.get("part_id")),
+            "reason": _text(record, "reason"), "frames": len(frames),
+            "not_ok": sum(f.get("verdict") != "OK" for f in frames),
+            "part_url": part_url(str(record.get("part_id"))),
+        }  # fmt: skip
+
+    parts = [brief(r) for r in records]
+    return {"parts": parts, "count": len(parts)}
 
 
 def _record_fields(record: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ class TraceFramePublic(BaseModel):
     verdict: str | None = Field(description="OK, NG, ERROR or NO_MODEL")
     score: float | None
     threshold: float | None
+    p_value: float | None = Field(description="the score's conformal p-value, when known")
     regions: list[dict[str, Any]] = Field(description="as in the frame verdict")
     error_class: str | None
     model_version: str | None
@@ -53,6 +54,25 @@ class PartPublic(BaseModel):
     )
     late: list[TraceFramePublic] = Field(description="frames that came after the decision")
     record: dict[str, Any] | None = Field(description="the whole bdi.part/1 record")
+
+
+class PartBriefPublic(BaseModel):
+    part_id: str
+    verdict: Literal["OK", "NG", "ERROR", "NO_MODEL", "INCOMPLETE"] | None
+    reason: str | None
+    recipe_id: str | None
+    plan_version: str | None
+    decided_at: str | None
+    first_frame_at: str | None
+    frames: int = Field(description="how many frames the verdict is made of")
+    not_ok: int = Field(description="how many of them are not OK")
+    missing: list[dict[str, Any]] = Field(description="plan ROIs without a frame")
+    part_url: str
+
+
+class PartsPublic(BaseModel):
+    parts: list[PartBriefPublic] = Field(description="newest decision first")
+    count: int
 
 
 class VerdictsPublic(BaseModel):

@@ -86,6 +86,7 @@ def _serve(
     import uvicorn
 
     from edge.api.app import create_app
+    from edge.ui.live import server
     from engine.backbone import check_weights_source
 
     # a missing GPU or bad settings fail here; the backbone then loads in the background
@@ -97,4 +98,4 @@ def _serve(
     # log_config=None: uvicorn's loggers reach the JSON handler instead of its own format
     config = uvicorn.Config(app, log_level="warning", access_log=False, log_config=None)
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    uvicorn.Server(config).run(sockets=[sock])
+    server(config, app).run(sockets=[sock])  # ends the live event streams at shutdown

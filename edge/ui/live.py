@@ -158,8 +158,8 @@ def _batches(sub: Subscription) -> tuple[bytes, int]:
     for kind, items in sub.take():
         merged[kind] += items
     out, cut = b"", 0
-    for kind, items in merged.items():
+    for name, items in merged.items():
         if items:
             cut += max(0, len(items) - MAX_EVENT_ITEMS)
-            out += sse(kind, items[-MAX_EVENT_ITEMS:])
+            out += sse(name, items[-MAX_EVENT_ITEMS:])
     return out, cut

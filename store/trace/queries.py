@@ -198,3 +198,28 @@ def _kept(db: Database, frame_ids: list[str]) -> set[str]:
         frame_ids,
     )
     return {r[0] for r in rows}
+
+
+def recent_parts(
+    db: Database,
+    verdict: tuple[str, ...] | None = None,
+    recipe_id: str | None = None,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    """The newest decided parts (by decision time), optionally of some verdicts or one
+    recipe: what a screen lists before anyone types a serial."""
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidValueError(f"limit must be 1 to {MAX_PAGE}, got {limit}")
+    clauses: list[str] = []
+    params: list[Any] = []
+    if verdict:
+        clauses.append(f"verdict IN ({','.join('?' * len(verdict))})")
+        params += verdict
+    if recipe_id is not None:
+        clauses.append("recipe_id = ?")
+        params.append(recipe_id)
+    sql = "SELECT json FROM parts"
+    if clauses:
+        sql += " WHERE " + " AND ".join(clauses)
+    sql += " ORDER BY decided_ms DESC, part_id DESC LIMIT ?"
+    return [orjson.loads(r[0]) for r in db.read(sql, [*params, limit])]

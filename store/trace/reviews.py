@@ -14,6 +14,7 @@ from typing import Any, Literal
 import orjson
 
 from store.trace.db import Database
+from store.trace.queries import Cursor
 
 Decision = Literal["confirm", "overrule"]
 COLUMNS = (
@@ -77,3 +78,43 @@ def of_frame(db: Database, frame_id: str) -> list[dict[str, Any]]:
         (frame_id,),
     )
     return [orjson.loads(r[0]) for r in rows]
+
+
+def queue(
+    db: Database,
+    verdicts: tuple[str, ...],
+    near: float | None,
+    reviewed: bool,
+    after: Cursor | None,
+    limit: int,
+) -> tuple[list[tuple[dict[str, Any], int]], Cursor | None]:
+    """Frame verdicts worth a person's look, newest first: those of ``verdicts`` and the
+    OK ones scored at ``near`` × their threshold or above; without ``reviewed``, only
+    frames nobody reviewed yet. Each with its number of reviews; and the next page's cursor
+    (None: this was the last)."""
+    wanted: list[str] = []
+    params: list[Any] = []
+    if verdicts:
+        wanted.append(f"v.verdict IN ({','.join('?' * len(verdicts))})")
+        params += verdicts
+    if near is not None:
+        wanted.append("(v.verdict = 'OK' AND v.threshold > 0 AND v.score >= ? * v.threshold)")
+        params.append(near)
+    if not wanted:
+        return [], None
+    clauses = ["(" + " OR ".join(wanted) + ")"]
+    if not reviewed:
+        clauses.append("NOT EXISTS (SELECT 1 FROM reviews r WHERE r.frame_id = v.frame_id)")
+    if after is not None:
+        clauses.append("(v.produced_ms, v.frame_id) < (?, ?)")
+        params += [after.produced_ms, after.frame_id]
+    rows = db.read(
+        "SELECT v.produced_ms, v.frame_id, v.json, "  # noqa: S608 - fixed clauses
+        "(SELECT COUNT(*) FROM reviews r WHERE r.frame_id = v.frame_id) FROM verdicts v "
+        f"WHERE {' AND '.join(clauses)} ORDER BY v.produced_ms DESC, v.frame_id DESC LIMIT ?",
+        [*params, limit + 1],
+    )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    last = Cursor(int(rows[-1][0]), str(rows[-1][1])) if more else None
+    return [(orjson.loads(r[2]), int(r[3])) for r in rows], last

@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from edge.api import service
 from edge.api.deps import AppState
 from edge.api.diagnostics import Diagnostics
-from edge.api.errors import BadRequest
+from edge.api.errors import BadRequest, Busy
 from edge.api.metrics import ApiMetrics
 from edge.api.schemas import ErrorPublic
 from engine import Engine
@@ -42,6 +42,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 def workers(state: AppState) -> tuple[ModelStore, Engine, ApiMetrics, Diagnostics]:
     """What the training, calibration and inference services take, in their order."""
     return state.store, state.engine, state.metrics, state.diagnostics
+
+
+def take_fit_slot(state: AppState) -> None:
+    """One of the ``BDI_MAX_CONCURRENT_FITS`` training slots (the caller releases it), or
+    429 ``busy`` with a Retry-After."""
+    if not state.fit_slots.acquire(blocking=False):
+        raise Busy(f"{state.settings.max_concurrent_fits} training(s) already running", 30)
 
 
 async def read_images(files: list[UploadFile], max_pixels: int) -> list[np.ndarray]:

@@ -81,6 +81,7 @@ async def list_images(
         ok=_public(listing.get("ok", [])),
         ng=_public(listing.get("ng", [])),
         counts=state.store.datasets.counts(ref),
+        min_ok_samples=state.settings.min_ok_samples,
     )
 
 

@@ -13,11 +13,11 @@ from edge.api.deps import StateDep, TraceDep
 from edge.api.errors import BadRequest
 from edge.api.routes.common import ERRORS, blocking
 from edge.api.schemas import ErrorPublic
-from edge.api.trace_schemas import FramePublic, PartPublic, VerdictsPublic
+from edge.api.trace_schemas import FramePublic, PartPublic, PartsPublic, VerdictsPublic
 from store import naming
 from store.errors import InvalidValueError
 from store.trace import Cursor, VerdictFilter
-from store.trace.records import FRAME_VERDICTS
+from store.trace.records import FRAME_VERDICTS, PART_VERDICTS
 
 
 def _error(text: str) -> dict[str, Any]:
@@ -56,14 +56,34 @@ def _ms(name: str, text: str | None) -> int | None:
     return int(when.timestamp() * 1000)
 
 
-def _verdicts(given: list[str] | None) -> str | tuple[str, ...] | None:
+def _verdicts(
+    given: list[str] | None, known: frozenset[str] = FRAME_VERDICTS
+) -> str | tuple[str, ...] | None:
     names = [v.strip().upper() for item in given or () for v in item.split(",") if v.strip()]
-    unknown = sorted(set(names) - FRAME_VERDICTS)
+    unknown = sorted(set(names) - known)
     if unknown:
         raise BadRequest(f"unknown verdict {', '.join(map(repr, unknown))}: one of "
-                         f"{', '.join(sorted(FRAME_VERDICTS))}", code="invalid_filter")  # fmt: skip
+                         f"{', '.join(sorted(known))}", code="invalid_filter")  # fmt: skip
     chosen = tuple(sorted(set(names)))
     return None if not chosen else chosen[0] if len(chosen) == 1 else chosen
+
+
+@router.get("/parts", responses={400: _error("a bad filter")})
+async def get_parts(
+    reader: TraceDep,
+    verdict: Annotated[list[str] | None, Query(max_length=64)] = None,
+    recipe_id: Text = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+) -> PartsPublic:
+    """The newest decided parts (by decision time), in brief: what to look at before a
+    serial is typed. ``verdict`` (repeat it or give a comma list, e.g. ``NG,ERROR``)
+    keeps the parts of those verdicts."""
+    chosen = _verdicts(verdict, PART_VERDICTS)
+    where = (chosen,) if isinstance(chosen, str) else chosen
+    recipe = None if recipe_id is None else naming.recipe_id(recipe_id)
+    return PartsPublic.model_validate(
+        await blocking(trace.recent_parts, reader, where, recipe, limit)
+    )
 
 
 @router.get("/parts/{part_id:path}", responses={404: _error("no such part (part_not_found)")})

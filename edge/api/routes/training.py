@@ -7,11 +7,10 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, UploadFile
 
-from edge.api import fitting, service
+from edge.api import service
 from edge.api.deps import BodyRef, FormRef, StateDep
-from edge.api.errors import BadRequest, Busy
 from edge.api.metrics import ApiMetrics
-from edge.api.routes.common import ERRORS, blocking, read_images, workers
+from edge.api.routes.common import ERRORS, blocking, read_images, take_fit_slot, workers
 from edge.api.schemas import CalibrateRequest, CalibrationPublic, FitResult
 
 router = APIRouter(tags=["training"], responses=ERRORS)
@@ -32,40 +31,16 @@ async def fit_ok(
     ``target_frr`` of OK frames (default ``BDI_TARGET_FRR``). ``mode=append``: add the
     images to the stored model's memory bank instead, without a refit (a new version)."""
     settings = state.settings
-    append = mode == "append"
-    if use_dataset and images:
-        raise BadRequest("send images or use_dataset=true, not both", code="ambiguous_source")
-    if append and target_frr is not None:
-        raise BadRequest(
-            "target_frr chooses a new model's threshold; an append keeps the stored model's "
-            "target (recalibrate with /calibrate_ng to change it)",
-            code="target_frr_with_append",
-        )
-    if not use_dataset and settings.train_dataset_only:
-        raise BadRequest(
-            "uploads are disabled for training (BDI_TRAIN_DATASET_ONLY=1): store the images "
-            "with /datasets/upload and train with use_dataset=true",
-            code="train_dataset_only",
-        )
-    if not state.fit_slots.acquire(blocking=False):
-        raise Busy(f"{settings.max_concurrent_fits} training(s) already running", 30)
+    service.check_fit_request(settings, mode, target_frr, use_dataset, bool(images))
+    take_fit_slot(state)
     try:
         if use_dataset:
-            ok = await blocking(state.store.datasets.load, ref, "ok")
-            need = 1 if append else settings.min_ok_samples
-            if len(ok) < need:
-                why = "to append" if append else "(BDI_MIN_OK_SAMPLES)"
-                raise BadRequest(
-                    f"{len(ok)} stored OK images, at least {need} needed {why}",
-                    code="missing_ok_samples",
-                )
+            ok = await blocking(service.stored_ok, state.store, settings, ref, mode)
         else:
             ok = await read_images(images or [], settings.max_image_pixels)
         source = "dataset" if use_dataset else "upload"
-        if append:
-            return await blocking(fitting.append, *workers(state), ref, ok, mm_per_px, source)
         return await blocking(
-            service.train, *workers(state), ref, ok, mm_per_px, source, target_frr
+            service.fit_ok, *workers(state), ref, ok, mm_per_px, source, mode, target_frr
         )
     finally:
         state.fit_slots.release()

@@ -167,6 +167,8 @@ def test_an_operator_reads_and_reviews_but_is_refused_an_engineers_action(
         ("POST", "/calibrate_dataset", {"data": IDS}),
         ("POST", "/infer", {"data": IDS}),
         ("GET", "/audit", {}),
+        # reviewing is the operator's; adding the crop to the memory bank changes the model
+        ("POST", "/frames/f1/review", {"json": {"decision": "overrule", "append": True}}),
     ]:
         r = http.request(method, path, headers=csrf, **kwargs)
         assert r.status_code == 403, (path, r.text)

@@ -86,3 +86,9 @@ def test_upload_respects_the_recipe_scale(client):
 def test_list_of_unknown_roi_is_empty(client):
     r = client.get("/datasets/list", params={**Q, "roi_id": "never-used"})
     assert r.status_code == 200 and r.json()["counts"] == {"ok": 0, "ng": 0}
+
+
+def test_list_says_how_many_ok_images_training_needs(make_client):
+    client = make_client(min_ok_samples=7)
+    listing = client.get("/datasets/list", params=Q).json()
+    assert listing["min_ok_samples"] == 7 and listing["counts"] == {"ok": 0, "ng": 0}

@@ -83,6 +83,7 @@ def test_calibrate_ng_reports_both_choices_and_applies_the_asked_one(api):
     now = state(http)
     assert now["threshold"] == balanced.threshold and now["threshold_method"] == "ok_ng"
     assert now["target_frr"] is None  # the applied threshold is not the conformal one
+    assert now["n_held_out"] is None
 
     r = calibrate(http, ok_scores=ok, ng_scores=ng, apply="conformal")
     assert r.status_code == 200, r.text
@@ -139,9 +140,10 @@ def test_an_unguaranteed_target_is_stored_marked_with_a_warning(api):
     (warning,) = body["warnings"]
     assert "99 held-out OK images" in warning and "has 4" in warning
     now = state(http)
-    assert (now["target_frr"], now["frr_guaranteed"]) == (0.01, False)
+    assert (now["target_frr"], now["frr_guaranteed"], now["n_held_out"]) == (0.01, False, 4)
     (recipe,) = http.get("/manifest").json()["recipes"]
     assert recipe["models"][0]["frr_guaranteed"] is False
+    assert recipe["models"][0]["n_held_out"] == 4
 
 
 def test_per_part_rois_divides_the_target(api):
