@@ -59,3 +59,35 @@ export function field(label, value) {
   return h("div", { class: "field" }, h("span", { class: "label" }, label),
     h("span", { class: "value" }, value ?? "—"));
 }
+
+// --- Models and Datasets pages: full dates, and a confirm dialog naming what changes ---
+
+export function fmtDate(value) {
+  if (value === undefined || value === null || value === "") return "—";
+  const d = new Date(value);
+  if (Number.isNaN(d.getTime())) return String(value);
+  const p = (n) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} `
+    + `${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+}
+
+// Resolves true when the user confirms; Escape, Cancel or a click outside resolve false.
+// The confirm button carries `data-testid=testid`, the dialog `${testid}-dialog`.
+export function confirmDialog({ title, body, confirm = "Confirm", danger = false, testid = "confirm" }) {
+  return new Promise((resolve) => {
+    let answer = false;
+    const yes = h("button", { type: "button", class: `btn ${danger ? "danger" : "primary"}`,
+      "data-testid": testid }, confirm);
+    const no = h("button", { type: "button", class: "btn", "data-testid": `${testid}-cancel` },
+      "Cancel");
+    const dialog = h("dialog", { class: "confirm", "data-testid": `${testid}-dialog` },
+      h("h3", {}, title), body ? h("p", {}, body) : null, h("div", { class: "toolbar end" }, no, yes));
+    yes.addEventListener("click", () => { answer = true; dialog.close(); });
+    no.addEventListener("click", () => dialog.close());
+    dialog.addEventListener("click", (event) => { if (event.target === dialog) dialog.close(); });
+    dialog.addEventListener("close", () => { dialog.remove(); resolve(answer); });
+    document.body.append(dialog);
+    dialog.showModal();
+    no.focus(); // the safe choice is the default one
+  });
+}
