@@ -1,6 +1,6 @@
-"""``bdi bench engine``, ``pipeline``, ``parts``, ``frr``, ``incremental`` and ``drift``: the
-parsers of the benchmarks in ``edge.bench`` (imported when a benchmark runs, not when ``bdi``
-starts)."""
+"""``bdi bench engine``, ``pipeline``, ``parts``, ``frr``, ``incremental``, ``drift`` and
+``ui``: the parsers of the benchmarks in ``edge.bench`` (imported when a benchmark runs, not
+when ``bdi`` starts)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     _add_bench_frr(bench_sub)
     _add_bench_incremental(bench_sub)
     _add_bench_drift(bench_sub)
+    _add_bench_ui(bench_sub)
 
 
 def _count(minimum: int) -> Callable[[str], int]:
@@ -278,3 +279,26 @@ def _cmd_bench_drift(args: argparse.Namespace) -> int:
     from edge.bench.drift import run_drift_benchmark
 
     return run_drift_benchmark(args)
+
+
+def _add_bench_ui(bench_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = bench_sub.add_parser(
+        "ui",
+        help="the operator screen's Line page at a verdict rate in Chromium: keeps up? memory?",
+        description="Embedded broker, bdi serve and Debian's Chromium on /ui#/line; verdict "
+        "records at --rate per second for --duration seconds after --idle seconds without "
+        "traffic; samples the tab's JS heap (after a GC), DOM nodes, long tasks and how far "
+        "the page trails the producer. See docs/BENCHMARKS.md.",
+    )
+    p.add_argument("--rate", type=float, default=50.0, help="verdicts per second")
+    p.add_argument("--duration", type=_count(1), default=300, help="seconds of traffic")
+    p.add_argument("--idle", type=_count(0), default=20, help="seconds without traffic first")
+    p.add_argument("--sample", type=_count(1), default=10, help="seconds between samples")
+    p.add_argument("--chromium", default=None, help="the browser (default: chromium on PATH)")
+    p.set_defaults(func=_cmd_bench_ui)
+
+
+def _cmd_bench_ui(args: argparse.Namespace) -> int:
+    from edge.bench.ui_line import run_ui_benchmark
+
+    return run_ui_benchmark(args)

@@ -91,6 +91,12 @@ def train_demo(
     say(f"training recipe {DEMO_IDS['recipe_id']!r} from {n_train} generated OK discs ...")
     headers = {"X-API-Key": api_key} if api_key else {}
     with httpx.Client(base_url=url, timeout=600, headers=headers) as http:
+        # one ROI makes a demo disc: its plan gives every disc a part verdict (docs/PARTS.md)
+        plan = {"rois": [{"role_id": DEMO_IDS["role_id"], "roi_id": DEMO_IDS["roi_id"]}]}
+        put = http.put(f"/recipes/{DEMO_IDS['recipe_id']}/plan", json=plan)
+        if put.status_code != 200:
+            raise RuntimeError(f"the demo's inspection plan was refused: {put.status_code} "
+                               f"{put.text}")  # fmt: skip
         fit = http.post(
             "/fit_ok", data={**DEMO_IDS, "mm_per_px": str(DEMO_MM_PER_PX)},
             files=[("images", (f"ok{i}.png", b, "image/png")) for i, b in enumerate(ok)],
