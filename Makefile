@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # the local settings file every `bdi` command reads (bdi reads the same BDI_ENV_FILE)
 BDI_ENV_FILE ?= bdi.env
 
-.PHONY: install kafka-jars debian-packages dev run demo test test-fast lint bench clean
+.PHONY: install kafka-jars debian-packages dev run demo test test-fast screenshots lint bench clean
 
 install: $(STAMP) $(BDI_ENV_FILE) kafka-jars debian-packages
 
@@ -67,6 +67,10 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -m "not slow and not kafka"
+
+# the operator screen's screenshots in docs/ui/ (the README shows them), from the browser tests
+screenshots: install
+	BDI_UI_SCREENSHOTS=$(CURDIR)/docs/ui $(PY) -m pytest -m browser tests/edge/ui
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -31,8 +31,11 @@ def test_local_broker_starts_answers_and_stops():
 
 # a "terminal" that started a broker: a Ctrl-C reaches its whole process group
 _TERMINAL = """
-import time
+import signal, time
 from consumers.broker import LocalBroker, answers
+# as a shell on a terminal starts it: a run started in the background (as CI may be) would
+# hand down SIGINT ignored, and Python then installs no KeyboardInterrupt handler
+signal.signal(signal.SIGINT, signal.default_int_handler)
 broker = LocalBroker().start()
 try:
     print(broker.bootstrap, flush=True)

@@ -122,6 +122,15 @@ def make_line(
     return line
 
 
+def split_at_part(chunk: list[FrameSpec]) -> tuple[list[FrameSpec], list[FrameSpec]]:
+    """``chunk`` cut in two near its middle, between two parts (frames are keyed by part),
+    so that no part has frames on both sides."""
+    cut = len(chunk) // 2
+    while 0 < cut < len(chunk) and chunk[cut].key == chunk[cut - 1].key:
+        cut += 1
+    return chunk[:cut], chunk[cut:]
+
+
 def part_verdict(plan: Iterable[Roi], judged: dict[Roi, list[str]]) -> str:
     """The part rules of docs/KAFKA.md, written out again (every plan ROI required): each
     ROI counts with its worst frame verdict; NG, else INCOMPLETE (a ROI without a frame),

@@ -48,6 +48,7 @@ from tests.helpers.part_line import (
     line_figures,
     make_line,
     open_trace,
+    split_at_part,
     stored,
     trace_process,
 )
@@ -154,9 +155,9 @@ def test_a_line_of_1000_parts_through_three_consumer_kills(
         member.kill()
         kills.append({"kind": kind, "committed": await answered()})
 
-    async def halfway(c: int) -> None:
-        """Until the group has committed half of chunk ``c``: each kill lands mid-stream."""
-        target = sum(map(len, (*line.chunks[:c], *line.extras[:c]))) + len(line.chunks[c]) // 2
+    async def halfway(c: int, first_half: int) -> None:
+        """Until the group has committed the first half of chunk ``c``."""
+        target = sum(map(len, (*line.chunks[:c], *line.extras[:c]))) + first_half
         deadline = time.monotonic() + WAIT_S
         while await answered() < target:
             assert time.monotonic() < deadline, f"chunk {c} not half answered in time"
@@ -174,18 +175,22 @@ def test_a_line_of_1000_parts_through_three_consumer_kills(
                     await asyncio.sleep(max(0.0, sent_at[-1] + DEADLINE_MS / 1e3 + MARGIN_S
                                             - time.monotonic()))  # fmt: skip
                     await publish(cam, topics.frames, line.extras[c - 1])
-                await publish(cam, topics.frames, line.chunks[c])
-                sent_at.append(time.monotonic())
+                # the chunk goes in two halves, split between parts; each kill waits
+                # for the first half to be answered and lands while the second half is
+                # scored, so the member it waits for always has frames left to score
+                first, second = split_at_part(line.chunks[c])
+                await publish(cam, topics.frames, first)
                 if c < CHUNKS - 1:
-                    await halfway(c)
+                    await halfway(c, len(first))
+                rest = asyncio.create_task(publish(cam, topics.frames, second))
                 if c == 0:
-                    await a.wait_marker(SCORING, a.markers[SCORING] + rng.randint(1, 4))
+                    await a.wait_marker(SCORING, a.markers[SCORING] + rng.randint(1, 2))
                     await kill(a, "mid-batch")
                     third, standby = standby, spawn()
                     await third.go(0.0, 0.0)
                 elif c == 1:
                     await b.wait_marker(
-                        TRANSACTION_HELD, b.markers[TRANSACTION_HELD] + rng.randint(1, 4)
+                        TRANSACTION_HELD, b.markers[TRANSACTION_HELD] + rng.randint(1, 2)
                     )
                     await kill(b, "in-transaction")
                     fourth, standby = standby, spawn()
@@ -195,6 +200,8 @@ def test_a_line_of_1000_parts_through_three_consumer_kills(
                     await standby.go(0.0, 0.0)  # a member joins: a rebalance
                     await third.wait_marker(REVOKING, third.markers[REVOKING] + 1)
                     await kill(third, "rebalance")
+                await rest
+                sent_at.append(time.monotonic())
             await asyncio.sleep(max(0.0, sent_at[-1] + DEADLINE_MS / 1e3 + MARGIN_S
                                     - time.monotonic()))  # fmt: skip
             await publish(cam, topics.frames, line.extras[-1])

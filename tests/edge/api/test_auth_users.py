@@ -103,8 +103,8 @@ def test_wrong_password_unknown_and_disabled_users_get_the_same_401(live_server,
     assert max(medians) < 4 * min(medians), times
 
 
-def test_a_tampered_or_expired_cookie_is_refused(live_server, users):
-    server = live_server(session_ttl_s=1.0)
+def test_a_tampered_cookie_is_refused(live_server, users):
+    server = live_server()
     http, _ = login(server, "ana")
     token = http.cookies["bdi_session"]
     body, sig = token.split(".")
@@ -112,7 +112,13 @@ def test_a_tampered_or_expired_cookie_is_refused(live_server, users):
                    body + "." + sig[::-1], "garbage", body):  # fmt: skip
         r = httpx.get(f"{server.url}/auth/me", cookies={"bdi_session": forged})
         assert r.status_code == 401 and r.json()["error"] == "unauthorized", forged
-    assert http.get("/auth/me").status_code == 200
+    assert http.get("/auth/me").status_code == 200  # the real one still works
+
+
+def test_an_expired_cookie_is_refused(live_server, users):
+    server = live_server(session_ttl_s=1.0)
+    http, _ = login(server, "ana")
+    token = http.cookies["bdi_session"]
     time.sleep(1.2)  # the browser drops the cookie by now (Max-Age); a replayed one is refused
     r = httpx.get(f"{server.url}/manifest", cookies={"bdi_session": token})
     assert r.status_code == 401 and r.json()["error"] == "session_expired"

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,9 @@ if TYPE_CHECKING:
 PASSWORDS = {"eng": "eng-password-1", "op": "op-password-1"}
 ROLES = {"eng": "engineer", "op": "operator"}
 API_KEY = "demo-machine-key"  # the demo camera trains as a machine (BDI_API_KEY_ROLE=engineer)
-SHOTS = Path(os.environ.get("BDI_UI_SCREENSHOTS", REPO / "docs" / "ui"))
+# screenshots land in docs/ui/ only when asked for (`make screenshots`): a test run leaves
+# the working tree as it found it
+SHOTS = Path(os.environ.get("BDI_UI_SCREENSHOTS") or Path(tempfile.gettempdir()) / "bdi-ui")
 CHROMIUM_ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu", "--disable-dev-shm-usage"]
 
 
@@ -92,7 +95,7 @@ class Line:
 
 
 def shot(page: Page, name: str, **kwargs: Any) -> None:
-    """A screenshot of the page for docs/ui/ (the README shows them)."""
+    """A screenshot of the page (for docs/ui/, which the README shows, with `make screenshots`)."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), **kwargs)
 
