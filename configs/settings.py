@@ -115,6 +115,8 @@ class Settings(_BdiSources):
     train_dataset_only: bool = _env("train_dataset_only", default=False)
     require_cuda: bool = _env("require_cuda", default=True)
     cache_max_entries: int = _env("cache_max_entries", default=16, ge=1)
+    # loaded models' resident size per worker (MB); 0 = a quarter of the available memory
+    cache_max_mb: float = _env("cache_max_mb", default=0.0, ge=0.0)
     # revisions of each model kept on disk; 2 = the current and the previous one, which
     # readers and crash recovery rely on (store.retention.REVISIONS_KEPT is the default)
     model_revisions_kept: int = _env("model_revisions_kept", default=5, ge=2)
