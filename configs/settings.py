@@ -114,7 +114,7 @@ class Settings(_BdiSources):
     min_ok_samples: int = _env("min_ok_samples", default=10, ge=1)
     train_dataset_only: bool = _env("train_dataset_only", default=False)
     require_cuda: bool = _env("require_cuda", default=True)
-    cache_max_entries: int = _env("cache_max_entries", default=16, ge=1)
+    cache_max_entries: int = _env("cache_max_entries", default=1024, ge=1)  # a cap; MB bound
     # loaded models' resident size per worker (MB); 0 = a quarter of the available memory
     cache_max_mb: float = _env("cache_max_mb", default=0.0, ge=0.0)
     # revisions of each model kept on disk; 2 = the current and the previous one, which

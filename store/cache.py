@@ -29,6 +29,7 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 MB = 1024 * 1024
+MAX_ENTRIES = 1024  # BDI_CACHE_MAX_ENTRIES's default: a cap; the bytes bound first
 DEFAULT_SHARE = 0.25  # of the available memory, per worker, when BDI_CACHE_MAX_MB is 0
 FALLBACK_MB = 2048.0  # where the available memory cannot be read
 WINDOW_S = 60.0  # working set and reloads are counted over this window

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from store import atomic, history, legacy, manifest, models, naming, plans, recipes, retention
-from store.cache import MB, ModelCache, default_budget_mb
+from store.cache import MAX_ENTRIES, MB, ModelCache, default_budget_mb
 from store.datasets import Datasets
 from store.errors import CorruptModelError, InvalidIdError, MissingModelError, PlanNotFoundError
 from store.locks import FileLocks
@@ -64,7 +64,7 @@ class ModelStore:
                 raise ValueError("ModelStore needs settings or a root folder")
             root = settings.models_dir
         self.root = Path(root)
-        entries = cache_max_entries or (settings.cache_max_entries if settings else 16)
+        entries = cache_max_entries or (settings.cache_max_entries if settings else MAX_ENTRIES)
         self.nprobe = settings.knn_ivf_nprobe if settings else 8
         self.use_gpu = use_gpu
         self.use_legacy = legacy

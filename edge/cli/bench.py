@@ -110,8 +110,23 @@ def _add_bench_pipeline(bench_sub: argparse._SubParsersAction) -> None:  # type:
         help="the local broker when BDI_KAFKA_BOOTSTRAP is unset: tansu (in memory) or "
         "kafka (one Apache Kafka KRaft node; needs Java 17 and Maven)",
     )  # fmt: skip
+    p.add_argument(
+        "--models", type=_model_counts, default=(), metavar="K,...",
+        help="then, for each K: one model stored under K ROI names, frames round-robin over "
+        "them; img/s and the consumers' memory per K (e.g. 1,8,32,128)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="only the JSON line on stdout")
     p.set_defaults(func=_cmd_bench_pipeline)
+
+
+def _model_counts(text: str) -> tuple[int, ...]:
+    """An argparse type: ``--models 1,8,32,128`` (a clear usage error otherwise)."""
+    from edge.bench.pipeline_models import parse_models
+
+    try:
+        return parse_models(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _cmd_bench_pipeline(args: argparse.Namespace) -> int:
@@ -127,7 +142,7 @@ def _cmd_bench_pipeline(args: argparse.Namespace) -> int:
     cfg = BenchConfig(
         frames=args.frames, batch=args.batch, size=args.size, consumers=args.consumers,
         train_images=args.train, consumer_options=tuple(args.consumer_option),
-        rounds=args.rounds, broker=args.broker,
+        rounds=args.rounds, broker=args.broker, models=args.models,
     )  # fmt: skip
     result = run_pipeline_benchmark(cfg)
     print(orjson.dumps(result, option=0 if args.json else orjson.OPT_INDENT_2).decode())
