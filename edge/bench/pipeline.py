@@ -221,9 +221,13 @@ class PipelineRun:
             t_end = time.monotonic() + 1.0  # late duplicates (a redelivery) still count
             while time.monotonic() < t_end:
                 await reader.poll(timeout_ms=100)
-            sweep = ModelSweep(cfg.models, RECIPE, ROLE, ROI, store, model, camera, reader,
-                               group, len(streams.warm), say)  # fmt: skip
-            by_models = await sweep.run(streams.burst, phase) if cfg.models else None
+            by_models: list[dict[str, Any]] | None = None
+            if cfg.models:
+                ids = (RECIPE, ROLE, ROI)
+                sweep = ModelSweep(
+                    cfg.models, *ids, store, model, camera, reader, group, len(streams.warm), say
+                )
+                by_models = await sweep.run(streams.burst, phase)
         finally:
             await camera.stop()
             await reader.stop()

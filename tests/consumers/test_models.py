@@ -219,3 +219,42 @@ def test_the_processor_preloads_real_models_and_reports_their_size(trained, capl
     report = processor.report()["model_cache"]
     assert report["models_mb"] == {name: size_mb} and report["loads"] == 1
     assert report["budget_mb"] == round(store.cache.max_bytes / 1024 / 1024, 1)
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_a_consumer_loads_its_models_at_start_up_and_reports_their_size(
+    kafka_broker, make_topics, trained, caplog
+):
+    """Over a real broker: the store's model is loaded before the group is joined, the
+    frames that follow pay for no load, and /health and /metrics show its size."""
+    import asyncio
+    import logging
+
+    from consumers.health import metrics_text
+    from tests.helpers.images import SIZE
+    from tests.helpers.kafka import answered, disc_frames, produce, read_until, running
+
+    caplog.set_level(logging.INFO, logger="consumers")
+    topics = make_topics(partitions=1)
+    settings = trained.settings(**topics.settings(kafka_broker.bootstrap))
+    frames = disc_frames(6, SIZE, seed=11)
+
+    async def scenario():
+        consumer = trained.consumer(settings)
+        async with running(consumer) as task:
+            joined = consumer.health()
+            await produce(kafka_broker.bootstrap, topics.frames, frames)
+            await read_until(kafka_broker.bootstrap, topics.verdicts,
+                             answered({f.frame_id for f in frames}), watch=task)  # fmt: skip
+            return joined, consumer.health()
+
+    joined, after = asyncio.run(scenario())
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages.index("models preloaded") < messages.index("consumer started")
+    name = "/".join(KEY)
+    cache = joined["model_cache"]
+    assert cache["loads"] == 1 and cache["models_mb"][name] > 1.0, "loaded before any frame"
+    assert after["model_cache"]["loads"] == 1 and after["model_cache"]["reloads"] == 0
+    assert after["model_cache"]["resident_mb"] == cache["models_mb"][name]
+    assert f'bdi_consumer_model_bytes{{model="{name}"}}' in metrics_text(after)
