@@ -224,9 +224,7 @@ class PipelineRun:
             by_models: list[dict[str, Any]] | None = None
             if cfg.models:
                 ids = (RECIPE, ROLE, ROI)
-                sweep = ModelSweep(
-                    cfg.models, *ids, store, model, camera, reader, group, len(streams.warm), say
-                )
+                sweep = ModelSweep(cfg.models, *ids, store, model, camera, reader, group, say)
                 by_models = await sweep.run(streams.burst, phase)
         finally:
             await camera.stop()

@@ -1,11 +1,13 @@
 """``bdi bench pipeline --models K1,K2,...``: the cost of many models in one frame stream.
 
 For each K, in the same run and with the same consumers: the benchmark's one trained
-model is stored under K ROI names (``inspection-1``, ``inspection-1-1``, ...), warm-up
-frames name every one of them (not counted), then the max-rate burst's frames, under new
-ids, name them round-robin. Reported per K: ``pipeline_img_per_s``, its ratio to K = 1's,
-each consumer's resident memory (``VmRSS``) after the burst, and the correctness counts
-(``wrong_roi``: a verdict naming another ROI than its frame). Models are added as K grows,
+model is stored under K ROI names (``inspection-1``, ``inspection-1-1``, ...); the
+max-rate burst's frames, under new ids, name them round-robin, once as a warm-up (not
+counted: the same parts, so the same consumers, name the same ROIs, and each consumer
+loads the models it will be asked for) and once timed. Reported per K:
+``pipeline_img_per_s``, its ratio to K = 1's, each consumer's resident memory (``VmRSS``)
+after the burst, and the correctness counts (``wrong_roi``: a verdict naming another ROI
+than its frame). Models are added as K grows,
 so a consumer holds (at most) K models when its memory is read.
 """
 
@@ -85,7 +87,6 @@ class ModelSweep:
     camera: RoundRobinCamera
     reader: VerdictReader
     group: ConsumerGroup
-    warm_frames: int  # at least this many warm-up frames per K (every ROI named once too)
     say: Callable[[str], None]
 
     async def run(self, burst: Sequence[CameraFrame], phase: Phase) -> list[dict[str, Any]]:
@@ -99,13 +100,10 @@ class ModelSweep:
                 if name not in stored:
                     self.store.save_model(self.store.ref(self.recipe, self.role, name), self.model)
                     stored.add(name)
-            n_warm = max(k, self.warm_frames)
-            warm = [
-                replace(
-                    burst[i % len(burst)], frame_id=f"{burst[i % len(burst)].frame_id}-k{k}w{i}"
-                )
-                for i in range(n_warm)
-            ]
+            # warm-up: the burst's frames under other ids, so the same parts (partitions,
+            # consumers) name the same ROIs: each consumer has loaded every model the
+            # burst will ask it for, as start-up preloading does for models stored before
+            warm = [replace(f, frame_id=f"{f.frame_id}-k{k}w") for f in burst]
             timed = [replace(f, frame_id=f"{f.frame_id}-k{k}") for f in burst]
             for frames in (warm, timed):
                 self.camera.rois.update({f.frame_id: names[i % k] for i, f in enumerate(frames)})
