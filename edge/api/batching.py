@@ -112,6 +112,8 @@ class Batcher:
             for f in frames:  # dropped from the queue, or its late result ignored
                 if not f.future.done():
                     f.future.cancel()
+                elif not f.future.cancelled():
+                    f.future.exception()  # seen: one error answers the request
 
     def retry_after_s(self) -> int:
         """Seconds until the frames queued now are likely scored (1 to 60)."""
