@@ -248,7 +248,7 @@ def _own_servers(
     result: dict[str, Any], train: list[bytes], images: list[bytes], args: argparse.Namespace
 ) -> None:
     """The batched server, then (``--no-batching``) the baseline, one at a time on one store."""
-    runs = [("batched", {})]
+    runs: list[tuple[str, dict[str, str]]] = [("batched", {})]
     if args.no_batching:
         runs.append(("no_batching", {"BDI_REST_BATCH_MAX": "1"}))
     with tempfile.TemporaryDirectory() as tmp:
