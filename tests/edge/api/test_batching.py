@@ -266,3 +266,19 @@ def test_a_full_queue_is_a_429_with_retry_after(live_server: Callable[..., LiveS
     spy.gate.set()
     assert running.result().status_code == 200 and queued.result().status_code == 200
     pool.shutdown()
+
+
+@pytest.mark.slow
+def test_infer_dataset_is_queued_an_engine_batch_at_a_time(
+    live_server: Callable[..., LiveServer],
+) -> None:
+    server = live_server(rest_batch_max=16, rest_batch_wait_ms=0)
+    with httpx.Client(base_url=server.url, timeout=120) as http:
+        assert fit(http).status_code == 200
+        upload = files("images", [ok_png(s) for s in range(50, 56)])
+        assert http.post("/datasets/upload", data={**IDS, "label": "ok"}, files=upload).is_success
+        spy = _spy(server)
+        r = http.post("/infer_dataset", data=IDS)
+    assert r.status_code == 200 and len(r.json()["results"]) == 6
+    # engine batches of 4 (the tests' BDI_ENGINE_BATCH_SIZE), though 16 would fit
+    assert [len(call) for call in spy.calls] == [4, 2]
