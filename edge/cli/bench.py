@@ -333,6 +333,10 @@ def _add_bench_rest(bench_sub: argparse._SubParsersAction) -> None:  # type: ign
     )  # fmt: skip
     p.add_argument("--requests", type=_count(1), default=200, help="answers per level")
     p.add_argument(
+        "--rounds", type=_count(1), default=1,
+        help="passes over the levels, in turn; each level keeps its fastest",
+    )  # fmt: skip
+    p.add_argument(
         "--no-batching", action="store_true",
         help="also run the levels against a server with BDI_REST_BATCH_MAX=1 (the baseline)",
     )  # fmt: skip
