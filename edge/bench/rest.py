@@ -170,8 +170,23 @@ async def _level(
     }  # fmt: skip
 
 
+def _cpu_s(pid: int | None) -> float | None:
+    """CPU seconds (user + system) of process ``pid`` so far (Linux), None if unknown."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_levels(
-    url: str, headers: dict[str, str], images: list[bytes], args: argparse.Namespace
+    url: str,
+    headers: dict[str, str],
+    images: list[bytes],
+    args: argparse.Namespace,
+    server_pid: int | None = None,
 ) -> list[dict[str, Any]]:
     """Warm up, then ``--rounds`` passes over the levels in turn; per level the fastest
     pass, with the answers of all passes; ratios to the level with C = 1."""
@@ -180,8 +195,17 @@ def run_levels(
     for _ in range(args.rounds):
         for clients in args.levels:
             frames0, calls0 = _batch_counts(url, headers)
+            client0, server0 = time.process_time(), _cpu_s(server_pid)
             result = asyncio.run(_level(url, headers, images, clients, args.requests))
+            client1, server1 = time.process_time(), _cpu_s(server_pid)
             frames1, calls1 = _batch_counts(url, headers)
+            # CPU milliseconds per request: what a frame costs the machine besides the wait
+            n = args.requests
+            result["cpu_ms_per_request"] = {
+                "client": round((client1 - client0) * 1e3 / n, 2),
+                "server": None if server0 is None or server1 is None
+                else round((server1 - server0) * 1e3 / n, 2),
+            }  # fmt: skip
             calls = calls1 - calls0
             result["frames_per_engine_call"] = (
                 round((frames1 - frames0) / calls, 2) if calls else None
@@ -277,7 +301,7 @@ def _own_servers(
                 server.wait_ready()
                 if "model" not in result:
                     result["model"] = ensure_model(server.url, {}, train)
-                result[name] = run_levels(server.url, {}, images, args)
+                result[name] = run_levels(server.url, {}, images, args, server.proc.pid)
             finally:
                 server.stop()
     if args.no_batching:

@@ -14,7 +14,7 @@ from tests.helpers.mvtec import mvtec_subset
 LEVEL_KEYS = {
     "concurrency", "requests", "seconds", "img_per_s", "latency_ms", "status", "lost",
     "undocumented_5xx", "frames_per_engine_call", "p99_over_p50", "img_per_s_over_c1",
-    "rounds_img_per_s",
+    "rounds_img_per_s", "cpu_ms_per_request",
 }  # fmt: skip
 
 
