@@ -114,7 +114,9 @@ class Settings(_BdiSources):
     min_ok_samples: int = _env("min_ok_samples", default=10, ge=1)
     train_dataset_only: bool = _env("train_dataset_only", default=False)
     require_cuda: bool = _env("require_cuda", default=True)
-    cache_max_entries: int = _env("cache_max_entries", default=16, ge=1)
+    cache_max_entries: int = _env("cache_max_entries", default=1024, ge=1)  # a cap; MB bound
+    # loaded models' resident size per worker (MB); 0 = a quarter of the available memory
+    cache_max_mb: float = _env("cache_max_mb", default=0.0, ge=0.0)
     # revisions of each model kept on disk; 2 = the current and the previous one, which
     # readers and crash recovery rely on (store.retention.REVISIONS_KEPT is the default)
     model_revisions_kept: int = _env("model_revisions_kept", default=5, ge=2)
@@ -148,6 +150,13 @@ class Settings(_BdiSources):
     body_timeout_s: float = _env("body_timeout_s", default=30.0, ge=0.0, le=3600.0)
     body_min_rate_kb_s: float = _env("body_min_rate_kb_s", default=64.0, ge=0.0)
     max_concurrent_fits: int = _env("max_concurrent_fits", default=1, ge=1, le=64)
+    # dynamic batching of /infer and /infer_dataset (edge.api.batching): frames per engine
+    # call (0 = the engine batch size), the most the oldest queued frame waits for company,
+    # frames queued before 429, and how long a request may wait for its answer before 503
+    rest_batch_max: int = _env("rest_batch_max", default=0, ge=0, le=4096)
+    rest_batch_wait_ms: float = _env("rest_batch_wait_ms", default=2.0, ge=0.0, le=10_000.0)
+    rest_queue_max: int = _env("rest_queue_max", default=256, ge=1, le=1_000_000)
+    rest_deadline_s: float = _env("rest_deadline_s", default=30.0, gt=0.0, le=3600.0)
     log_max_mb: float = _env("log_max_mb", default=20.0, gt=0.0)
     log_backups: int = _env("log_backups", default=5, ge=1, le=1000)
     # sessions of named users (docs/AUTH.md); no secret: <models_dir>/.session_key, made once

@@ -59,6 +59,7 @@ def health_report(
     client_id: str,
     models: dict[str, Any],
     drift: dict[str, Any] | None = None,
+    model_cache: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What ``/health`` reports (``docs/KAFKA.md``); ``client`` is the group member, None
     before the start and after the stop."""
@@ -85,6 +86,8 @@ def health_report(
         "committed": dict(stats.committed),
         "models": models,
         "drift": drift or {},  # per model (consumers.drift.DriftMonitor.snapshot)
+        # loaded models' resident sizes against the budget (store.cache.ModelCache.report)
+        "model_cache": model_cache,
     }
 
 
@@ -113,7 +116,41 @@ def metrics_text(h: dict[str, Any]) -> str:
             f"bdi_consumer_last_commit_timestamp_seconds {h['last_commit_at']:.3f}",
         ]
     lines += metrics_lines(h.get("drift") or {})
+    lines += cache_lines(h.get("model_cache"))
     return "\n".join(lines) + "\n"
+
+
+def cache_lines(cache: dict[str, Any] | None) -> list[str]:
+    """The model cache's gauges and counters (``cache``: its report, in MB)."""
+    if not cache:
+        return []
+    mib = 1024 * 1024
+    lines = [
+        "# HELP bdi_consumer_model_bytes Resident size of each loaded model",
+        "# TYPE bdi_consumer_model_bytes gauge",
+    ]
+    sizes = sorted(cache["models_mb"].items())
+    lines += [f'bdi_consumer_model_bytes{{model="{k}"}} {round(v * mib)}' for k, v in sizes]
+    lines += [
+        "# HELP bdi_consumer_model_cache_bytes Resident size of every loaded model",
+        "# TYPE bdi_consumer_model_cache_bytes gauge",
+        f"bdi_consumer_model_cache_bytes {round(cache['resident_mb'] * mib)}",
+    ]
+    if cache["budget_mb"] is not None:
+        lines += [
+            "# HELP bdi_consumer_model_cache_budget_bytes The cache's budget (BDI_CACHE_MAX_MB)",
+            "# TYPE bdi_consumer_model_cache_budget_bytes gauge",
+            f"bdi_consumer_model_cache_budget_bytes {round(cache['budget_mb'] * mib)}",
+        ]
+    for name, what in (("loads", "Models loaded from disk"),
+                       ("reloads", "Evicted models loaded again"),
+                       ("evictions", "Models evicted for room")):  # fmt: skip
+        lines += [
+            f"# HELP bdi_consumer_model_cache_{name}_total {what}",
+            f"# TYPE bdi_consumer_model_cache_{name}_total counter",
+            f"bdi_consumer_model_cache_{name}_total {cache[name]}",
+        ]
+    return lines
 
 
 class HealthServer:

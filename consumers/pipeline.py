@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 from consumers.dlq import dead_letter
 from consumers.drift import DriftMonitor, canonical_ids
 from consumers.frames import Decoded, Failure, Frame, decode_frame
-from consumers.models import ModelResolver
+from consumers.models import ModelResolver, preload_keys
 from consumers.outcome import Outcome, OutRecord
 from consumers.verdicts import Timings, VerdictMessage, build_verdict, inference_failure
 from engine import EngineConfig, InferItem
@@ -63,13 +63,50 @@ class BatchProcessor:
     ) -> BatchProcessor:
         """A consumer's processor: models hot-reloaded from ``store``, drift reported
         under the store for ``GET /state`` as ``consumer``."""
-        resolver = ModelResolver(store, settings.model_poll_s)
+        resolver = ModelResolver(store, settings.model_poll_s, cache=store.cache)
         drift = DriftMonitor.from_settings(settings, canonical_ids(store), store.root, consumer)
         return cls(settings, engine, resolver, drift)
 
+    def preload(self, store: ModelStore) -> BatchProcessor:
+        """Blocking: load the models of the store's inspection plans (or every stored model
+        of a recipe without one) within the cache's budget, each ready to score, so that
+        the first frames do not pay for loads; logs what was loaded. Returns itself."""
+        from engine.footprint import prepare
+        from store.cache import MB
+
+        try:
+            done = self.resolver.preload(preload_keys(store), prepare)
+        except Exception:  # a start-up aid, never a reason not to start
+            log.exception("models not preloaded; frames load them as they come")
+            return self
+        cache = store.cache
+        log.info(
+            "models preloaded",
+            extra={
+                "models": len(done.sizes_mb),
+                "seconds": round(done.seconds, 3),
+                "resident_mb": round(cache.resident_bytes / MB, 1),
+                "budget_mb": None if cache.max_bytes is None else round(cache.max_bytes / MB, 1),
+                "sizes_mb": done.sizes_mb,
+                "left_out": done.left_out,
+            },
+        )
+        if done.left_out:
+            log.warning(
+                "model cache full at start-up: not every model was preloaded",
+                extra={"left_out": done.left_out, "max_entries": cache.max_entries},
+            )
+        return self
+
     def report(self) -> dict[str, Any]:
-        """What the health port shows of the models: their versions and drift."""
-        return {"models": self.resolver.versions(), "drift": self.drift.snapshot()}
+        """What the health port shows of the models: their versions, drift, and the model
+        cache against its budget (each loaded model's resident size)."""
+        cache = self.resolver.cache
+        return {
+            "models": self.resolver.versions(),
+            "drift": self.drift.snapshot(),
+            "model_cache": cache.report() if cache is not None else None,
+        }
 
     async def decode(self, frames: Sequence[Frame], pool: Executor) -> list[Decoded]:
         """Decode a batch in ``pool``'s threads, order kept."""

@@ -246,9 +246,9 @@ class FrameConsumer:
             self._infer_pool, self.engine.warm_up, self.settings.batch_max
         )
         check_batch_time(per_frame_s, self.settings.batch_max, self._max_poll_interval_ms)
-        if self.store is None:
-            self.store = ModelStore(self.settings, use_gpu=self.engine.spec.is_cuda)
-        return BatchProcessor.for_consumer(self.settings, self.engine, self.store, self.client_id)
+        self.store = self.store or ModelStore(self.settings, use_gpu=self.engine.spec.is_cuda)
+        p = BatchProcessor.for_consumer(self.settings, self.engine, self.store, self.client_id)
+        return await loop.run_in_executor(self._infer_pool, p.preload, self.store)
 
     def _producer_kwargs(self) -> dict[str, Any]:
         max_bytes = int(self.settings.max_frame_mb * 1024 * 1024) + HEADROOM

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from engine.device_knn import DeviceBackend, DeviceSearch, device_backend, device_search
+from engine.footprint import shared_rows
 
 if TYPE_CHECKING:
     from configs.settings import KnnMode  # the accepted values of BDI_KNN_MODE
@@ -138,15 +139,15 @@ class KnnIndex:
     def _configure(self) -> None:
         index = self._index
         assert index is not None
-        # read once: scoring (reweighting) needs the rows, and reading IVF lists back is
-        # a loop over every list
-        self._bank = _read_rows(index)
+        # the bank is the exact index's own rows, not a copy of them (read once: scoring
+        # needs the rows, and reading IVF lists back is a loop over every list)
+        self._flat = index
         if isinstance(index, faiss.IndexIVF):
             index.nprobe = min(self.nprobe, index.nlist)
             self._flat = faiss.IndexFlatL2(index.d)
-            self._flat.add(self._bank)
-        else:
-            self._flat = index
+            self._flat.add(_read_rows(index))
+        shared = shared_rows(self._flat)
+        self._bank = shared if shared is not None else _read_rows(self._flat)
         if self.use_gpu:
             self._device = device_search(self._bank, self._flat)
         self._pruner = (

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from store import atomic, history, legacy, manifest, models, naming, plans, recipes, retention
-from store.cache import ModelCache
+from store.cache import MAX_ENTRIES, MB, ModelCache, default_budget_mb
 from store.datasets import Datasets
 from store.errors import CorruptModelError, InvalidIdError, MissingModelError, PlanNotFoundError
 from store.locks import FileLocks
@@ -42,7 +42,9 @@ class ModelStore:
     ``use_gpu`` puts loaded kNN indexes on the GPU (where faiss has one); ``legacy=False``
     ignores the original backend's layouts; ``verify`` checks sha256 of files on load;
     ``revisions_kept`` (default ``settings.model_revisions_kept``) revisions of each model
-    are kept, at least 2.
+    are kept, at least 2. The per-worker model cache keeps at most ``cache_max_entries``
+    models of at most ``cache_max_mb`` resident MB (default: the settings'; 0 MB: a share
+    of the available memory, :func:`store.cache.default_budget_mb`).
     """
 
     def __init__(
@@ -51,6 +53,7 @@ class ModelStore:
         *,
         root: Path | str | None = None,
         cache_max_entries: int | None = None,
+        cache_max_mb: float | None = None,
         use_gpu: bool = False,
         legacy: bool = True,
         verify: bool = True,
@@ -61,7 +64,7 @@ class ModelStore:
                 raise ValueError("ModelStore needs settings or a root folder")
             root = settings.models_dir
         self.root = Path(root)
-        entries = cache_max_entries or (settings.cache_max_entries if settings else 16)
+        entries = cache_max_entries or (settings.cache_max_entries if settings else MAX_ENTRIES)
         self.nprobe = settings.knn_ivf_nprobe if settings else 8
         self.use_gpu = use_gpu
         self.use_legacy = legacy
@@ -70,7 +73,11 @@ class ModelStore:
             default = retention.REVISIONS_KEPT
             revisions_kept = settings.model_revisions_kept if settings else default
         self.revisions_kept = retention.check_kept(revisions_kept)
-        self.cache: ModelCache[PatchCoreModel] = ModelCache(entries)
+        max_mb = cache_max_mb or (settings.cache_max_mb if settings else 0.0)
+        budget = int((max_mb or default_budget_mb()) * MB)
+        self.cache: ModelCache[PatchCoreModel] = ModelCache(
+            entries, budget, _resident_bytes, label=_model_name
+        )
         self._locks = FileLocks()
         max_pixels = settings.max_image_pixels if settings else 40_000_000
         self.datasets = Datasets(self.root, self.lock, max_pixels, legacy)
@@ -298,3 +305,19 @@ class ModelStore:
     def plan_warnings(self, plan: InspectionPlan) -> list[PlanWarning]:
         """The plan's ROIs whose frames cannot be judged OK/NG yet (no model, no threshold)."""
         return plans.model_warnings(self, plan)
+
+
+def _resident_bytes(model: PatchCoreModel) -> int:
+    from engine.footprint import resident_bytes
+
+    return resident_bytes(model)
+
+
+def _model_name(key: object) -> str:
+    """``"recipe/role/roi"`` of a cache key (:attr:`ModelRef.cache_key`)."""
+    if not isinstance(key, tuple) or len(key) != 3:
+        return str(key)
+    try:
+        return "/".join((key[0], *naming.parse_base_name(key[2])))
+    except InvalidIdError:
+        return "/".join(map(str, key))

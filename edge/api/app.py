@@ -172,6 +172,7 @@ def create_app(
             for task in tasks:
                 task.cancel()
             await ui_live.close_feed(app)
+            await state.batcher.stop()
             state.trace.close()
             state.diagnostics.log("shutdown")
             state.diagnostics.close()

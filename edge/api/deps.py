@@ -15,6 +15,7 @@ from fastapi import Depends, Form, Query, Request
 
 from configs.settings import Settings
 from edge.api.auth import Auth, Principal, engineer, identify, operator
+from edge.api.batching import Batcher
 from edge.api.diagnostics import Diagnostics
 from edge.api.jobs import Jobs
 from edge.api.metrics import ApiMetrics
@@ -38,6 +39,7 @@ class AppState:
     trace: TraceReader = field(init=False)  # opened on the first trace request
     auth: Auth = field(init=False)  # users, sessions, the API key
     jobs: Jobs = field(init=False)  # trainings running in worker threads (POST /jobs/train)
+    batcher: Batcher = field(init=False)  # REST inference's engine calls (edge.api.batching)
     # readiness (GET /ready): "ready", "loading" or "error: ..." / "ok", "unreachable",
     # "not configured"
     engine_status: str = "ready"
@@ -48,6 +50,7 @@ class AppState:
         self.trace = TraceReader(self.settings)
         self.auth = Auth(self.settings)
         self.jobs = Jobs(self.diagnostics)
+        self.batcher = Batcher.from_settings(self.settings, self.engine, self.metrics)
 
     @property
     def ready(self) -> bool:

@@ -72,6 +72,21 @@ class Busy(BdiError):
         super().__init__(message, headers={"Retry-After": str(retry_after_s)})
 
 
+class QueueFull(Busy):
+    """The inference queue holds ``BDI_REST_QUEUE_MAX`` frames (edge.api.batching)."""
+
+    code = "queue_full"
+
+
+class DeadlineExceeded(BdiError):
+    """A request's frames were not scored within ``BDI_REST_DEADLINE_S``; never a late answer."""
+
+    status, code, public = 503, "deadline_exceeded", True
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
 # error class -> (HTTP status, code); the first entry the error is an instance of wins,
 # so subclasses come before their bases
 ERROR_TABLE: list[tuple[type[Exception], int, str]] = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class ApiMetrics:
@@ -38,6 +39,22 @@ class ApiMetrics:
             "bdi_calibrations", "Calibrations stored, by result", ["result"], registry=r
         )
         self.fits_running = Gauge("bdi_trainings_running", "Trainings in progress", registry=r)
+        # dynamic batching of REST inference (edge.api.batching)
+        self.batch_frames = Histogram(
+            "bdi_rest_batch_frames",
+            "Frames per engine call of REST inference",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.queue_frames = Gauge(
+            "bdi_rest_queue_frames", "Frames of REST requests waiting for the engine", registry=r
+        )
+        self.queue_refusals = Counter(
+            "bdi_rest_queue_refusals",
+            "REST inference requests refused by the queue: full (429) or past the deadline (503)",
+            ["reason"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

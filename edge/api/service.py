@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -31,7 +31,7 @@ from edge.api.schemas import (
     RevisionsPublic,
 )
 from edge.api.thresholds import Choice, choose
-from engine import Engine, Inference, InferItem
+from engine import Engine, Inference, PatchCoreModel
 from engine.images import decode_image
 from engine.metrics import auroc
 from engine.provenance import Provenance
@@ -228,21 +228,23 @@ def regions_public(result: Inference) -> list[RegionPublic]:
     return [RegionPublic.model_validate(r.to_dict()) for r in result.regions]
 
 
-def infer_one(
-    store: ModelStore,
+def infer_model(store: ModelStore, ref: ModelRef, mm_per_px: float | None) -> PatchCoreModel:
+    """The model ``/infer`` scores with (409 for a scale other than the recipe's lock)."""
+    if mm_per_px is not None:  # the recipe's scale is locked: another one is a 409
+        store.check_mm_per_px(ref.recipe_id, mm_per_px)
+    return store.load_model(ref)
+
+
+def inference_public(
     engine: Engine,
     metrics: ApiMetrics,
     diagnostics: Diagnostics,
     ref: ModelRef,
-    image: np.ndarray,
+    result: Inference,
     image_sha256: str,
-    mm_per_px: float | None,
     heatmap: bool,
 ) -> InferencePublic:
-    if mm_per_px is not None:  # the recipe's scale is locked: another one is a 409
-        store.check_mm_per_px(ref.recipe_id, mm_per_px)
-    model = store.load_model(ref)
-    (result,) = engine.infer([InferItem(model, image, mm_per_px, want_heatmap=heatmap)])
+    """One scored upload as ``/infer`` answers it (400 when the model cannot score it)."""
     if result.verdict == "ERROR" and result.error_kind in _REQUEST_ERRORS:
         # over REST the caller is told why, as an error status, not as a verdict
         raise BdiError(result.error or "", 400, _REQUEST_ERRORS[result.error_kind])
@@ -273,24 +275,30 @@ def infer_one(
     )
 
 
-def infer_dataset(
-    store: ModelStore,
-    engine: Engine,
-    metrics: ApiMetrics,
-    ref: ModelRef,
-    label: str | None,
-    max_pixels: int,
-) -> InferDatasetResult:
+class DatasetFrames(NamedTuple):
+    """The stored images ``/infer_dataset`` scores: the model, (label, name), the images."""
+
+    model: PatchCoreModel
+    names: list[tuple[str, str]]
+    images: list[np.ndarray]
+
+
+def dataset_frames(
+    store: ModelStore, ref: ModelRef, label: str | None, max_pixels: int
+) -> DatasetFrames:
     model = store.load_model(ref)
     listing = store.datasets.list_images(ref, label)
     names = [(lab, item.name) for lab in ("ok", "ng") for item in listing.get(lab, [])]
     if not names:
         raise BadRequest("no stored images to score", code="empty_dataset")
     images = [decode(store.datasets.read(ref, lab, name), max_pixels) for lab, name in names]
-    step = engine.batch_size
-    results: list[Inference] = []
-    for start in range(0, len(images), step):
-        results += engine.infer([InferItem(model, img) for img in images[start : start + step]])
+    return DatasetFrames(model, names, images)
+
+
+def dataset_result(
+    metrics: ApiMetrics, ref: ModelRef, frames: DatasetFrames, results: Sequence[Inference]
+) -> InferDatasetResult:
+    model, names = frames.model, frames.names
     rows = [
         DatasetInferencePublic(
             name=name,

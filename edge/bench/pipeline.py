@@ -12,7 +12,8 @@ One run, one JSON object:
    ``Engine.infer`` in batches of ``--batch`` in this process, the consumers idle), then a
    **max-rate run** (all frames published at once as pre-encoded PNGs, the consumers drain
    the backlog; ``pipeline_img_per_s`` = frames / (first send -> last verdict));
-4. **paced**: as many new frames at 70 % of the best max rate; send -> verdict latency.
+4. **paced**: as many new frames at 70 % of the best max rate; send -> verdict latency;
+5. with ``--models``, the model sweep (:mod:`edge.bench.pipeline_models`).
 
 Every process and the local broker are stopped at the end, on errors and on Ctrl-C.
 """
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from edge.simulator.camera import CameraFrame
     from engine import Engine
     from engine.patchcore import PatchCoreModel
+    from store import ModelStore
 
 RECIPE, ROLE, ROI = "bench", "Master1", "inspection-1"
 HELD_OUT_SEED = 3_000_000  # calibration discs: seeds neither training nor cameras use
@@ -61,6 +63,7 @@ class BenchConfig:
     broker: str = "tansu"  # the local broker: "tansu" or "kafka" (one Apache Kafka node)
     consumer_options: tuple[str, ...] = ()  # KEY=VALUE, as `bdi consume --consumer-option`
     rounds: int = 1  # engine-only + max-rate pairs; the best of each is reported
+    models: tuple[int, ...] = ()  # then the model sweep (edge/bench/pipeline_models.py)
 
     @property
     def partitions(self) -> int:
@@ -163,7 +166,7 @@ class PipelineRun:
         store = ModelStore(settings)
         store.save_model(store.ref(RECIPE, ROLE, ROI), model)
         say(f"model {model.version} saved, threshold {model.threshold:.3f}")
-        return engine, asyncio.run(self._measure(engine, model, self._streams()))
+        return engine, asyncio.run(self._measure(engine, model, self._streams(), store))
 
     def _streams(self) -> Streams:
         from edge.simulator.camera import synthetic_frames
@@ -180,14 +183,15 @@ class PipelineRun:
         )
 
     async def _measure(
-        self, engine: Engine, model: PatchCoreModel, streams: Streams
+        self, engine: Engine, model: PatchCoreModel, streams: Streams, store: ModelStore
     ) -> dict[str, Any]:
         from edge.bench.consumers import check_warm_up, misjudged, recount, run_phase
-        from edge.simulator.camera import Camera, VerdictReader
+        from edge.bench.pipeline_models import ModelSweep, RoundRobinCamera
+        from edge.simulator.camera import VerdictReader
 
         cfg, say, group = self.cfg, self.say, self.group
         assert group is not None
-        camera = Camera(
+        camera = RoundRobinCamera(
             self.bootstrap, self.topics["frames"], RECIPE, ROLE, ROI, options=self.options
         )
         await camera.start()
@@ -217,12 +221,18 @@ class PipelineRun:
             t_end = time.monotonic() + 1.0  # late duplicates (a redelivery) still count
             while time.monotonic() < t_end:
                 await reader.poll(timeout_ms=100)
+            by_models: list[dict[str, Any]] | None = None
+            if cfg.models:
+                ids = (RECIPE, ROLE, ROI)
+                sweep = ModelSweep(cfg.models, *ids, store, model, camera, reader, group, say)
+                by_models = await sweep.run(streams.burst, phase)
         finally:
             await camera.stop()
             await reader.stop()
         for r in rounds:
             r.result = recount(r.result, r.frames, reader)
-        return {"rounds": rounds, "paced": recount(paced, streams.paced, reader), "paced_fps": fps}
+        paced = recount(paced, streams.paced, reader)
+        return {"rounds": rounds, "paced": paced, "paced_fps": fps, "models": by_models}
 
     async def _round(
         self,

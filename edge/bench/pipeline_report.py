@@ -95,4 +95,6 @@ def pipeline_result(
             "max_rate": {k: round(v, 2) for k, v in max_rate_cpu.items()},
         },
         "load_avg_1m": load_avg,
+        # with --models: per K, img/s, its ratio to K = 1 and the consumers' RSS
+        **({"models": runs["models"]} if runs.get("models") else {}),
     }

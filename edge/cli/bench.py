@@ -1,6 +1,6 @@
-"""``bdi bench engine``, ``pipeline``, ``parts``, ``frr``, ``incremental``, ``drift`` and
-``ui``: the parsers of the benchmarks in ``edge.bench`` (imported when a benchmark runs, not
-when ``bdi`` starts)."""
+"""``bdi bench engine``, ``pipeline``, ``parts``, ``frr``, ``incremental``, ``drift``,
+``ui`` and ``rest``: the parsers of the benchmarks in ``edge.bench`` (imported when a
+benchmark runs, not when ``bdi`` starts)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     _add_bench_incremental(bench_sub)
     _add_bench_drift(bench_sub)
     _add_bench_ui(bench_sub)
+    _add_bench_rest(bench_sub)
 
 
 def _count(minimum: int) -> Callable[[str], int]:
@@ -110,8 +111,23 @@ def _add_bench_pipeline(bench_sub: argparse._SubParsersAction) -> None:  # type:
         help="the local broker when BDI_KAFKA_BOOTSTRAP is unset: tansu (in memory) or "
         "kafka (one Apache Kafka KRaft node; needs Java 17 and Maven)",
     )  # fmt: skip
+    p.add_argument(
+        "--models", type=_model_counts, default=(), metavar="K,...",
+        help="then, for each K: one model stored under K ROI names, frames round-robin over "
+        "them; img/s and the consumers' memory per K (e.g. 1,8,32,128)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="only the JSON line on stdout")
     p.set_defaults(func=_cmd_bench_pipeline)
+
+
+def _model_counts(text: str) -> tuple[int, ...]:
+    """An argparse type: ``--models 1,8,32,128`` (a clear usage error otherwise)."""
+    from edge.bench.pipeline_models import parse_models
+
+    try:
+        return parse_models(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _cmd_bench_pipeline(args: argparse.Namespace) -> int:
@@ -127,7 +143,7 @@ def _cmd_bench_pipeline(args: argparse.Namespace) -> int:
     cfg = BenchConfig(
         frames=args.frames, batch=args.batch, size=args.size, consumers=args.consumers,
         train_images=args.train, consumer_options=tuple(args.consumer_option),
-        rounds=args.rounds, broker=args.broker,
+        rounds=args.rounds, broker=args.broker, models=args.models,
     )  # fmt: skip
     result = run_pipeline_benchmark(cfg)
     print(orjson.dumps(result, option=0 if args.json else orjson.OPT_INDENT_2).decode())
@@ -302,3 +318,52 @@ def _cmd_bench_ui(args: argparse.Namespace) -> int:
     from edge.bench.ui_line import run_ui_benchmark
 
     return run_ui_benchmark(args)
+
+
+def _levels(text: str) -> list[int]:
+    """An argparse type: ``"1,4,16"`` -> ``[1, 4, 16]``, positive integers."""
+    try:
+        levels = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of integers") from None
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive integers, e.g. 1,4,16,64")
+    return levels
+
+
+def _add_bench_rest(bench_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = bench_sub.add_parser(
+        "rest",
+        help="concurrent clients uploading real PNGs to /infer: img/s, p50/p99, statuses",
+        description="Starts bdi serve (or targets --url), trains the bench model from "
+        "DIR/train/good over HTTP if needed, then C concurrent clients post the PNGs of "
+        "DIR/test to /infer for each level C. See docs/BENCHMARKS.md.",
+    )
+    p.add_argument("--data", default=None, help="MVTec-layout folder (default: metal_plate)")
+    p.add_argument("--url", default=None, help="a running bdi serve (default: start one)")
+    p.add_argument("--api-key", default=None, help="X-API-Key for --url (default: BDI_API_KEY)")
+    p.add_argument(
+        "--concurrency", dest="levels", type=_levels, default=[1, 4, 16, 64],
+        help="client counts, comma-separated (default 1,4,16,64)",
+    )  # fmt: skip
+    p.add_argument("--requests", type=_count(1), default=200, help="answers per level")
+    p.add_argument(
+        "--rounds", type=_count(1), default=1,
+        help="passes over the levels, in turn; each level keeps its fastest",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-batching", action="store_true",
+        help="also run the levels against a server with BDI_REST_BATCH_MAX=1 (the baseline)",
+    )  # fmt: skip
+    p.add_argument("--train", type=_count(0), default=0, help="training images (0 = all)")
+    p.add_argument("--backbone", default="efficientnet_lite0", help="the server's backbone")
+    p.add_argument("--size", type=_count(28), default=224, help="the server's input size (px)")
+    p.add_argument("--cuda", action="store_true", help="the server requires the GPU")
+    p.add_argument("--json", action="store_true", help="the JSON on one line")
+    p.set_defaults(func=_cmd_bench_rest)
+
+
+def _cmd_bench_rest(args: argparse.Namespace) -> int:
+    from edge.bench.rest import run_rest_benchmark
+
+    return run_rest_benchmark(args)

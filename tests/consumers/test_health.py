@@ -48,6 +48,20 @@ def test_metrics_text_without_a_commit_yet():
     assert "bdi_consumer_ready 0" in text and "last_commit" not in text
 
 
+def test_metrics_show_each_models_size_and_the_cache_against_its_budget():
+    cache = {"budget_mb": 512.0, "resident_mb": 71.5, "entries": 2, "max_entries": 16,
+             "hits": 40, "loads": 3, "reloads": 1, "evictions": 1,
+             "models_mb": {"disc-a/Master1/top": 35.75, "disc-a/Master1/side": 35.75}}  # fmt: skip
+    text = metrics_text({**_health(True), "model_cache": cache})
+    mib = 1024 * 1024
+    assert f'bdi_consumer_model_bytes{{model="disc-a/Master1/top"}} {round(35.75 * mib)}' in text
+    assert f"bdi_consumer_model_cache_bytes {round(71.5 * mib)}" in text
+    assert f"bdi_consumer_model_cache_budget_bytes {512 * mib}" in text
+    assert "bdi_consumer_model_cache_reloads_total 1" in text
+    assert "bdi_consumer_model_cache_evictions_total 1" in text
+    assert "model_cache" not in metrics_text(_health(True)), "none before the start"
+
+
 @pytest.mark.kafka
 @pytest.mark.slow
 def test_consumer_health_reports_commits_lag_and_models(kafka_broker, make_topics, trained):

@@ -15,7 +15,8 @@ from tests.helpers.paths import REPO
 
 TOY = ["--image-sizes", "56", "--batches", "1,2", "--precision-images", "4",
        "--precision-size", "64", "--bank-images", "4", "--fit-images", "4",
-       "--infer-images", "4", "--fit-size", "56"]  # fmt: skip
+       "--infer-images", "4", "--fit-size", "56", "--rest-clients", "1,4",
+       "--rest-requests", "12"]  # fmt: skip
 
 
 def _lines(text: str) -> list[dict[str, object]]:
@@ -49,6 +50,9 @@ def test_every_stage_passes_on_the_cpu_and_writes_a_line_each(tmp_path: Path) ->
     assert by["precision"]["gpu_model_dtype"]["max_shift_over_threshold"] < 1e-5  # type: ignore[index]
     assert by["fit_infer_save_load"]["same_version"] is True
     assert by["oom"]["during"] == ["ERROR"] and "ERROR" not in by["oom"]["after"]  # type: ignore[operator]
+    rest = by["rest_batching"]
+    assert rest["c4"]["frames_per_engine_call"] > 1  # type: ignore[index]
+    assert rest["c4"]["max_rel_diff_vs_alone"] < 1e-5  # type: ignore[index]
 
 
 def test_a_failing_stage_is_reported_and_the_next_still_runs(
