@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import tarfile
 import tempfile
 import time
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from store import history, models, naming, recipes
-from store.atomic import dumps, fsync_dir, temp_path
+from store.atomic import dumps, replacing
 from store.errors import ArchiveError, CorruptModelError, MissingModelError
 from store.naming import ModelRef
 
@@ -148,20 +147,11 @@ def write(path: Path, archive: ModelArchive) -> None:
     """Write the archive atomically (temp file beside ``path``, fsync, rename)."""
     entries = [(MANIFEST, dumps(archive.manifest))]
     entries += [(MEMBERS[s], archive.files[s]) for s in sorted(archive.files)]
-    tmp = temp_path(path)
-    try:
-        with open(tmp, "xb") as fh:
-            with tarfile.open(fileobj=fh, mode="w:gz") as tar:
-                for name, data in entries:
-                    info = tarfile.TarInfo(name)
-                    info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
-                    tar.addfile(info, io.BytesIO(data))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
+    with replacing(path) as fh, tarfile.open(fileobj=fh, mode="w:gz") as tar:
+        for name, data in entries:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
+            tar.addfile(info, io.BytesIO(data))
 
 
 def default_name(manifest: dict[str, Any]) -> str:

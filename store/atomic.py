@@ -10,8 +10,9 @@ import contextlib
 import os
 import secrets
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -45,23 +46,60 @@ def ensure_dir(path: Path) -> None:
         fsync_dir(path.parent)
 
 
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "xb") as fh:
+def _write_synced(path: Path, data: bytes, private: bool = False) -> None:
+    """A new file (never an existing one), its bytes on disk; 0600 if ``private``."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                 0o600 if private else 0o666)  # fmt: skip
+    with os.fdopen(fd, "wb") as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
 
 
-def write_bytes(path: Path, data: bytes, sync_dir: bool = True) -> None:
-    """Replace ``path`` with ``data`` atomically: readers see the old or the new file."""
+@contextlib.contextmanager
+def replacing(path: Path) -> Iterator[BinaryIO]:
+    """A new file to write, that replaces ``path`` atomically when the block ends without
+    an exception (temp beside it, fsync, rename, fsync the folder); else it is removed."""
     tmp = temp_path(path)
     try:
-        _write_synced(tmp, data)
+        with open(tmp, "xb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
+def write_bytes(path: Path, data: bytes, sync_dir: bool = True, private: bool = False) -> None:
+    """Replace ``path`` with ``data`` atomically: readers see the old or the new file
+    (``private``: readable by its owner only)."""
+    tmp = temp_path(path)
+    try:
+        _write_synced(tmp, data, private)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     if sync_dir:
         fsync_dir(path.parent)
+
+
+def create_once(path: Path, data: bytes, private: bool = False) -> bytes:
+    """``path``'s bytes; when there is no such file, ``data`` written there first (atomic,
+    and only once: of two processes racing, both end up with the same bytes)."""
+    with contextlib.suppress(FileNotFoundError):
+        return path.read_bytes()
+    ensure_dir(path.parent)
+    tmp = temp_path(path)
+    try:
+        _write_synced(tmp, data, private)
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)  # never replaces a file another process made meanwhile
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+    return path.read_bytes()
 
 
 def dumps(obj: Any) -> bytes:

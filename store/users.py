@@ -10,7 +10,6 @@ lose each other's change. No torch, no HTTP here.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import secrets
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ import orjson
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from store.atomic import dumps, ensure_dir, fsync_dir, temp_path
+from store.atomic import dumps, ensure_dir, write_bytes
 from store.errors import InvalidIdError, InvalidValueError, NotFoundError, StoreError
 from store.locks import FileLocks
 
@@ -204,41 +203,5 @@ class Users:
                 {**u.public(), "password_hash": u.password_hash}
                 for u in sorted(users.values(), key=lambda u: u.name)
             ]
-            write_private(self.path, dumps({"users": rows}))
+            write_bytes(self.path, dumps({"users": rows}), private=True)
             self._cache = None
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Replace ``path`` atomically with a file only its owner may read (0600)."""
-    tmp = temp_path(path)
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
-
-
-def create_private_once(path: Path, data: bytes) -> bytes:
-    """``path``'s bytes; when there is no such file, ``data`` written there first (0600,
-    atomic, and only once: of two processes racing, both end up with the same bytes)."""
-    with contextlib.suppress(FileNotFoundError):
-        return path.read_bytes()
-    ensure_dir(path.parent)
-    tmp = temp_path(path)
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        with contextlib.suppress(FileExistsError):
-            os.link(tmp, path)  # never replaces a file another process made meanwhile
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
-    return path.read_bytes()

@@ -30,8 +30,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from configs.settings import Settings
 from edge.api.errors import BdiError, Unauthorized
+from store.atomic import create_once
 from store.trace import audit
-from store.users import ROLES, Role, User, Users, at_least, create_private_once
+from store.users import ROLES, Role, User, Users, at_least
 
 if TYPE_CHECKING:
     from edge.api.deps import AppState
@@ -86,7 +87,7 @@ class Sessions:
                     self._secret = hashlib.sha256(given.get_secret_value().encode()).digest()
                 else:
                     path = self.settings.models_dir / SESSION_KEY_FILE
-                    self._secret = create_private_once(path, secrets.token_bytes(32))
+                    self._secret = create_once(path, secrets.token_bytes(32), private=True)
             return self._secret
 
     def _sign(self, purpose: bytes, data: str) -> str:

@@ -69,9 +69,9 @@ def fill_disk(monkeypatch: pytest.MonkeyPatch, disk: DiskFull) -> None:
     monkeypatch.setattr(store.models, "os", proxy)
     real_write = store.atomic._write_synced
 
-    def write(path, data):
+    def write(path, data, private=False):
         disk.step("write")
-        return real_write(path, data)
+        return real_write(path, data, private)
 
     monkeypatch.setattr(store.atomic, "_write_synced", write)
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import orjson
 import pytest
 
+from store.atomic import create_once
 from store.errors import InvalidIdError, InvalidValueError, NotFoundError, StoreError
-from store.users import USERS_FILE, UserExistsError, Users, at_least, create_private_once
+from store.users import USERS_FILE, UserExistsError, Users, at_least
 
 PW = "a-long-password-1"
 
@@ -103,6 +104,6 @@ def test_a_garbled_users_file_is_an_error_not_an_empty_list(users: Users) -> Non
 
 def test_a_private_key_file_is_made_once(tmp_path: Path) -> None:
     path = tmp_path / "k" / ".session_key"
-    first = create_private_once(path, b"1" * 32)
-    assert create_private_once(path, b"2" * 32) == first == b"1" * 32
+    first = create_once(path, b"1" * 32, private=True)
+    assert create_once(path, b"2" * 32, private=True) == first == b"1" * 32
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
