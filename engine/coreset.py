@@ -1,25 +1,40 @@
 """Greedy k-center coreset selection (PatchCore §3.2) on randomly projected features.
 
-Two implementations of the *same* exact greedy rule (each step adds the point farthest
+Three implementations of the *same* exact greedy rule (each step adds the point farthest
 from the current selection):
 
 - :func:`_greedy_dense` — fully vectorised, no host synchronisation per step (the next
   centre stays a device tensor); used on CUDA, where one pass over all points is cheap.
-- :func:`_greedy_pruned` — on the CPU, where a full pass per step is memory-bound, it skips
-  every point that the triangle inequality proves the new centre cannot improve:
-  if ``d(c_new, c_a(x)) >= 2 r(x)`` then ``d(x, c_new) >= r(x)``. Only the remaining
-  candidates are measured, so late steps touch a small fraction of the points. The
-  selection is identical to the dense rule (up to floating-point ties).
+- :func:`engine.coreset_lazy.greedy_lazy` — on the CPU: lazy greedy, compiled with numba.
+  Each row keeps an upper bound of its distance to the selection in a max-heap and is
+  measured again only when it reaches the top; a step measures a few dozen rows, whatever
+  the data (that module says why pruning alone fails on some data).
+- :func:`_greedy_pruned` — the CPU fallback without numba (and the path of
+  :func:`continue_coreset`): it skips every point that the triangle inequality proves the
+  new centre cannot improve: if ``d(c_new, c_a(x)) >= 2 r(x)`` then ``d(x, c_new) >= r(x)``.
+  On textured data late steps touch a small fraction of the points; on nearly equidistant
+  patches (kolektorsdd) the test rarely fires and each step re-measures a third of them.
+
+The selections are identical to the dense rule up to floating-point ties (the paths round
+their distances differently).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
 import torch
+
+try:
+    from engine.coreset_lazy import greedy_lazy
+except ImportError:  # numba missing (a stripped install): the pruned path, slower on some data
+    greedy_lazy = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
 
 # the distance a chosen row is given: below any real one, so it is never chosen twice
 _CHOSEN = -1.0
@@ -57,7 +72,13 @@ def greedy_coreset(
     z = random_projection(features, projection_dim, seed)
     start = int(torch.randint(n, (1,), generator=torch.Generator().manual_seed(seed)))
     if z.device.type == "cpu":
-        idx, radius = _greedy_pruned(z.numpy(), n_select, start, progress)
+        if greedy_lazy is None:
+            log.warning(
+                "numba is not installed: coreset by the pruned greedy (slower on some data)"
+            )
+            idx, radius = _greedy_pruned(z.numpy(), n_select, start, progress)
+        else:
+            idx, radius, _ = greedy_lazy(z.numpy(), n_select, start, progress)
         return Coreset(torch.from_numpy(idx), radius)
     idx_t, radius_t = _greedy_dense(z, n_select, start)
     if progress is not None:

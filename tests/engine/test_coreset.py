@@ -1,11 +1,14 @@
-"""Greedy k-center coreset: the CPU (pruned) path against the exact dense rule."""
+"""Greedy k-center coreset: the CPU paths (lazy, pruned) against the exact dense rule."""
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import pytest
 import torch
 
+import engine.coreset as coreset_module
 from engine.coreset import (
     _greedy_dense,
     _greedy_pruned,
@@ -13,6 +16,7 @@ from engine.coreset import (
     greedy_coreset,
     random_projection,
 )
+from engine.coreset_lazy import greedy_lazy
 
 N, D, K, PROJ = 3000, 256, 300, 128
 
@@ -178,7 +182,7 @@ def test_random_projection_roughly_preserves_distances() -> None:
     assert float(ratio.max()) < 1.25
 
 
-@pytest.mark.parametrize("kind", ["dense", "pruned"])
+@pytest.mark.parametrize("kind", ["dense", "pruned", "lazy"])
 def test_duplicate_rows_are_never_picked_twice(kind: str) -> None:
     """100 distinct rows, each stored three times, and 150 picks: once every distinct row is
     chosen the rest are covered exactly, and no chosen row may come back (a rounding error
@@ -189,9 +193,100 @@ def test_duplicate_rows_are_never_picked_twice(kind: str) -> None:
     if kind == "dense":
         idx_t, radius_t = _greedy_dense(torch.from_numpy(z), 150, 0)
         idx, radius = idx_t.numpy(), float(radius_t)
-    else:
+    elif kind == "pruned":
         idx, radius = _greedy_pruned(z, 150, 0)
+    else:
+        idx, radius, _ = greedy_lazy(z, 150, 0)
     assert len(set(idx.tolist())) == 150
     # the first 100 picks are the 100 distinct rows: coverage is complete after them
     assert len({z[i].tobytes() for i in idx[:100]}) == 100
     assert radius == pytest.approx(0.0, abs=1e-2)
+
+
+# --- the lazy path (engine.coreset_lazy) against the dense rule, index for index ------------
+
+
+def _lattice(n: int, d: int, seed: int, span: int = 6) -> np.ndarray:
+    """Small integers: every squared distance is exact in float32 and float64 alike (and so
+    are |a|² + |b|² - 2ab), so every tie is a real tie and both rules must break it the
+    same way (the lowest row)."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(-span, span + 1, (n, d)).astype(np.float32)
+
+
+def _lazy_and_dense(
+    z: np.ndarray, k: int, start: int
+) -> tuple[np.ndarray, float, np.ndarray, float]:
+    lazy_idx, lazy_r, _ = greedy_lazy(z, k, start)
+    dense_idx, dense_r = _greedy_dense(torch.from_numpy(z).double(), k, start)
+    return lazy_idx, lazy_r, dense_idx.numpy(), float(dense_r)
+
+
+@pytest.mark.parametrize("kind", sorted(DATA))
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_lazy_equals_dense_rule(kind: str, seed: int) -> None:
+    z = random_projection(DATA[kind](seed), PROJ, seed).numpy()
+    lazy_idx, lazy_r, dense_idx, dense_r = _lazy_and_dense(z, K, start=seed * 7)
+    assert lazy_idx.dtype == np.int64
+    np.testing.assert_array_equal(lazy_idx, dense_idx)
+    assert lazy_r == pytest.approx(dense_r, rel=1e-5)
+
+
+@pytest.mark.parametrize(("n", "d", "k"), [(400, 3, 120), (500, 8, 250), (300, 1, 13), (60, 1, 60)])
+def test_lazy_breaks_ties_like_the_dense_rule(n: int, d: int, k: int) -> None:
+    """Integer lattices, with duplicates (d = 1: at most 13 distinct values): exact ties at
+    every step, the lowest row wins them in both rules, and the radius is the same."""
+    z = _lattice(n, d, seed=n + d)
+    lazy_idx, lazy_r, dense_idx, dense_r = _lazy_and_dense(z, k, start=5)
+    np.testing.assert_array_equal(lazy_idx, dense_idx)
+    assert lazy_r == dense_r
+    assert len(set(lazy_idx.tolist())) == k
+
+
+def test_lazy_one_centre_and_every_centre() -> None:
+    z = _lattice(200, 4, seed=3)
+    one_idx, one_r, dense_idx, dense_r = _lazy_and_dense(z, 1, start=11)
+    assert one_idx.tolist() == [11] == dense_idx.tolist()
+    assert one_r == dense_r == pytest.approx(float(np.linalg.norm(z - z[11], axis=1).max()))
+    all_idx, all_r, dense_idx, dense_r = _lazy_and_dense(z, 200, start=0)
+    np.testing.assert_array_equal(all_idx, dense_idx)
+    assert sorted(all_idx.tolist()) == list(range(200))
+    assert all_r == dense_r == 0.0
+
+
+def test_lazy_reports_progress_to_the_end() -> None:
+    calls: list[tuple[int, int]] = []
+    z = random_projection(_gaussian(0), PROJ, 0).numpy()
+    greedy_lazy(z, K, 0, progress=lambda done, total: calls.append((done, total)))
+    assert calls[-1] == (K, K)
+    assert {total for _, total in calls} == {K}
+    assert [done for done, _ in calls] == sorted(done for done, _ in calls)
+    assert 40 <= len(calls) <= 60  # every ~2 % of the steps
+    one: list[tuple[int, int]] = []
+    greedy_lazy(z, 1, 0, progress=lambda done, total: one.append((done, total)))
+    assert one == [(1, 1)]
+
+
+def test_cpu_path_uses_the_lazy_kernel_and_reports_progress() -> None:
+    features = _clustered(7)
+    calls: list[tuple[int, int]] = []
+    coreset = greedy_coreset(features, K, PROJ, seed=7, progress=lambda d, t: calls.append((d, t)))
+    z = random_projection(features, PROJ, 7).numpy()
+    lazy_idx, lazy_r, _ = greedy_lazy(z, K, int(coreset.indices[0]))
+    np.testing.assert_array_equal(coreset.indices.numpy(), lazy_idx)
+    assert coreset.radius == lazy_r
+    assert calls[-1] == (K, K)
+
+
+def test_without_numba_the_pruned_path_runs_with_one_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(coreset_module, "greedy_lazy", None)
+    features = _gaussian(8)
+    with caplog.at_level(logging.WARNING, logger="engine.coreset"):
+        coreset = greedy_coreset(features, K, PROJ, seed=8)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "numba" in warnings[0].getMessage()
+    z = random_projection(features, PROJ, 8)
+    pruned_idx, _ = _greedy_pruned(z.numpy(), K, int(coreset.indices[0]))
+    np.testing.assert_array_equal(coreset.indices.numpy(), pruned_idx)
