@@ -5,15 +5,16 @@ from the current selection):
 
 - :func:`_greedy_dense` — fully vectorised, no host synchronisation per step (the next
   centre stays a device tensor); used on CUDA, where one pass over all points is cheap.
-- :func:`engine.coreset_lazy.greedy_lazy` — on the CPU: lazy greedy, compiled with numba.
-  Each row keeps an upper bound of its distance to the selection in a max-heap and is
-  measured again only when it reaches the top; a step measures a few dozen rows, whatever
-  the data (that module says why pruning alone fails on some data).
-- :func:`_greedy_pruned` — the CPU fallback without numba (and the path of
-  :func:`continue_coreset`): it skips every point that the triangle inequality proves the
-  new centre cannot improve: if ``d(c_new, c_a(x)) >= 2 r(x)`` then ``d(x, c_new) >= r(x)``.
-  On textured data late steps touch a small fraction of the points; on nearly equidistant
-  patches (kolektorsdd) the test rarely fires and each step re-measures a third of them.
+- :func:`engine.coreset_lazy.greedy_lazy` (and ``continue_lazy``) — on the CPU: lazy
+  greedy, compiled with numba. Each row keeps an upper bound of its distance to the
+  selection in a max-heap and is measured again only when it reaches the top, against the
+  centres added since, in order, from the cache (that module says why pruning failed on
+  some data).
+- :func:`_greedy_pruned` — the CPU fallback without numba: it skips every point that the
+  triangle inequality proves the new centre cannot improve: if ``d(c_new, c_a(x)) >=
+  2 r(x)`` then ``d(x, c_new) >= r(x)``. On textured data late steps touch a small
+  fraction of the points; on nearly equidistant patches (kolektorsdd) the test rarely
+  fires and each step re-measures a third of them, gathered from all over memory.
 
 The selections are identical to the dense rule up to floating-point ties (the paths round
 their distances differently).
@@ -30,9 +31,12 @@ import numpy as np
 import torch
 
 try:
-    from engine.coreset_lazy import greedy_lazy
-except ImportError:  # numba missing (a stripped install): the pruned path, slower on some data
-    greedy_lazy = None  # type: ignore[assignment]
+    from engine.coreset_lazy import continue_lazy, greedy_lazy
+
+    _NO_LAZY = ""
+except (ImportError, RuntimeError) as exc:  # numba missing, or no folder to cache its code in
+    greedy_lazy = continue_lazy = None  # type: ignore[assignment]
+    _NO_LAZY = f"{type(exc).__name__}: {exc}"
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +77,7 @@ def greedy_coreset(
     start = int(torch.randint(n, (1,), generator=torch.Generator().manual_seed(seed)))
     if z.device.type == "cpu":
         if greedy_lazy is None:
-            log.warning(
-                "numba is not installed: coreset by the pruned greedy (slower on some data)"
-            )
+            log.warning("numba unavailable (%s): coreset by the pruned greedy", _NO_LAZY)
             idx, radius = _greedy_pruned(z.numpy(), n_select, start, progress)
         else:
             idx, radius, _ = greedy_lazy(z.numpy(), n_select, start, progress)
@@ -210,6 +212,10 @@ def continue_coreset(
     z = random_projection(features, projection_dim, seed)
     zp = random_projection(prior, projection_dim, seed).to(z.device)
     nearest, owner = _nearest_centres(z, zp)
+    if z.device.type == "cpu" and continue_lazy is not None:
+        nearest2 = nearest.square().numpy()
+        idx, radius_now, _ = continue_lazy(z.numpy(), nearest2, n_select, progress, radius)
+        return Coreset(torch.from_numpy(idx), radius_now)
     if z.device.type == "cpu":
         r = nearest.numpy().astype(np.float32)
         idx = _continue_pruned(

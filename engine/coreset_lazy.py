@@ -133,20 +133,83 @@ def _lazy_steps(
     last: np.ndarray,
     heap: np.ndarray,
     size: int,
-) -> tuple[int, int]:
-    """Greedy picks ``m .. m_end - 1`` (``m`` centres chosen so far); returns the heap's new
-    size and the number of distances measured."""
+    stop_r2: float,
+) -> tuple[int, int, int]:
+    """Greedy picks ``m .. m_end - 1`` (``m`` centres chosen so far), ending early once the
+    farthest row is within ``sqrt(stop_r2)`` of a centre (or no row is left); returns the
+    number of centres, the heap's new size and the number of distances measured."""
     measured = 0
-    while m < m_end:
+    while m < m_end and size > 0:
         measured += _refresh_top(z, centres, m, r2, last, heap, size)
         x = heap[0]
+        if r2[x] <= stop_r2:
+            break
         selected[m] = x
         centres[m] = z[x]
         m += 1
         size -= 1
         heap[0] = heap[size]
         _sift_down(heap, size, 0, r2)
-    return size, measured
+    return m, size, measured
+
+
+class _Lazy:
+    """The state of one lazy greedy run over ``z (N, d)``: the centres chosen so far (the
+    first ``m`` rows of ``centres``), each row's bound ``r2`` and how many centres it has
+    seen (``last``), and the heap of the rows not chosen (its first ``size`` entries)."""
+
+    def __init__(self, z: np.ndarray, r2: np.ndarray, capacity: int, first: int | None) -> None:
+        self.z = z
+        self.r2 = r2
+        self.centres = np.empty((capacity, z.shape[1]), dtype=np.float32)
+        self.selected = np.empty(capacity, dtype=np.int64)
+        rows = np.arange(len(z), dtype=np.int64)
+        self.m = 0
+        if first is not None:
+            self.centres[0], self.selected[0], self.m = z[first], first, 1
+            rows = np.delete(rows, first)
+        self.last = np.full(len(z), self.m, dtype=np.int64)
+        self.heap, self.size = rows, len(rows)
+        _heapify(self.heap, self.size, r2)
+        self.measured = 0
+
+    def pick(self, m_end: int, stop_r2: float = -1.0) -> bool:
+        """Picks up to ``m_end`` centres in all; False when it ended early."""
+        self.m, self.size, count = _lazy_steps(
+            self.z, self.centres, self.selected, self.m, m_end, self.r2, self.last,
+            self.heap, self.size, stop_r2,
+        )  # fmt: skip
+        self.measured += count
+        return self.m == m_end
+
+    def radius(self) -> float:
+        """The farthest row's distance to the selection (0 once every row is chosen)."""
+        if self.size == 0:
+            return 0.0
+        self.measured += _refresh_top(
+            self.z, self.centres, self.m, self.r2, self.last, self.heap, self.size
+        )
+        return float(np.sqrt(self.r2[self.heap[0]]))
+
+
+def _run(
+    state: _Lazy,
+    k: int,
+    progress: Callable[[int, int], None] | None,
+    radius: float | None = None,
+) -> tuple[np.ndarray, float, int]:
+    """``k`` picks in all, ``progress(done, k)`` every ~2 % of them; then, with ``radius``,
+    more while some row is farther than that from every centre."""
+    step = max(1, k // 50)
+    while state.m < k:
+        ended = not state.pick(min(k, state.m + step))
+        if progress is not None:
+            progress(state.m, k)
+        if ended:  # no row left (never before k: k <= N)
+            break
+    if radius is not None:
+        state.pick(len(state.selected), radius * radius)
+    return state.selected[: state.m], state.radius(), state.measured
 
 
 def greedy_lazy(
@@ -155,30 +218,27 @@ def greedy_lazy(
     """Exact greedy k-center of ``z (N, d)`` from row ``start``: ``(indices (k,), radius,
     distances measured)``. ``progress(done, k)`` every ~2 % of the steps."""
     z = np.ascontiguousarray(z, dtype=np.float32)
-    n, d = z.shape
-    centres = np.empty((k, d), dtype=np.float32)
-    selected = np.empty(k, dtype=np.int64)
-    centres[0], selected[0] = z[start], start
-    r2 = np.empty(n, dtype=np.float64)
-    _first_distances(z, centres, r2)
-    last = np.ones(n, dtype=np.int64)
-    heap = np.delete(np.arange(n, dtype=np.int64), start)
-    size = n - 1
-    _heapify(heap, size, r2)
-    measured = n
-    slice_steps = max(1, k // 50)
-    m = 1
-    while m < k:
-        m_end = min(k, m + slice_steps)
-        size, count = _lazy_steps(z, centres, selected, m, m_end, r2, last, heap, size)
-        measured += count
-        m = m_end
-        if progress is not None:
-            progress(m, k)
-    if progress is not None and k == 1:
+    r2 = np.empty(len(z), dtype=np.float64)
+    _first_distances(z, z[start][None], r2)
+    state = _Lazy(z, r2, k, start)
+    state.measured = len(z)
+    if progress is not None and k == 1:  # the only pick is the start
         progress(1, 1)
-    radius = 0.0
-    if size > 0:
-        measured += _refresh_top(z, centres, k, r2, last, heap, size)
-        radius = float(np.sqrt(r2[heap[0]]))
-    return selected, radius, measured
+    return _run(state, k, progress)
+
+
+def continue_lazy(
+    z: np.ndarray,
+    nearest2: np.ndarray,
+    k: int,
+    progress: Callable[[int, int], None] | None = None,
+    radius: float | None = None,
+) -> tuple[np.ndarray, float, int]:
+    """``k`` more greedy picks among ``z (N, d)`` whose rows are at squared distances
+    ``nearest2 (N,)`` from the centres chosen before; with ``radius``, then more while
+    some row is farther than that from every centre (at most every row). Returns
+    ``(indices, radius, distances)``."""
+    z = np.ascontiguousarray(z, dtype=np.float32)
+    r2 = nearest2.astype(np.float64)  # a copy: updated in place
+    state = _Lazy(z, r2, len(z) if radius is not None else k, None)
+    return _run(state, k, progress, radius)

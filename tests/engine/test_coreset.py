@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,13 +12,14 @@ import torch
 
 import engine.coreset as coreset_module
 from engine.coreset import (
+    _continue_pruned,
     _greedy_dense,
     _greedy_pruned,
     coverage_radius,
     greedy_coreset,
     random_projection,
 )
-from engine.coreset_lazy import greedy_lazy
+from engine.coreset_lazy import continue_lazy, greedy_lazy
 
 N, D, K, PROJ = 3000, 256, 300, 128
 
@@ -282,6 +285,7 @@ def test_without_numba_the_pruned_path_runs_with_one_warning(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(coreset_module, "greedy_lazy", None)
+    monkeypatch.setattr(coreset_module, "_NO_LAZY", "ImportError: No module named 'numba'")
     features = _gaussian(8)
     with caplog.at_level(logging.WARNING, logger="engine.coreset"):
         coreset = greedy_coreset(features, K, PROJ, seed=8)
@@ -290,3 +294,68 @@ def test_without_numba_the_pruned_path_runs_with_one_warning(
     z = random_projection(features, PROJ, 8)
     pruned_idx, _ = _greedy_pruned(z.numpy(), K, int(coreset.indices[0]))
     np.testing.assert_array_equal(coreset.indices.numpy(), pruned_idx)
+
+
+def test_an_install_without_numba_imports_and_selects(tmp_path) -> None:
+    """A real interpreter where ``import numba`` fails: the engine imports, selects by the
+    pruned path with one warning on stderr, and no traceback."""
+    script = (
+        "import sys, logging; sys.modules['numba'] = None\n"
+        "logging.basicConfig(level=logging.WARNING)\n"
+        "import torch\n"
+        "from engine.coreset import greedy_coreset\n"
+        "c = greedy_coreset(torch.randn(500, 32, generator=torch.Generator().manual_seed(0)), 50)\n"
+        "print(len(set(c.indices.tolist())), c.radius > 0)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["50", "True"]
+    assert "Traceback" not in done.stderr
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 1 and "numba" in warnings[0] and "pruned" in warnings[0]
+
+
+def _prior_and_rest(z: np.ndarray, n_prior: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of ``z`` split into centres chosen before and the rest, with each of the rest's
+    squared distance to its nearest prior centre and that centre's number."""
+    prior, rest = z[:n_prior], z[n_prior:]
+    d2 = ((rest[:, None, :].astype(np.float64) - prior[None]) ** 2).sum(-1)
+    return rest, d2.min(1), d2.argmin(1).astype(np.int32)
+
+
+@pytest.mark.parametrize("radius", [None, 3.0])
+def test_continue_lazy_equals_the_dense_and_pruned_rules(radius: float | None) -> None:
+    """Going on from prior centres (an append), on a lattice (exact distances, real ties):
+    the same picks, in order, as the dense rule seeded with the prior distances and as the
+    pruned path; with ``radius``, as many more as the pruned path picks (while a row is
+    farther than that from every centre)."""
+    z = _lattice(600, 4, seed=9)
+    rest, nearest2, owner = _prior_and_rest(z, 40)
+    lazy_idx, lazy_r, _ = continue_lazy(rest, nearest2, 30, radius=radius)
+    r = np.sqrt(nearest2.astype(np.float32))  # as the pruned path measures
+    pruned_idx = _continue_pruned(rest, z[:40], r, owner, 30, radius=radius)
+    np.testing.assert_array_equal(lazy_idx, pruned_idx)
+    assert lazy_r == pytest.approx(max(0.0, float(r.max())))
+    dense_idx, dense_r = _greedy_dense(
+        torch.from_numpy(rest).double(), 30, None, torch.from_numpy(nearest2)
+    )
+    np.testing.assert_array_equal(lazy_idx[:30], dense_idx.numpy())
+    if radius is None:
+        assert lazy_r == pytest.approx(float(dense_r))
+    else:
+        assert len(lazy_idx) > 30 and lazy_r <= radius < float(dense_r)
+
+
+def test_continue_lazy_reports_progress_and_can_take_every_row() -> None:
+    z = _lattice(300, 3, seed=10)
+    rest, nearest2, _ = _prior_and_rest(z, 20)
+    calls: list[tuple[int, int]] = []
+    idx, radius, _ = continue_lazy(rest, nearest2, 280, lambda d, t: calls.append((d, t)))
+    assert sorted(idx.tolist()) == list(range(280)) and radius == 0.0
+    assert calls[-1] == (280, 280) and len(calls) == len(set(calls))
+    # radius 0: picks go on until every row is a centre or a copy of one
+    idx, radius, _ = continue_lazy(rest, nearest2, 5, radius=0.0)
+    values = {row.tobytes() for row in rest} - {row.tobytes() for row in z[:20]}
+    assert len(idx) == len(values) and radius == 0.0
