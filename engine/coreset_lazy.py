@@ -19,11 +19,12 @@ yet wait for its next turn at the top), and sifted down. The pick sequence and t
 are those of the dense rule: ties go to the lowest row index, as ``argmax`` does, and a
 chosen row leaves the heap.
 
-On kolektorsdd (208,544 patches, k = 20,854) a step refreshes ~40 rows against ~1,600 new
-centres each: about as many distances as the pruned path, but each from one row held in
-the cache against centres read in order (~10 ns at d = 128) instead of rows gathered from
-all over memory; on textured data far fewer. Distances are ``sum((x - c)^2)`` in float32,
-like the rows (no cancellation, unlike ``|x|² + |c|² - 2 x·c``).
+On kolektorsdd (208,544 patches, k = 20,854) a step measures ~70,000 distances, a third of
+one per row: about as many as the pruned path, but each from one row held in the cache
+against centres read in order (~10 ns at d = 128) instead of rows gathered from all over
+memory: 20.7 s against 482 s (docs/BENCHMARKS.md, "Coreset selection"). Distances are
+``sum((x - c)^2)`` in float32, like the rows (no cancellation, unlike ``|x|² + |c|² -
+2 x·c``).
 """
 
 from __future__ import annotations
