@@ -22,23 +22,20 @@ their distances differently).
 
 from __future__ import annotations
 
+import functools
+import importlib
 import logging
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
 
-try:
-    from engine.coreset_lazy import continue_lazy, greedy_lazy
-
-    _NO_LAZY = ""
-except (ImportError, RuntimeError) as exc:  # numba missing, or no folder to cache its code in
-    greedy_lazy = continue_lazy = None  # type: ignore[assignment]
-    _NO_LAZY = f"{type(exc).__name__}: {exc}"
-
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from types import ModuleType
 
 # the distance a chosen row is given: below any real one, so it is never chosen twice
 _CHOSEN = -1.0
@@ -47,6 +44,21 @@ _CHOSEN = -1.0
 class Coreset(NamedTuple):
     indices: torch.Tensor  # (k,) int64 indices into the input rows, in selection order
     radius: float  # coverage radius in the projected space: max_x min_c ||x - c||
+
+
+@functools.cache
+def _lazy_kernels() -> ModuleType | None:
+    """:mod:`engine.coreset_lazy`, imported on the first selection (numba takes ~0.2 s to
+    import, which a process that never fits need not pay); None, with one warning per
+    process, where numba is missing or cannot load (no folder to cache its code in)."""
+    try:
+        coreset_lazy = importlib.import_module("engine.coreset_lazy")
+    except (ImportError, RuntimeError) as exc:
+        log.warning(
+            "numba unavailable (%s: %s): coreset by the pruned greedy", type(exc).__name__, exc
+        )
+        return None
+    return coreset_lazy
 
 
 def random_projection(features: torch.Tensor, dim: int, seed: int = 0) -> torch.Tensor:
@@ -76,11 +88,11 @@ def greedy_coreset(
     z = random_projection(features, projection_dim, seed)
     start = int(torch.randint(n, (1,), generator=torch.Generator().manual_seed(seed)))
     if z.device.type == "cpu":
-        if greedy_lazy is None:
-            log.warning("numba unavailable (%s): coreset by the pruned greedy", _NO_LAZY)
+        lazy = _lazy_kernels()
+        if lazy is None:
             idx, radius = _greedy_pruned(z.numpy(), n_select, start, progress)
         else:
-            idx, radius, _ = greedy_lazy(z.numpy(), n_select, start, progress)
+            idx, radius, _ = lazy.greedy_lazy(z.numpy(), n_select, start, progress)
         return Coreset(torch.from_numpy(idx), radius)
     idx_t, radius_t = _greedy_dense(z, n_select, start)
     if progress is not None:
@@ -212,9 +224,10 @@ def continue_coreset(
     z = random_projection(features, projection_dim, seed)
     zp = random_projection(prior, projection_dim, seed).to(z.device)
     nearest, owner = _nearest_centres(z, zp)
-    if z.device.type == "cpu" and continue_lazy is not None:
+    lazy = _lazy_kernels() if z.device.type == "cpu" else None
+    if lazy is not None:
         nearest2 = nearest.square().numpy()
-        idx, radius_now, _ = continue_lazy(z.numpy(), nearest2, n_select, progress, radius)
+        idx, radius_now, _ = lazy.continue_lazy(z.numpy(), nearest2, n_select, progress, radius)
         return Coreset(torch.from_numpy(idx), radius_now)
     if z.device.type == "cpu":
         r = nearest.numpy().astype(np.float32)

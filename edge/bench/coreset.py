@@ -24,8 +24,7 @@ import orjson
 import torch
 
 from edge.bench.engine import _progress, _read, engine_from_args, load_mvtec
-from engine.coreset import _greedy_dense, _greedy_pruned, random_projection
-from engine.coreset_lazy import greedy_lazy
+from engine.coreset import _greedy_dense, _greedy_pruned, _lazy_kernels, random_projection
 from engine.engine import Engine
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,6 +68,14 @@ def _features(engine: Engine, folder: Path, max_train: int) -> tuple[int, np.nda
     x = torch.from_numpy(feats.reshape(-1, feats.shape[-1]))
     z = random_projection(x, engine.config.coreset_projection_dim, engine.config.seed)
     return len(images), np.ascontiguousarray(z.numpy(), dtype=np.float32)
+
+
+def greedy_lazy(z: np.ndarray, k: int, start: int) -> tuple[np.ndarray, float, int]:
+    """:func:`engine.coreset_lazy.greedy_lazy`; without numba, one clear error."""
+    kernels = _lazy_kernels()
+    if kernels is None:
+        raise ValueError("numba is not installed: there is no lazy greedy to measure")
+    return kernels.greedy_lazy(z, k, start)  # type: ignore[no-any-return]
 
 
 def _timed(fn, *args):  # type: ignore[no-untyped-def]
@@ -143,6 +150,7 @@ def run_coreset_benchmark(args: argparse.Namespace) -> int:
     folders = [Path(d) for d in args.data] if args.data else default_sets()
     for folder in folders:
         load_mvtec(folder)  # a wrong folder fails before any long run
+    greedy_lazy(np.zeros((2, 1), np.float32), 1, 0)  # so does a missing numba
     engine = engine_from_args(args)
     sets = [
         measure_set(engine, f, args.max_train, args.sample, not args.skip_baseline) for f in folders

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from engine.coreset import (
     _continue_pruned,
     _greedy_dense,
     _greedy_pruned,
+    continue_coreset,
     coverage_radius,
     greedy_coreset,
     random_projection,
@@ -281,19 +283,30 @@ def test_cpu_path_uses_the_lazy_kernel_and_reports_progress() -> None:
     assert calls[-1] == (K, K)
 
 
+@pytest.fixture
+def without_numba(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """``import numba`` fails in this process (and the lazy module is imported afresh)."""
+    monkeypatch.setitem(sys.modules, "numba", None)  # type: ignore[arg-type]
+    monkeypatch.delitem(sys.modules, "engine.coreset_lazy")
+    coreset_module._lazy_kernels.cache_clear()
+    yield
+    coreset_module._lazy_kernels.cache_clear()
+
+
+@pytest.mark.usefixtures("without_numba")
 def test_without_numba_the_pruned_path_runs_with_one_warning(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setattr(coreset_module, "greedy_lazy", None)
-    monkeypatch.setattr(coreset_module, "_NO_LAZY", "ImportError: No module named 'numba'")
     features = _gaussian(8)
     with caplog.at_level(logging.WARNING, logger="engine.coreset"):
         coreset = greedy_coreset(features, K, PROJ, seed=8)
+        rest = continue_coreset(features[:100], features[100:110], 10, PROJ, seed=8)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "numba" in warnings[0].getMessage()
     z = random_projection(features, PROJ, 8)
     pruned_idx, _ = _greedy_pruned(z.numpy(), K, int(coreset.indices[0]))
     np.testing.assert_array_equal(coreset.indices.numpy(), pruned_idx)
+    assert len(set(rest.indices.tolist())) == 10
 
 
 def test_an_install_without_numba_imports_and_selects(tmp_path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from edge.bench import coreset as bench_coreset
 from edge.bench.coreset import SHARED_SETS, anomalib_reference, default_sets
 from edge.cli import main
 from tests.helpers.images import ok_png
@@ -126,3 +127,12 @@ def test_bad_options_are_usage_errors(capsys, option):
         main(["bench", "coreset", *option])
     assert exc.value.code == 2
     assert "usage:" in capsys.readouterr().err
+
+
+def test_without_numba_it_is_one_clear_line(capsys, disc_sets: Path, monkeypatch):
+    monkeypatch.setattr(bench_coreset, "_lazy_kernels", lambda: None)
+    assert main(["bench", "coreset", "--data", str(disc_sets / "plain/plate")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("bdi: error: numba")
+    assert len(captured.err.splitlines()) == 1
