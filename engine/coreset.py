@@ -1,25 +1,41 @@
 """Greedy k-center coreset selection (PatchCore §3.2) on randomly projected features.
 
-Two implementations of the *same* exact greedy rule (each step adds the point farthest
+Three implementations of the *same* exact greedy rule (each step adds the point farthest
 from the current selection):
 
 - :func:`_greedy_dense` — fully vectorised, no host synchronisation per step (the next
   centre stays a device tensor); used on CUDA, where one pass over all points is cheap.
-- :func:`_greedy_pruned` — on the CPU, where a full pass per step is memory-bound, it skips
-  every point that the triangle inequality proves the new centre cannot improve:
-  if ``d(c_new, c_a(x)) >= 2 r(x)`` then ``d(x, c_new) >= r(x)``. Only the remaining
-  candidates are measured, so late steps touch a small fraction of the points. The
-  selection is identical to the dense rule (up to floating-point ties).
+- :func:`engine.coreset_lazy.greedy_lazy` (and ``continue_lazy``) — on the CPU: lazy
+  greedy, compiled with numba. Each row keeps an upper bound of its distance to the
+  selection in a max-heap and is measured again only when it reaches the top, against the
+  centres added since, in order, from the cache (that module says why pruning failed on
+  some data).
+- :func:`_greedy_pruned` — the CPU fallback without numba: it skips every point that the
+  triangle inequality proves the new centre cannot improve: if ``d(c_new, c_a(x)) >=
+  2 r(x)`` then ``d(x, c_new) >= r(x)``. On textured data late steps touch a small
+  fraction of the points; on nearly equidistant patches (kolektorsdd) the test rarely
+  fires and each step re-measures a third of them, gathered from all over memory.
+
+The selections are identical to the dense rule up to floating-point ties (the paths round
+their distances differently).
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
+import logging
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from types import ModuleType
 
 # the distance a chosen row is given: below any real one, so it is never chosen twice
 _CHOSEN = -1.0
@@ -28,6 +44,21 @@ _CHOSEN = -1.0
 class Coreset(NamedTuple):
     indices: torch.Tensor  # (k,) int64 indices into the input rows, in selection order
     radius: float  # coverage radius in the projected space: max_x min_c ||x - c||
+
+
+@functools.cache
+def _lazy_kernels() -> ModuleType | None:
+    """:mod:`engine.coreset_lazy`, imported on the first selection (numba takes ~0.2 s to
+    import, which a process that never fits need not pay); None, with one warning per
+    process, where numba is missing or cannot load (no folder to cache its code in)."""
+    try:
+        coreset_lazy = importlib.import_module("engine.coreset_lazy")
+    except (ImportError, RuntimeError) as exc:
+        log.warning(
+            "numba unavailable (%s: %s): coreset by the pruned greedy", type(exc).__name__, exc
+        )
+        return None
+    return coreset_lazy
 
 
 def random_projection(features: torch.Tensor, dim: int, seed: int = 0) -> torch.Tensor:
@@ -57,7 +88,11 @@ def greedy_coreset(
     z = random_projection(features, projection_dim, seed)
     start = int(torch.randint(n, (1,), generator=torch.Generator().manual_seed(seed)))
     if z.device.type == "cpu":
-        idx, radius = _greedy_pruned(z.numpy(), n_select, start, progress)
+        lazy = _lazy_kernels()
+        if lazy is None:
+            idx, radius = _greedy_pruned(z.numpy(), n_select, start, progress)
+        else:
+            idx, radius, _ = lazy.greedy_lazy(z.numpy(), n_select, start, progress)
         return Coreset(torch.from_numpy(idx), radius)
     idx_t, radius_t = _greedy_dense(z, n_select, start)
     if progress is not None:
@@ -189,6 +224,11 @@ def continue_coreset(
     z = random_projection(features, projection_dim, seed)
     zp = random_projection(prior, projection_dim, seed).to(z.device)
     nearest, owner = _nearest_centres(z, zp)
+    lazy = _lazy_kernels() if z.device.type == "cpu" else None
+    if lazy is not None:
+        nearest2 = nearest.square().numpy()
+        idx, radius_now, _ = lazy.continue_lazy(z.numpy(), nearest2, n_select, progress, radius)
+        return Coreset(torch.from_numpy(idx), radius_now)
     if z.device.type == "cpu":
         r = nearest.numpy().astype(np.float32)
         idx = _continue_pruned(

@@ -1,5 +1,5 @@
 """``bdi bench engine``, ``pipeline``, ``parts``, ``frr``, ``incremental``, ``drift``,
-``ui`` and ``rest``: the parsers of the benchmarks in ``edge.bench`` (imported when a
+``ui``, ``rest`` and ``coreset``: the parsers of the benchmarks in ``edge.bench`` (imported when a
 benchmark runs, not when ``bdi`` starts)."""
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     _add_bench_drift(bench_sub)
     _add_bench_ui(bench_sub)
     _add_bench_rest(bench_sub)
+    _add_bench_coreset(bench_sub)
 
 
 def _count(minimum: int) -> Callable[[str], int]:
@@ -46,19 +47,8 @@ def _cmd_bench_engine(args: argparse.Namespace) -> int:
 
 def _add_bench_engine(bench_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     eng = bench_sub.add_parser("engine", help="train on DIR/train/good, score DIR/test")
-    eng.add_argument("--data", required=True, help="MVTec-layout folder")
-    eng.add_argument(
-        "--backbone", default="efficientnet_lite0", help="dinov2_vits14 or efficientnet_lite0"
-    )
-    eng.add_argument("--weights", default=None, help="backbone weights file, or 'random'")
-    eng.add_argument("--size", type=int, default=224, help="backbone input size (px)")
-    eng.add_argument(
-        "--coreset-rate", type=float, default=0.1, help="share of patches kept in the memory bank"
-    )
+    _engine_options(eng)
     eng.add_argument("--max-train", type=_count(0), default=0, help="0 = all training images")
-    eng.add_argument(
-        "--knn", choices=["exact", "ivf"], default=None, help="kNN index (default: BDI_KNN_MODE)"
-    )
     eng.add_argument("--batch", type=_count(1), default=16, help="frames per engine call")
     eng.add_argument(
         "--chunk",
@@ -67,18 +57,11 @@ def _add_bench_engine(bench_sub: argparse._SubParsersAction) -> None:  # type: i
         help="images per backbone forward (BDI_ENGINE_BATCH_SIZE; 0 = the device's default)",
     )
     eng.add_argument(
-        "--shortlist",
-        type=int,
-        default=None,
-        help="memory-bank rows per grid position for the kNN (0 = off)",
-    )
-    eng.add_argument(
         "--rounds",
         type=_count(1),
         default=5,
         help="timed passes; each batch runs backbone then engine, fastest of each kept",
     )
-    eng.add_argument("--json", action="store_true", help="print only the JSON line on stdout")
     eng.set_defaults(func=_cmd_bench_engine)
 
 
@@ -187,14 +170,18 @@ def _cmd_bench_parts(args: argparse.Namespace) -> int:
     return run_parts_benchmark(args)
 
 
-def _engine_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="MVTec-layout folder")
+def _backbone_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default="efficientnet_lite0",
                    help="dinov2_vits14 or efficientnet_lite0")  # fmt: skip
     p.add_argument("--weights", default=None, help="backbone weights file, or 'random'")
-    p.add_argument("--size", type=int, default=224, help="backbone input size (px)")
-    p.add_argument("--coreset-rate", type=float, default=0.1,
+    p.add_argument("--size", type=_count(16), default=224, help="backbone input size (px)")
+    p.add_argument("--coreset-rate", type=_share, default=0.1,
                    help="share of patches kept in the memory bank")  # fmt: skip
+
+
+def _engine_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="MVTec-layout folder")
+    _backbone_options(p)
     p.add_argument("--knn", choices=["exact", "ivf"], default=None,
                    help="kNN index (default: BDI_KNN_MODE)")  # fmt: skip
     p.add_argument("--shortlist", type=int, default=None,
@@ -202,12 +189,24 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print only the JSON line on stdout")
 
 
-def _rate(text: str) -> float:
-    """An argparse type: a rate strictly between 0 and 1."""
+def _share(text: str) -> float:
+    """An argparse type: a share in (0, 1]."""
+    value = _number(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is not in (0, 1]")
+    return value
+
+
+def _number(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def _rate(text: str) -> float:
+    """An argparse type: a rate strictly between 0 and 1."""
+    value = _number(text)
     if not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(f"{value} is not in (0, 1)")
     return value
@@ -367,3 +366,32 @@ def _cmd_bench_rest(args: argparse.Namespace) -> int:
     from edge.bench.rest import run_rest_benchmark
 
     return run_rest_benchmark(args)
+
+
+def _add_bench_coreset(bench_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = bench_sub.add_parser(
+        "coreset",
+        help="coreset selection on real training patches: lazy greedy vs pruned vs exact",
+        description="Embeds each DIR/train/good, selects the coreset by lazy greedy (the CPU "
+        "path) and by the pruned greedy on the same projected patches, and checks the radius "
+        "against exact greedy on a sample. See docs/BENCHMARKS.md.",
+    )
+    p.add_argument(
+        "--data", action="append", default=[], metavar="DIR",
+        help="MVTec-layout folder (repeatable; default: the shared data's tire, metal_plate "
+        "and kolektorsdd under BDI_TEST_DATA or ../shared/data)",
+    )  # fmt: skip
+    _backbone_options(p)
+    p.add_argument("--max-train", type=_count(0), default=0, help="0 = all training images")
+    p.add_argument("--sample", type=_count(0), default=20_000,
+                   help="patches in the check against exact greedy (0: skip it)")  # fmt: skip
+    p.add_argument("--skip-baseline", action="store_true",
+                   help="do not run the pruned greedy (slow on some data)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="only the JSON line on stdout")
+    p.set_defaults(func=_cmd_bench_coreset, knn=None, shortlist=None)
+
+
+def _cmd_bench_coreset(args: argparse.Namespace) -> int:
+    from edge.bench.coreset import run_coreset_benchmark
+
+    return run_coreset_benchmark(args)
