@@ -225,7 +225,7 @@ class PipelineRun:
             if cfg.models:
                 ids = (RECIPE, ROLE, ROI)
                 sweep = ModelSweep(cfg.models, *ids, store, model, camera, reader, group, say)
-                by_models = await sweep.run(streams.burst, phase)
+                by_models = await sweep.run(streams.burst, phase, cfg.rounds)
         finally:
             await camera.stop()
             await reader.stop()
