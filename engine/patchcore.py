@@ -91,6 +91,7 @@ class ModelMeta:
     # max over the training patches of the distance to their nearest coreset row, in the
     # coreset's projected space (engine.coreset); None: not recorded (older models)
     coverage_radius: float | None = None
+    channel_mode: str | None = None  # the training images' (engine.images); None: not recorded
     created_at: float = field(default_factory=time.time)
     format: int = FORMAT_VERSION
 
@@ -103,8 +104,9 @@ class ModelMeta:
             # absent means fp32, as in every model stored before the key existed: their
             # metadata, and so their versions, stay what they were
             del d["compute_dtype"]
-        if self.coverage_radius is None:
-            del d["coverage_radius"]  # as in models stored before it was recorded
+        for key in ("coverage_radius", "channel_mode"):
+            if d[key] is None:
+                del d[key]  # as in models stored before it was recorded
         return d
 
     @classmethod

@@ -29,6 +29,7 @@ from engine import calibration as calib
 from engine import conformal
 from engine.device import dtype_name
 from engine.errors import EngineError
+from engine.images import check_mode, common_mode
 from engine.incremental import extend_bank, reference_scores
 from engine.leave_one_out import leave_one_out_neighbours, position_baseline, positional_shortlist
 from engine.patchcore import ModelMeta, PatchCoreModel, build_memory, score
@@ -85,6 +86,7 @@ def fit(
         raise EngineError("no OK images to train from")
     s = engine.config
     alpha = s.target_frr if target_frr is None else target_frr
+    mode = common_mode(images)  # before any work: one camera type per model
     bb = engine.backbone(s.backbone, s.image_size)
     dtype = engine.spec.dtype  # recorded in the model, which is scored in it from then on
     t0 = time.perf_counter()
@@ -99,6 +101,7 @@ def fit(
         image_size=s.image_size, grid=feats.shape[1:3], feature_dim=feats.shape[3],
         mm_per_px=mm_per_px, coreset_rate=s.coreset_rate if coreset_rate is None else coreset_rate,
         n_train_images=0, n_patches=0, memory_bank=0, compute_dtype=dtype_name(dtype),
+        channel_mode=mode,
     )  # fmt: skip
     model, loo_ok, timings = fit_bank(engine, feats[train], meta, progress)
     t2 = time.perf_counter()
@@ -182,6 +185,7 @@ def append(
     """
     if not images:
         raise EngineError("no OK images to add")
+    check_mode(model.meta.channel_mode, common_mode(images), "the added images are")
     s = engine.config
     bb = engine.backbone_for(model)
     t0 = time.perf_counter()

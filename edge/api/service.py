@@ -39,7 +39,11 @@ from engine.training import Progress
 from store import ModelRef, ModelStore
 
 # engine failures of one frame that mean "this model cannot score this image"
-_REQUEST_ERRORS = {"GridMismatchError": "token_grid_mismatch", "NotFittedError": "missing_memory"}
+_REQUEST_ERRORS = {
+    "GridMismatchError": (400, "token_grid_mismatch"),
+    "NotFittedError": (400, "missing_memory"),
+    "ChannelMismatchError": (422, "channel_mismatch"),
+}
 
 
 def decode(data: bytes, max_pixels: int) -> np.ndarray:
@@ -244,10 +248,10 @@ def inference_public(
     image_sha256: str,
     heatmap: bool,
 ) -> InferencePublic:
-    """One scored upload as ``/infer`` answers it (400 when the model cannot score it)."""
+    """One scored upload as ``/infer`` answers it (400 / 422 when the model cannot score it)."""
     if result.verdict == "ERROR" and result.error_kind in _REQUEST_ERRORS:
         # over REST the caller is told why, as an error status, not as a verdict
-        raise BdiError(result.error or "", 400, _REQUEST_ERRORS[result.error_kind])
+        raise BdiError(result.error or "", *_REQUEST_ERRORS[result.error_kind])
     metrics.inferences.labels(result.verdict).inc()
     diagnostics.log(
         "inference", **ref.ids(), verdict=result.verdict, score=result.score,
