@@ -9,7 +9,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -20,18 +20,14 @@ from engine.calibration import Calibration
 from engine.coreset import greedy_coreset
 from engine.errors import GridMismatchError, NotFittedError
 from engine.knn import KnnIndex
+from engine.meta import ModelMeta
 
 if TYPE_CHECKING:
     from configs.settings import KnnMode
 
-FORMAT_VERSION = 1
 REWEIGHT_NEIGHBOURS = 9  # b in the paper's eq. (7)
 BOUND_MARGIN = 2e-6  # relative slack on shortlist bounds (see PatchCoreModel.shortlist_bounds)
 MAP_SLACK = 1e-5  # relative slack on region thresholds (see region_floor)
-# the artifact's name of ModelMeta.baseline_images (and "nominal" the baseline's array):
-# file-format names, kept so that stored models load and keep their versions
-_BASELINE_IMAGES_KEY = "nominal_images"
-FLOAT32 = "float32"  # ModelMeta.compute_dtype of fp32 models, left out of their metadata
 
 
 def aggregate(feature_maps: list[torch.Tensor], grid_map: int = 0) -> torch.Tensor:
@@ -69,54 +65,6 @@ def _pool_halve(f: torch.Tensor) -> torch.Tensor:
     c = f.shape[1]
     kernel = (taps[:, None] * taps[None, :]).expand(c, 1, 4, 4).contiguous()
     return F.conv2d(f, kernel, stride=2, padding=1, groups=c)
-
-
-@dataclass(frozen=True)
-class ModelMeta:
-    backbone: str
-    backbone_weights: str  # "random", or "sha256:<16 hex>" of the pretrained weights file
-    image_size: int
-    grid: tuple[int, int]
-    feature_dim: int
-    mm_per_px: float | None
-    coreset_rate: float
-    n_train_images: int
-    n_patches: int
-    memory_bank: int
-    baseline_images: int = 0  # training images behind the per-position baseline; 0 = none
-    # the backbone's dtype when the model was fitted, and so calibrated: "float32",
-    # "bfloat16" or "float16" (engine.device.COMPUTE_DTYPES). The model is scored in it on
-    # any device, so that its threshold means what it meant at calibration.
-    compute_dtype: str = FLOAT32
-    # max over the training patches of the distance to their nearest coreset row, in the
-    # coreset's projected space (engine.coreset); None: not recorded (older models)
-    coverage_radius: float | None = None
-    channel_mode: str | None = None  # the training images' (engine.images); None: not recorded
-    created_at: float = field(default_factory=time.time)
-    format: int = FORMAT_VERSION
-
-    def to_dict(self) -> dict[str, object]:
-        """The artifact's JSON metadata (hashed into the model version: keys are stable)."""
-        d = asdict(self)
-        d["grid"] = list(self.grid)
-        d[_BASELINE_IMAGES_KEY] = d.pop("baseline_images")
-        if self.compute_dtype == FLOAT32:
-            # absent means fp32, as in every model stored before the key existed: their
-            # metadata, and so their versions, stay what they were
-            del d["compute_dtype"]
-        for key in ("coverage_radius", "channel_mode"):
-            if d[key] is None:
-                del d[key]  # as in models stored before it was recorded
-        return d
-
-    @classmethod
-    def from_dict(cls, data: dict[str, object]) -> ModelMeta:
-        data = {**data}
-        if _BASELINE_IMAGES_KEY in data:
-            data["baseline_images"] = data.pop(_BASELINE_IMAGES_KEY)
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        known["grid"] = tuple(known["grid"])  # type: ignore[arg-type]
-        return cls(**known)  # type: ignore[arg-type]
 
 
 class Scores(NamedTuple):
