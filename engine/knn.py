@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Literal
 
 import faiss
 import numpy as np
-import torch
 
 from engine.device_knn import DeviceBackend, DeviceSearch, device_backend, device_search
 from engine.footprint import shared_rows
+from engine.knn_prune import Projection
 
 if TYPE_CHECKING:
     from configs.settings import KnnMode  # the accepted values of BDI_KNN_MODE
@@ -47,17 +47,10 @@ MIN_IVF_BANK = 2048
 # tire 155 / 0.89 and 57 / 0.51; metal_plate 47 / 0.28 and 54 / 0.26)
 SEED_APPROX = 48
 SEED_EXACT = 2
-# Exact searches given an upper bound skip every bank row whose distance in the bank's
-# top PROJECTION_DIM principal directions already exceeds it (a lower bound of the full
-# distance). Worth it on large banks only (measured on tire, 16,464 rows: 52 of them left
-# per query at 48 directions, against 524 of metal_plate's 4,233).
+# Exact searches given an upper bound skip the bank rows a cheap lower bound rules out
+# (engine.knn_prune), on large banks only (measured on tire, 16,464 rows: 52 of them left
+# per query, against 524 of metal_plate's 4,233).
 PRUNE_MIN_BANK = 8192
-PROJECTION_DIM = 48
-# relative slack on those lower bounds: float32 rounding of the projection and of the
-# expansion ``|q|² - 2 q·m + |m|²`` stays orders of magnitude below it
-PRUNE_MARGIN = 1e-4
-# past this share of the bank left, the plain matrix product is cheaper
-PRUNE_MAX_SHARE = 0.125
 _BOUND, _APPROX, _EXACT = 0, 1, 2  # what a patch distance currently is
 
 
@@ -81,7 +74,7 @@ class KnnIndex:
         self._flat: faiss.Index | None = None  # exact index used for refinement
         self._device: DeviceSearch | None = None  # every search, with use_gpu
         self._bank: np.ndarray | None = None  # the rows, read out of the index once
-        self._pruner: _Projection | None = None  # lower bounds for exact searches
+        self._pruner: Projection | None = None  # lower bounds for exact searches
 
     @property
     def size(self) -> int:
@@ -151,7 +144,7 @@ class KnnIndex:
         if self.use_gpu:
             self._device = device_search(self._bank, self._flat)
         self._pruner = (
-            _Projection(self._bank)
+            Projection(self._bank)
             if not self.use_gpu and len(self._bank) >= PRUNE_MIN_BANK
             else None
         )
@@ -191,7 +184,8 @@ class KnnIndex:
 
         ``upper (Q,)``: distances known to be at least the nearest one (a bound, an
         approximate search). On a large bank only the rows that a cheap lower bound cannot
-        rule out are then measured (see :class:`_Projection`); the answer is the same.
+        rule out are then measured (see :class:`engine.knn_prune.Projection`); the answer
+        is the same.
         """
         q = np.ascontiguousarray(queries, dtype=np.float32)
         ids = None
@@ -207,6 +201,7 @@ class KnnIndex:
         baseline: np.ndarray | None = None,
         upper: np.ndarray | None = None,
         searched: np.ndarray | None = None,
+        exact: np.ndarray | None = None,
     ) -> np.ndarray:
         """Nearest-neighbour distance bounds of every patch, ``(B, P, C) -> (B, P)``, exact
         where they decide each image's score ``max(distance - baseline)``.
@@ -224,6 +219,7 @@ class KnnIndex:
 
         ``searched (B, P) bool``, when given, is set where a patch went through the index
         (or the exact search): searching those again with the index changes nothing.
+        ``exact (B, P) bool``, when given, is set where a patch distance is exact.
         """
         b, p, c = queries.shape
         baseline = np.zeros(p, np.float32) if baseline is None else baseline.astype(np.float32)
@@ -231,6 +227,8 @@ class KnnIndex:
             if searched is not None:
                 searched[...] = True
             if self.kind == "exact":
+                if exact is not None:
+                    exact[...] = True
                 return self.exact(queries.reshape(-1, c)).reshape(b, p)
             dist = self.search(queries.reshape(-1, c))[0][:, 0].reshape(b, p)
             level = np.full((b, p), _APPROX, np.int8)
@@ -247,6 +245,8 @@ class KnnIndex:
             if not above.any():
                 if searched is not None:
                     searched[...] = level != _BOUND
+                if exact is not None:  # a flat index answers every search exactly
+                    exact[...] = level >= (_APPROX if self.kind == "exact" else _EXACT)
                 return dist
             if (above & (level == _BOUND)).any():
                 # cheap first: every contender still on a shortlist bound gets the index
@@ -274,13 +274,20 @@ class KnnIndex:
             self.settle(queries, dist, where)
             level[where] = _APPROX
 
-    def settle(self, queries: np.ndarray, dist: np.ndarray, where: np.ndarray) -> np.ndarray:
-        """Search the patches ``where (B, P) bool`` with the index (exactly for a flat one)
-        and keep the tighter of that and the bound they had."""
+    def settle(
+        self, queries: np.ndarray, dist: np.ndarray, where: np.ndarray, exact: bool = False
+    ) -> np.ndarray:
+        """Search the patches ``where (B, P) bool`` with the index (exactly for a flat one,
+        or with ``exact``) and keep the tighter of that and the bound they had.
+
+        ``dist`` must hold upper bounds of the distances there (a shortlist's, an IVF
+        probe's): an exact search uses them to rule bank rows out."""
         if not where.any():
             return dist
         q = queries[where]
-        if self.kind == "exact":
+        if exact:
+            dist[where] = self.exact(q, dist[where])
+        elif self.kind == "exact":
             dist[where] = self.exact(q)
         else:
             dist[where] = np.minimum(dist[where], self.search(q)[0][:, 0])
@@ -319,62 +326,6 @@ class KnnIndex:
     def load(cls, path: Path, nprobe: int = 8, use_gpu: bool = False) -> KnnIndex:
         knn = cls.read(path, nprobe)
         return knn.to_device() if use_gpu else knn
-
-
-class _Projection:
-    """Lower bounds of distances to a bank from its top principal directions.
-
-    With ``P`` orthonormal, ``|Pᵀ(q - m)| <= |q - m|``: a row whose projected distance
-    exceeds a known upper bound of the nearest distance cannot be the nearest row. Parts
-    and their patches vary along few directions (48 of 176 hold ~93 % of a bank's
-    variance), so the bound is tight and few rows are left to measure in full.
-    """
-
-    def __init__(self, bank: np.ndarray) -> None:
-        # torch for the products: numpy's own BLAS would start a second thread pool that
-        # spins against torch's and faiss' for the same cores (measured: 3x slower maps)
-        self.bank = bank
-        rows = torch.from_numpy(bank).double()
-        centred = rows - rows.mean(dim=0)
-        _, vectors = torch.linalg.eigh(centred.T @ centred)  # ascending eigenvalues
-        dim = min(PROJECTION_DIM, bank.shape[1])
-        top = vectors.flip(1)[:, :dim]
-        proj = centred @ top
-        self.mean = rows.mean(dim=0).float()
-        self.basis = top.float().contiguous()
-        self.proj_t = proj.float().T.contiguous()  # (dim, M)
-        # the row terms of the test in :meth:`nearest`, with their share of the slack
-        self.row_term = ((proj**2).sum(dim=1) - PRUNE_MARGIN * (centred**2).sum(dim=1)).float()
-
-    def nearest(self, q: np.ndarray, upper: np.ndarray) -> np.ndarray | None:
-        """Row id of each query's nearest bank row, or None when too little is ruled out.
-
-        Row ``m`` is kept when ``|Pᵀ(q - m)|² <= u² + ε (u² + |q - μ|² + |m - μ|²)``: the
-        slack ``ε`` covers float32 rounding, which grows with the norms involved and stays
-        far below it. Expanded, the row terms are precomputed and the test is one product.
-        """
-        with torch.inference_mode():
-            centred = torch.from_numpy(q) - self.mean
-            qp = centred @ self.basis
-            u_sq = torch.from_numpy(np.square(np.asarray(upper, dtype=np.float32)))
-            rhs = (
-                u_sq * (1.0 + PRUNE_MARGIN)
-                + PRUNE_MARGIN * (centred * centred).sum(dim=1)
-                - (qp * qp).sum(dim=1)
-            )
-            lhs = torch.addmm(self.row_term[None, :], qp, self.proj_t, alpha=-2.0)
-            keep = (lhs <= rhs[:, None]).numpy()  # an infinite bound keeps every row
-        kept = np.flatnonzero(keep)  # queries in order (2-D np.nonzero is ~10x slower)
-        if len(kept) > PRUNE_MAX_SHARE * keep.size or not keep.any(axis=1).all():
-            return None
-        qi, mi = np.divmod(kept, keep.shape[1])
-        diff = self.bank[mi] - q[qi]
-        d2 = np.einsum("ij,ij->i", diff, diff)
-        # per query, the kept row at the smallest distance (np.nonzero keeps queries sorted)
-        order = np.lexsort((d2, qi))
-        first = np.ones(len(order), dtype=bool)
-        first[1:] = qi[order][1:] != qi[order][:-1]
-        return mi[order][first]
 
 
 def _read_rows(index: faiss.Index) -> np.ndarray:

@@ -228,12 +228,13 @@ def score(
     The image scores are exact. ``patches`` are upper bounds of the patch distances, exact
     where they decide the image score; with a shortlist they are only searched where they
     could, so ``maps (B,) bool`` names the frames whose whole map is wanted (a heatmap, a
-    map): those, and every frame that reaches the model's threshold (its regions are
-    measured), get every patch searched. ``maps=None``: every frame.
+    map): those get every patch searched with the index (``maps=None``: every frame).
 
-    ``regions``: how the frames' anomaly maps are drawn. Given, a frame that reaches the
-    threshold but wants no map is searched only where its regions need it (see
-    :func:`_search_near_regions`); its regions are those of a fully searched map.
+    ``regions``: how the frames' anomaly maps are drawn, for the frames that reach the
+    model's threshold (their defect regions are measured): every patch that one of their
+    regions can depend on is then searched exactly (see :func:`_search_near_regions`), so
+    their regions, areas included, are those of an exact search of every patch. None: no
+    regions are measured from these scores (image scores only).
     """
     if model.index.size == 0:
         raise NotFittedError("model has an empty memory bank")
@@ -248,26 +249,24 @@ def score(
     # on a GPU the exact search is cheap enough on its own
     upper = None if model.index.use_gpu else model.shortlist_bounds(flat)
     searched = np.zeros((b, h * w), dtype=bool)  # patches at index quality
-    patch = model.index.search_images(flat, baseline, upper, searched)  # (B, P)
+    exact = np.zeros((b, h * w), dtype=bool)  # patches at their exact distance
+    patch = model.index.search_images(flat, baseline, upper, searched, exact)  # (B, P)
     judged = patch if baseline is None else patch - baseline
     image = judged.max(axis=1)
-    if upper is not None:
+    if not exact.all():
         whole = np.ones(b, dtype=bool) if maps is None or reweight else maps.copy()
         where = np.zeros((b, h * w), dtype=bool)
         where[whole] = True
-        threshold = model.threshold
-        reaching = np.zeros(b, dtype=bool)
-        if threshold is not None:
-            reaching = ~whole & (image >= threshold)
-            if regions is None:
-                where[reaching] = True
         patch = model.index.settle(flat, patch, where & ~searched)
         searched |= where
-        if regions is not None and reaching.any():
-            assert threshold is not None
-            _search_near_regions(
-                model.index, flat, patch, searched, reaching, (h, w), baseline, threshold, regions
-            )
+        threshold = model.threshold
+        if regions is not None and threshold is not None:
+            reaching = image >= threshold
+            if reaching.any():
+                _search_near_regions(
+                    model.index, flat, patch, exact, reaching, (h, w), baseline, threshold,
+                    regions,
+                )  # fmt: skip
     if reweight:
         image = image * _reweight(model.index, flat[np.arange(b), judged.argmax(axis=1)])
     return Scores(image.astype(np.float64), patch.reshape(b, h, w))
@@ -291,25 +290,24 @@ def _search_near_regions(
     index: KnnIndex,
     flat: np.ndarray,
     patch: np.ndarray,
-    searched: np.ndarray,
+    exact: np.ndarray,
     frames: np.ndarray,
     grid: tuple[int, int],
     baseline: np.ndarray | None,
     threshold: float,
     spec: MapSpec,
 ) -> None:
-    """Search the patches of ``frames (B,) bool`` that their regions depend on (in place).
+    """Search exactly the patches of ``frames (B,) bool`` that their regions depend on (in
+    place). ``exact (B, P) bool``: patches already at their exact distance (updated here).
 
-    ``searched (B, P) bool``: patches already at index quality (updated here).
-
-    Every unsearched patch distance is an upper bound, and a map pixel is a positive
-    weighted average of the patches its operator reaches (:func:`map_support`), so a map
-    drawn from the bounds is an upper bound of the fully searched map: pixels below the
-    threshold on it are below it on the searched map too. A full-size pixel interpolates
-    the map pixels next to it, so the patches reached by every pixel at or above the
-    threshold, and by its 8 neighbours, are searched. Those pixels, and every full-size
-    pixel that may reach the threshold, then hold their fully searched values: the same
-    regions, with the same scores, as searching everything.
+    Every other patch distance is an upper bound (a shortlist's, an IVF probe's), and a map
+    pixel is a positive weighted average of the patches its operator reaches
+    (:func:`map_support`), so a map drawn from them is an upper bound of the exact map:
+    pixels below the threshold on it are below it on the exact map too. A full-size pixel
+    interpolates the map pixels next to it, so the patches reached by every pixel at or
+    above the threshold, and by its 8 neighbours, are searched exactly. Those pixels, and
+    every full-size pixel that may reach the threshold, then hold their exact values: the
+    same regions, with the same scores and areas, as an exact search of every patch.
 
     One round is enough: a search only ever lowers a patch distance, so no pixel below the
     threshold can rise to it afterwards.
@@ -329,10 +327,10 @@ def _search_near_regions(
         # cell (i, j) is reached when some hot pixel (y, x) has rows[y, i] and cols[x, j]
         reached = torch.matmul(torch.matmul(rows.T, hot), cols).numpy() > 0.5
     need = np.zeros(patch.shape, dtype=bool)
-    need[todo] = reached.reshape(len(todo), h * w) & ~searched[todo]
+    need[todo] = reached.reshape(len(todo), h * w) & ~exact[todo]
     if need.any():
-        index.settle(flat, patch, need)
-        searched |= need
+        index.settle(flat, patch, need, exact=True)
+        exact |= need
 
 
 def _reweight(index: KnnIndex, worst: np.ndarray) -> np.ndarray:

@@ -388,9 +388,9 @@ def test_ng_frame_regions_are_unchanged_when_only_the_cells_near_them_are_search
     searched: list[int] = []
     settle = model.index.settle
 
-    def counting(queries, dist, where):
+    def counting(queries, dist, where, exact=False):
         searched.append(int(where.sum()))
-        return settle(queries, dist, where)
+        return settle(queries, dist, where, exact)
 
     monkeypatch.setattr(model.index, "settle", counting)
     fast = engine.infer([InferItem(model, f, mm_per_px=0.1) for f in frames])
