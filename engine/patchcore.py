@@ -213,6 +213,7 @@ def score(
     reweight: bool = False,
     maps: np.ndarray | None = None,
     regions: MapSpec | None = None,
+    exact_regions: bool = True,
 ) -> Scores:
     """Score patch features ``(B, h, w, C)`` against the model's memory bank.
 
@@ -234,7 +235,9 @@ def score(
     model's threshold (their defect regions are measured): every patch that one of their
     regions can depend on is then searched exactly (see :func:`_search_near_regions`), so
     their regions, areas included, are those of an exact search of every patch. None: no
-    regions are measured from these scores (image scores only).
+    regions are measured from these scores (image scores only). ``exact_regions=False``
+    searches those patches with the index only, as before regions were exact (kept for
+    ``bdi bench regions``, which measures what exactness costs): regions then err larger.
     """
     if model.index.size == 0:
         raise NotFittedError("model has an empty memory bank")
@@ -264,8 +267,8 @@ def score(
             reaching = image >= threshold
             if reaching.any():
                 _search_near_regions(
-                    model.index, flat, patch, exact, reaching, (h, w), baseline, threshold,
-                    regions,
+                    model.index, flat, patch, exact if exact_regions else searched, reaching,
+                    (h, w), baseline, threshold, regions, exact_regions,
                 )  # fmt: skip
     if reweight:
         image = image * _reweight(model.index, flat[np.arange(b), judged.argmax(axis=1)])
@@ -296,9 +299,12 @@ def _search_near_regions(
     baseline: np.ndarray | None,
     threshold: float,
     spec: MapSpec,
+    exact_search: bool = True,
 ) -> None:
     """Search exactly the patches of ``frames (B,) bool`` that their regions depend on (in
     place). ``exact (B, P) bool``: patches already at their exact distance (updated here).
+    (``exact_search=False``: with the index only, and ``exact`` then names the patches
+    already searched with it.)
 
     Every other patch distance is an upper bound (a shortlist's, an IVF probe's), and a map
     pixel is a positive weighted average of the patches its operator reaches
@@ -329,7 +335,7 @@ def _search_near_regions(
     need = np.zeros(patch.shape, dtype=bool)
     need[todo] = reached.reshape(len(todo), h * w) & ~exact[todo]
     if need.any():
-        index.settle(flat, patch, need, exact=True)
+        index.settle(flat, patch, need, exact=exact_search)
         exact |= need
 
 

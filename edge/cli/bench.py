@@ -22,6 +22,9 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     _add_bench_ui(bench_sub)
     _add_bench_rest(bench_sub)
     _add_bench_coreset(bench_sub)
+    from edge.cli.bench_regions import add_bench_regions  # its own module: room here
+
+    add_bench_regions(bench_sub)
 
 
 def _count(minimum: int) -> Callable[[str], int]:
