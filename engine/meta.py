@@ -12,7 +12,9 @@ _BASELINE_IMAGES_KEY = "nominal_images"
 FLOAT32 = "float32"  # ModelMeta.compute_dtype of fp32 models, left out of their metadata
 SQUARE = "square"  # ModelMeta.input_mode of squashed inputs, left out of their metadata
 ASPECT = "aspect"  # ModelMeta.input_mode of inputs that keep the aspect ratio
-INPUT_MODES = (SQUARE, ASPECT)
+# BDI_INPUT_MODE only, never stored: "aspect" where a square input would squash the
+# training crops by more than engine.images.SQUASH_LIMIT, else "square"
+AUTO = "auto"
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,10 @@ from engine import conformal
 from engine.backbone import INPUT_MULTIPLE
 from engine.device import dtype_name
 from engine.errors import EngineError
-from engine.images import aspect_shape, check_mode, check_shape, common_mode
+from engine.images import SQUASH_LIMIT, aspect_shape, check_mode, check_shape, common_mode, squash
 from engine.incremental import extend_bank, reference_scores
 from engine.leave_one_out import leave_one_out_neighbours, position_baseline, positional_shortlist
-from engine.meta import ASPECT
+from engine.meta import ASPECT, AUTO, SQUARE
 from engine.patchcore import ModelMeta, PatchCoreModel, build_memory, score
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ def fit(
         image_size=s.image_size, grid=feats.shape[1:3], feature_dim=feats.shape[3],
         mm_per_px=mm_per_px, coreset_rate=s.coreset_rate if coreset_rate is None else coreset_rate,
         n_train_images=0, n_patches=0, memory_bank=0, compute_dtype=dtype_name(dtype),
-        input_mode=s.input_mode, input_shape=shape, channel_mode=mode,
+        input_mode=SQUARE if shape is None else ASPECT, input_shape=shape, channel_mode=mode,
     )  # fmt: skip
     model, loo_ok, timings = fit_bank(engine, feats[train], meta, progress)
     t2 = time.perf_counter()
@@ -125,10 +125,11 @@ def fit(
 
 
 def input_shape(engine: Engine, images: Sequence[np.ndarray]) -> tuple[int, int] | None:
-    """The backbone input ``(H, W)`` of a model fitted on ``images`` with
-    ``BDI_INPUT_MODE=aspect`` (sized by ``engine.aspect_sizing``); None for a square one."""
+    """The backbone input ``(H, W)`` of an "aspect" model fitted on ``images`` (sized by
+    ``engine.aspect_sizing``), or None for a square one: ``BDI_INPUT_MODE`` ``square``,
+    or ``auto`` where a square input squashes them by at most :data:`SQUASH_LIMIT`."""
     s = engine.config
-    if s.input_mode != ASPECT:
+    if s.input_mode == SQUARE or (s.input_mode == AUTO and squash(images) <= SQUASH_LIMIT):
         return None
     return aspect_shape(images, s.image_size, INPUT_MULTIPLE[s.backbone], engine.aspect_sizing)
 

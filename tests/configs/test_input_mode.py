@@ -6,6 +6,7 @@ from configs.settings import SettingsError, load_settings
 
 
 def test_input_mode_is_read_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().input_mode == "auto"
     monkeypatch.setenv("BDI_INPUT_MODE", "aspect")
     assert load_settings().input_mode == "aspect"
     monkeypatch.setenv("BDI_INPUT_MODE", "tiles")

@@ -60,6 +60,20 @@ def test_the_shape_is_the_median_aspect_ratio_in_multiples_of_the_stride() -> No
     assert aspect_shape([np.zeros((512, 512, 3), np.uint8)], 224, 16, "area") == (224, 224)
 
 
+@pytest.mark.parametrize(
+    ("shape", "mode"),
+    [((64, 64), SQUARE), ((64, 88), SQUARE), ((64, 96), SQUARE), ((64, 112), ASPECT)],
+)
+def test_auto_keeps_the_aspect_ratio_of_crops_squashed_by_more_than_one_and_a_half(
+    make_engine: Callable[..., Engine], shape: tuple[int, int], mode: str
+) -> None:
+    """4:3 photographs stay square (as they were measured best), 2.5:1 strips do not."""
+    engine = make_engine(input_mode="auto", threshold_method="percentile")
+    meta = engine.fit([texture("checker", seed, *shape) for seed in range(2)]).model.meta
+    assert meta.input_mode == mode
+    assert meta.input_shape == (None if mode == SQUARE else (64, 112))
+
+
 def test_training_crops_of_different_shapes_are_refused() -> None:
     images = [np.zeros((64, 192, 3), np.uint8)] * 3 + [np.zeros((64, 64, 3), np.uint8)]
     with pytest.raises(ShapeMismatchError, match="1 of 4 images differ in aspect ratio"):
