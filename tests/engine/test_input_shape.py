@@ -125,9 +125,13 @@ def test_a_strip_defect_is_found_where_it_is_in_the_crop_pixels(
         y, x, h, w = 24 * scale, 140 * scale, 10 * scale, 14 * scale
         scene = cv2.resize(strip(99), None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
         crop = with_box(scene, y, x, h, w)
-        (res,) = aspect_engine.infer([InferItem(strip_model, crop, want_map=True)])
+        item = InferItem(strip_model, crop, want_map=True, want_heatmap=True)
+        (res,) = aspect_engine.infer([item])
         assert res.verdict == "NG", res
         assert res.anomaly_map is not None and res.anomaly_map.shape == crop.shape[:2]
+        assert res.heatmap_png is not None
+        heat = cv2.imdecode(np.frombuffer(res.heatmap_png, np.uint8), cv2.IMREAD_COLOR)
+        assert heat.shape == crop.shape
         region = res.regions[0]
         bx, by, bw, bh = region.bbox
         # the region lies on the defect: inside it, but for the blur's reach each way
