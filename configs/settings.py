@@ -38,6 +38,7 @@ KnnMode = Literal["exact", "ivf"]  # engine.knn.KnnIndex's modes (the one defini
 KafkaProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 ThresholdMethod = Literal["conformal", "percentile"]  # engine.engine.Engine.fit
+InputMode = Literal["square", "aspect", "auto"]  # engine.meta.SQUARE, ASPECT, AUTO
 Idempotence = Literal["auto", "on", "off"]  # consumers.publish.start_producer
 # never shown in a settings error, whatever their value
 SECRET_FIELDS = frozenset({"api_key", "kafka_sasl_password", "trace_db_url", "session_secret"})
@@ -128,6 +129,10 @@ class Settings(_BdiSources):
     # Path to a weights file, or the word "random" (speed benchmarks only; results say so).
     backbone_weights: str | None = _env("backbone_weights", default=None)
     image_size: int = _env("image_size", default=224, ge=28, le=1792)
+    # how new fits make a frame the backbone's input (stored with each model): "square"
+    # squashes it to image_size²; "aspect" keeps the training crops' aspect ratio; "auto"
+    # keeps it where a square input would squash them by more than 1.5x (docs/INPUT.md)
+    input_mode: InputMode = _env("input_mode", default="auto")
     coreset_projection_dim: int = _env("coreset_projection_dim", default=128, ge=8, le=4096)
     knn_mode: KnnMode = _env("knn_mode", default="ivf")
     knn_ivf_nprobe: int = _env("knn_ivf_nprobe", default=4, ge=1)

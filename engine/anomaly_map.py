@@ -41,15 +41,21 @@ def map_operator(cells: int, size: int, sigma: float) -> torch.Tensor:
     return torch.from_numpy(np.stack(columns, axis=1))
 
 
-def anomaly_maps(patch_scores: np.ndarray, size: int, sigma: float = 4.0) -> np.ndarray:
-    """``(B, h, w)`` patch scores -> ``(B, size, size)`` float32 maps, blurred with ``sigma``."""
+def anomaly_maps(
+    patch_scores: np.ndarray, size: int | tuple[int, int], sigma: float = 4.0
+) -> np.ndarray:
+    """``(B, h, w)`` patch scores -> ``(B, H, W)`` float32 maps at the backbone's input size
+    ``size`` ``(H, W)`` (an int: ``(size, size)``), blurred with ``sigma``."""
     return map_tensor(patch_scores, size, sigma).numpy()
 
 
-def map_tensor(patch_scores: np.ndarray, size: int, sigma: float = 4.0) -> torch.Tensor:
-    """:func:`anomaly_maps` as a CPU tensor ``(B, size, size)`` (no gradient)."""
+def map_tensor(
+    patch_scores: np.ndarray, size: int | tuple[int, int], sigma: float = 4.0
+) -> torch.Tensor:
+    """:func:`anomaly_maps` as a CPU tensor ``(B, H, W)`` (no gradient)."""
     _, h, w = patch_scores.shape
-    rows, cols = map_operator(h, size, sigma), map_operator(w, size, sigma)
+    height, width = (size, size) if isinstance(size, int) else size
+    rows, cols = map_operator(h, height, sigma), map_operator(w, width, sigma)
     grids = torch.from_numpy(np.ascontiguousarray(patch_scores, dtype=np.float32))
     with torch.inference_mode():
         return torch.matmul(torch.matmul(rows, grids), cols.T)
@@ -69,7 +75,8 @@ def map_support(cells: int, size: int, sigma: float, widen: int = 0) -> torch.Te
 
 
 def resize_map(amap: np.ndarray, height: int, width: int) -> np.ndarray:
-    """One ``(S, S)`` map to the original image size ``(height, width)``."""
+    """One ``(H, W)`` map at the backbone's input size to the original image size
+    ``(height, width)``."""
     if amap.shape == (height, width):
         return amap
     return cv2.resize(amap, (width, height), interpolation=cv2.INTER_LINEAR)
@@ -78,9 +85,9 @@ def resize_map(amap: np.ndarray, height: int, width: int) -> np.ndarray:
 def full_size_box(
     hot_rows: np.ndarray, hot_cols: np.ndarray, height: int, width: int
 ) -> tuple[slice, slice] | None:
-    """The box of a ``(height, width)`` :func:`resize_map` of an ``(S, S)`` map that can hold
-    values at or above a threshold only in the rows ``hot_rows (S,) bool`` and the columns
-    ``hot_cols (S,) bool``; None when none is set.
+    """The box of a ``(height, width)`` :func:`resize_map` of an ``(H, W)`` map that can hold
+    values at or above a threshold only in the rows ``hot_rows (H,) bool`` and the columns
+    ``hot_cols (W,) bool``; None when none is set.
 
     A bilinear pixel is a weighted average of the two source rows (and columns) around
     its centre, so it reaches the threshold only next to a hot source pixel; the box holds

@@ -21,6 +21,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RANDOM_WEIGHTS = "random"
 BACKBONES = ("dinov2_vits14", "efficientnet_lite0")
+# what each side of a backbone's input must be a multiple of: DINOv2's patch, and the
+# stride of EfficientNet's deepest tapped block (so that its grids align exactly)
+INPUT_MULTIPLE = {"dinov2_vits14": 14, "efficientnet_lite0": 16}
 
 
 @dataclass(frozen=True)
@@ -191,7 +194,11 @@ def check_weights_source(name: str, weights: str | None) -> Path | None:
     return path
 
 
-def _build_dinov2_vits14(weights: str | None, image_size: int) -> tuple[nn.Module, str]:
+def _build_dinov2_vits14(
+    weights: str | None, image_size: int | tuple[int, int]
+) -> tuple[nn.Module, str]:
+    # a non-square (H, W) input gets the checkpoint's position embeddings interpolated to
+    # its token grid (timm's checkpoint_filter_fn), as for any other square size
     model = timm.create_model(
         "vit_small_patch14_dinov2", pretrained=False, img_size=image_size, num_classes=0
     )
@@ -232,9 +239,13 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_backbone(
-    name: str, spec: DeviceSpec, weights: str | None = None, image_size: int = 224
+    name: str,
+    spec: DeviceSpec,
+    weights: str | None = None,
+    image_size: int | tuple[int, int] = 224,
 ) -> Backbone:
-    """Build backbone ``name`` with its weights on ``spec.device``.
+    """Build backbone ``name`` with its weights on ``spec.device``, for inputs of
+    ``image_size`` (``(H, W)``, or an int for a square; only DINOv2 is built for one size).
 
     ``weights``: a file path, ``"random"`` (explicitly untrained: speed benchmarks only) or
     ``None`` (the packaged default where one exists).

@@ -17,6 +17,7 @@ class EngineConfig:
     backbone: str
     backbone_weights: str | None  # a weights file, "random", or None for the packaged one
     image_size: int
+    input_mode: str  # "square", "aspect" or "auto": how new fits shape their input (engine.meta)
     coreset_rate: float
     coreset_projection_dim: int
     knn_mode: KnnMode

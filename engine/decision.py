@@ -86,12 +86,13 @@ def decide(
     """Verdict and regions of one frame.
 
     ``score``: the image score (:func:`engine.patchcore.score`); ``patches (h, w)``: patch
-    distances; ``baseline (S, S)``: the model's per-position OK baseline as a pixel map
-    (:meth:`PatchCoreModel.baseline_map`), subtracted where the threshold applies (regions,
-    heatmap) so that they agree with the image score; ``amap (S, S)``: the frame's pixel
-    map where :func:`needs_map` asks for one, else None. ``reweight``: the image score was
-    reweighted (paper eq. 7); ``area_mm2_thr``: regions smaller than this do not make the
-    frame NG (``BDI_AREA_MM2_THR``).
+    distances; ``baseline (H, W)``: the model's per-position OK baseline as a pixel map at
+    the backbone's input size (:meth:`PatchCoreModel.baseline_map`), subtracted where the
+    threshold applies (regions, heatmap) so that they agree with the image score;
+    ``amap (H, W)``: the frame's pixel map at that size, where :func:`needs_map` asks for
+    one, else None. ``reweight``: the image score was reweighted (paper eq. 7);
+    ``area_mm2_thr``: regions smaller than this do not make the frame NG
+    (``BDI_AREA_MM2_THR``).
     """
     random_bb = model.meta.backbone_weights == RANDOM_WEIGHTS
     threshold = model.threshold

@@ -20,8 +20,8 @@ from engine.backbone import RANDOM_WEIGHTS, Backbone, load_backbone
 from engine.config import EngineConfig
 from engine.decision import Inference, InferItem, decide, failed, needs_map
 from engine.device import DeviceSpec, compute_dtype, select_device
-from engine.errors import ChannelMismatchError, EngineError
-from engine.images import channel_mode, check_mode, to_tensor
+from engine.errors import ChannelMismatchError, EngineError, ShapeMismatchError
+from engine.images import ASPECT_SIZING, channel_mode, check_mode, check_shape, to_tensor
 from engine.patchcore import MapSpec, PatchCoreModel, aggregate, score
 from engine.training import FitOutput, Progress
 
@@ -46,9 +46,11 @@ class Engine:
     def __init__(self, config: EngineConfig, spec: DeviceSpec) -> None:
         self.config = config
         self.spec = spec
-        self._backbones: dict[tuple[str, int], Backbone] = {}
+        self._backbones: dict[tuple[str, tuple[int, ...]], Backbone] = {}
         self._fingerprints: dict[str, str] = {}
         self._lock = threading.Lock()
+        # how an "aspect" fit sizes its input from image_size (engine.images.SIZING_RULES)
+        self.aspect_sizing = ASPECT_SIZING
 
     @property
     def batch_size(self) -> int:
@@ -64,16 +66,22 @@ class Engine:
         return cls(EngineConfig.from_settings(settings), spec)
 
     # --- backbones -------------------------------------------------------------------
-    def backbone(self, name: str | None = None, size: int | None = None) -> Backbone:
+    def backbone(
+        self, name: str | None = None, size: int | tuple[int, int] | None = None
+    ) -> Backbone:
+        """Backbone ``name`` for inputs of ``size`` ``(H, W)`` (an int: a square; None: the
+        configured ones). Only DINOv2 is built per input size: its position embeddings are
+        interpolated to the token grid when it is loaded."""
         name = name or self.config.backbone
         size = size or self.config.image_size
-        key = (name, size if name == "dinov2_vits14" else 0)
+        hw = (size, size) if isinstance(size, int) else tuple(size)
+        key = (name, hw if name == "dinov2_vits14" else (0, 0))
         with self._lock:
             if key not in self._backbones:
                 # the configured weights belong to the configured backbone; any other
                 # backbone uses its packaged default (or fails with a clear message)
                 weights = self.config.backbone_weights if name == self.config.backbone else None
-                self._backbones[key] = load_backbone(name, self.spec, weights, size)
+                self._backbones[key] = load_backbone(name, self.spec, weights, (hw[0], hw[1]))
             return self._backbones[key]
 
     def weights_fingerprint(self, backbone: Backbone) -> str:
@@ -89,12 +97,13 @@ class Engine:
         self,
         images: Sequence[np.ndarray],
         backbone: Backbone,
-        size: int,
+        size: int | tuple[int, int],
         progress: Progress = _noop,
         dtype: torch.dtype | None = None,
     ) -> np.ndarray:
-        """RGB images -> patch features ``(B, h, w, C)`` float32, in device-sized batches,
-        the backbone computing in ``dtype`` (None: the device's default). A model's images
+        """RGB images -> patch features ``(B, h, w, C)`` float32, each image resized to
+        ``size`` ``(H, W)`` (an int: a square), in device-sized batches, the backbone
+        computing in ``dtype`` (None: the device's default). A model's images
         are embedded in the model's dtype (:meth:`model_dtype`)."""
         step = self.batch_size
         out: list[np.ndarray] = []
@@ -107,20 +116,21 @@ class Engine:
             return out[0]  # one forward (the usual batch): no copy
         return np.concatenate(out) if out else np.empty((0, 0, 0, 0), np.float32)
 
-    def warm_up(self, frames: int) -> float:
+    def warm_up(self, frames: int, size: tuple[int, int] | None = None) -> float:
         """Run the configured backbone twice on one forward of ``min(frames, batch_size)``
-        synthetic images at the configured input size, and return the second run's seconds
-        per frame. The first run pays for lazy set-up (kernel selection, allocator growth),
-        so the first real batch does not; the second is a lower bound of what a frame
-        costs (decoding, resizing and the kNN come on top)."""
-        size = self.config.image_size
+        synthetic images at input size ``size`` ``(H, W)`` (None: the configured square;
+        an "aspect" model's ``input_shape`` where it is known), and return the second run's
+        seconds per frame. The first run pays for lazy set-up (kernel selection, allocator
+        growth), so the first real batch does not; the second is a lower bound of what a
+        frame costs (decoding, resizing and the kNN come on top)."""
+        hw = size or (self.config.image_size, self.config.image_size)
         n = max(1, min(frames, self.batch_size))
-        noise = np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+        noise = np.random.default_rng(0).integers(0, 256, (n, *hw, 3), dtype=np.uint8)
         images = list(noise)
-        bb = self.backbone()
-        self.embed(images, bb, size)
+        bb = self.backbone(None, hw)
+        self.embed(images, bb, hw)
         t0 = time.perf_counter()
-        self.embed(images, bb, size)
+        self.embed(images, bb, hw)
         return (time.perf_counter() - t0) / n
 
     # --- training -------------------------------------------------------------------------
@@ -145,11 +155,13 @@ class Engine:
 
     def image_scores(self, model: PatchCoreModel, images: Sequence[np.ndarray]) -> np.ndarray:
         """Image scores of many images against one model (calibration, datasets); each
-        image of the model's channel mode, else :class:`ChannelMismatchError`."""
+        image of the model's channel mode, else :class:`ChannelMismatchError` (and of its
+        aspect ratio, else :class:`ShapeMismatchError`)."""
         for image in images:
             check_mode(model.meta.channel_mode, channel_mode(image), "an image is")
+            check_shape(model.meta.input_shape, image)
         bb = self.backbone_for(model)
-        feats = self.embed(images, bb, model.meta.image_size, dtype=self.model_dtype(model))
+        feats = self.embed(images, bb, model.meta.input_hw, dtype=self.model_dtype(model))
         no_maps = np.zeros(len(feats), dtype=bool)
         return score(model, feats, self.config.score_reweight, no_maps).image
 
@@ -171,7 +183,7 @@ class Engine:
         return compute_dtype(model.meta.compute_dtype)
 
     def backbone_for(self, model: PatchCoreModel) -> Backbone:
-        bb = self.backbone(model.meta.backbone, model.meta.image_size)
+        bb = self.backbone(model.meta.backbone, model.meta.input_hw)
         if bb.info.dim != model.meta.feature_dim:
             raise EngineError(
                 f"model has {model.meta.feature_dim}-channel patch features; this engine's "
@@ -189,13 +201,13 @@ class Engine:
     def infer(self, items: Sequence[InferItem]) -> list[Inference]:
         """Score a batch of frames that may belong to different models.
 
-        The backbone runs once per (backbone, input size, weights, compute dtype) group;
+        The backbone runs once per (backbone, input shape, weights, compute dtype) group;
         each model then searches its own memory bank. A failure is confined to the frames
         it concerns, as ERROR.
         """
         t_start = time.perf_counter()
         results: list[Inference | None] = [None] * len(items)
-        groups: dict[tuple[str, int, str, str], list[int]] = {}
+        groups: dict[tuple[str, tuple[int, int], str, str], list[int]] = {}
         for i, item in enumerate(items):
             if item.model is None:
                 results[i] = Inference("NO_MODEL", None, None, error="no model for this frame")
@@ -203,10 +215,13 @@ class Engine:
             meta = item.model.meta
             try:  # a grey frame is never judged against colour training images, or the reverse
                 check_mode(meta.channel_mode, channel_mode(item.image))
-            except ChannelMismatchError as exc:
+                # nor a frame of another shape against an "aspect" model's, squashed silently
+                check_shape(meta.input_shape, item.image)
+            except (ChannelMismatchError, ShapeMismatchError) as exc:
                 results[i] = failed(exc, item.model)
                 continue
-            key = (meta.backbone, meta.image_size, meta.backbone_weights, meta.compute_dtype)
+            # frames of different input shapes never share a forward
+            key = (meta.backbone, meta.input_hw, meta.backbone_weights, meta.compute_dtype)
             groups.setdefault(key, []).append(i)
         for members in groups.values():
             self._infer_group(items, members, results)
@@ -229,7 +244,7 @@ class Engine:
             dtype = self.model_dtype(first)
             t0 = time.perf_counter()
             images = [items[i].image for i in members]
-            feats = self.embed(images, bb, first.meta.image_size, dtype=dtype)
+            feats = self.embed(images, bb, first.meta.input_hw, dtype=dtype)
             embed_ms = (time.perf_counter() - t0) * 1e3 / len(members)
         except (EngineError, RuntimeError, ValueError) as exc:
             for i in members:
@@ -251,14 +266,14 @@ class Engine:
                 mine = feats if len(positions) == len(feats) else feats[positions]
                 scores = score(
                     model, mine, cfg.score_reweight, wanted,
-                    MapSpec(model.meta.image_size, cfg.anomaly_sigma),
+                    MapSpec(*model.meta.input_hw, cfg.anomaly_sigma),
                 )  # fmt: skip
             except (EngineError, RuntimeError, ValueError) as exc:
                 for pos in positions:
                     results[members[pos]] = failed(exc, model)
                 continue
             knn_ms = (time.perf_counter() - t1) * 1e3 / len(positions)
-            size, sigma = model.meta.image_size, cfg.anomaly_sigma
+            size, sigma = model.meta.input_hw, cfg.anomaly_sigma
             baseline = model.baseline_map(size, sigma)
             # the pixel maps of the frames that need one, drawn together
             drawn = [

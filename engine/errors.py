@@ -33,6 +33,11 @@ class ChannelMismatchError(EngineError):
     images of both (HTTP 422; an ERROR verdict for the frame)."""
 
 
+class ShapeMismatchError(EngineError):
+    """A frame whose aspect ratio is not its model's (an "aspect" model), or training images
+    of different aspect ratios (HTTP 422; an ERROR verdict for the frame)."""
+
+
 class NotFittedError(EngineError):
     """A model has no memory bank (HTTP 400: missing memory)."""
 

@@ -15,6 +15,7 @@ from engine.errors import (
     ChannelMismatchError,
     ImageDecodeError,
     ImageTooLargeError,
+    ShapeMismatchError,
     UnsupportedImageError,
 )
 
@@ -155,14 +156,84 @@ def read_image(path: str) -> np.ndarray:
         return decode_image(fh.read())
 
 
-def to_tensor(images: list[np.ndarray], size: int) -> torch.Tensor:
-    """RGB uint8 images of any size -> normalised ``(B, 3, size, size)`` float32."""
-    batch = np.empty((len(images), size, size, 3), dtype=np.uint8)
+# an "aspect" model scores frames whose aspect ratio (H / W) is within this factor of its
+# input shape's, either way; beyond it a frame would be visibly squashed, and is refused
+ASPECT_TOLERANCE = 1.25
+# how an "aspect" model's input shape is sized from image_size: "short" makes the short
+# side image_size; "area" keeps image_size² pixels (see docs/INPUT.md for the measurements)
+SIZING_RULES = ("short", "area")
+ASPECT_SIZING = "short"  # the rule new "aspect" fits use
+# BDI_INPUT_MODE=auto keeps the aspect ratio only of crops that a square input would squash
+# by more than this: measured, aspect input gains on 2.5:1 strips and loses on 4:3 photos
+# (docs/INPUT.md#input-shape)
+SQUASH_LIMIT = 1.5
+
+
+def aspect_ratio(image: np.ndarray) -> float:
+    """``H / W`` of an ``(H, W, ...)`` image."""
+    return image.shape[0] / image.shape[1]
+
+
+def squash(images: Sequence[np.ndarray]) -> float:
+    """How much a square input squashes ``images``: their median aspect ratio, long side
+    over short side (1 for square crops)."""
+    ratio = float(np.median([aspect_ratio(image) for image in images]))
+    return max(ratio, 1.0 / ratio)
+
+
+def aspect_shape(
+    images: Sequence[np.ndarray], image_size: int, multiple: int, rule: str = "short"
+) -> tuple[int, int]:
+    """The input ``(H, W)`` of an "aspect" model fitted on ``images``: their median aspect
+    ratio, sized from ``image_size`` by ``rule`` (:data:`SIZING_RULES`), both sides
+    multiples of ``multiple`` (the backbone's). :class:`ShapeMismatchError` when an image's
+    ratio is more than :data:`ASPECT_TOLERANCE` from the median (one shape cannot fit all)."""
+    ratios = np.array([aspect_ratio(image) for image in images])
+    ratio = float(np.median(ratios))
+    off = int(np.count_nonzero(np.abs(np.log(ratios / ratio)) > np.log(ASPECT_TOLERANCE)))
+    if off:
+        raise ShapeMismatchError(
+            f"{off} of {len(ratios)} images differ in aspect ratio by more than "
+            f"{ASPECT_TOLERANCE:g}x from their median (H/W {ratio:.3g}); an aspect model is "
+            "fitted on crops of one shape"
+        )
+    if rule == "short":
+        scale = image_size / min(ratio, 1.0)  # the width at a short side of image_size
+    elif rule == "area":
+        scale = image_size / np.sqrt(ratio)
+    else:
+        raise ValueError(f"unknown sizing rule {rule!r}; choose one of {SIZING_RULES}")
+
+    def side(px: float) -> int:
+        return max(multiple, int(round(px / multiple)) * multiple)
+
+    return side(scale * ratio), side(scale)
+
+
+def check_shape(model_hw: tuple[int, int] | None, image: np.ndarray) -> None:
+    """:class:`ShapeMismatchError` when ``image``'s aspect ratio differs from that of an
+    "aspect" model's input ``model_hw`` by more than :data:`ASPECT_TOLERANCE` (``None``: a
+    square model, which squashes every frame as it always has)."""
+    if model_hw is None:
+        return
+    want, got = model_hw[0] / model_hw[1], aspect_ratio(image)
+    if abs(np.log(got / want)) > np.log(ASPECT_TOLERANCE):
+        raise ShapeMismatchError(
+            f"frame of {image.shape[1]}x{image.shape[0]} px (H/W {got:.3g}); the model takes "
+            f"{model_hw[1]}x{model_hw[0]} (H/W {want:.3g}), at most {ASPECT_TOLERANCE:g}x off"
+        )
+
+
+def to_tensor(images: list[np.ndarray], size: int | tuple[int, int]) -> torch.Tensor:
+    """RGB uint8 images of any size -> normalised ``(B, 3, H, W)`` float32, each resized to
+    ``size`` ``(H, W)`` (an int: ``(size, size)``)."""
+    height, width = (size, size) if isinstance(size, int) else size
+    batch = np.empty((len(images), height, width, 3), dtype=np.uint8)
     for i, image in enumerate(images):
-        if image.shape[:2] == (size, size):
+        if image.shape[:2] == (height, width):
             batch[i] = image
         else:
-            batch[i] = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+            batch[i] = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
     x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)

@@ -10,6 +10,11 @@ FORMAT_VERSION = 1
 # file-format names, kept so that stored models load and keep their versions
 _BASELINE_IMAGES_KEY = "nominal_images"
 FLOAT32 = "float32"  # ModelMeta.compute_dtype of fp32 models, left out of their metadata
+SQUARE = "square"  # ModelMeta.input_mode of squashed inputs, left out of their metadata
+ASPECT = "aspect"  # ModelMeta.input_mode of inputs that keep the aspect ratio
+# BDI_INPUT_MODE only, never stored: "aspect" where a square input would squash the
+# training crops by more than engine.images.SQUASH_LIMIT, else "square"
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -32,20 +37,36 @@ class ModelMeta:
     # max over the training patches of the distance to their nearest coreset row, in the
     # coreset's projected space (engine.coreset); None: not recorded (older models)
     coverage_radius: float | None = None
+    # how a frame becomes the backbone's input (engine.images): "square" squashes it to
+    # image_size x image_size (every model stored before the key existed); "aspect" resizes
+    # it to input_shape (H, W), the training images' aspect ratio
+    input_mode: str = SQUARE
+    input_shape: tuple[int, int] | None = None  # (H, W) of "aspect" models; None: square
     channel_mode: str | None = None  # the training images' (engine.images); None: not recorded
     created_at: float = field(default_factory=time.time)
     format: int = FORMAT_VERSION
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """The backbone's input ``(H, W)``: ``input_shape``, or the square of ``image_size``."""
+        if self.input_shape is not None:
+            return self.input_shape
+        return (self.image_size, self.image_size)
 
     def to_dict(self) -> dict[str, object]:
         """The artifact's JSON metadata (hashed into the model version: keys are stable)."""
         d = asdict(self)
         d["grid"] = list(self.grid)
+        if self.input_mode == SQUARE:
+            del d["input_mode"]  # as in models stored before it was recorded
+        if self.input_shape is not None:
+            d["input_shape"] = list(self.input_shape)
         d[_BASELINE_IMAGES_KEY] = d.pop("baseline_images")
         if self.compute_dtype == FLOAT32:
             # absent means fp32, as in every model stored before the key existed: their
             # metadata, and so their versions, stay what they were
             del d["compute_dtype"]
-        for key in ("coverage_radius", "channel_mode"):
+        for key in ("coverage_radius", "input_shape", "channel_mode"):
             if d[key] is None:
                 del d[key]  # as in models stored before it was recorded
         return d
@@ -57,4 +78,6 @@ class ModelMeta:
             data["baseline_images"] = data.pop(_BASELINE_IMAGES_KEY)
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         known["grid"] = tuple(known["grid"])  # type: ignore[arg-type]
+        if known.get("input_shape") is not None:
+            known["input_shape"] = tuple(known["input_shape"])  # type: ignore[arg-type]
         return cls(**known)  # type: ignore[arg-type]

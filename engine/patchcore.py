@@ -88,20 +88,20 @@ class PatchCoreModel:
     # (M,) bool: bank rows that came from held-out calibration images (engine.incremental),
     # left out when new calibration scores are made; None: no such rows
     held_out: np.ndarray | None = None
-    _baseline_maps: dict[tuple[int, float], np.ndarray] = field(
+    _baseline_maps: dict[tuple[int, int, float], np.ndarray] = field(
         default_factory=dict, repr=False, compare=False
     )
     _candidates: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = field(
         default=None, repr=False, compare=False
     )
 
-    def baseline_map(self, size: int, sigma: float) -> np.ndarray | None:
-        """The per-position baseline as a pixel map ``(size, size)``, made exactly as the
+    def baseline_map(self, size: int | tuple[int, int], sigma: float) -> np.ndarray | None:
+        """The per-position baseline as a pixel map ``size`` ``(H, W)``, made exactly as the
         anomaly maps are (upsampling and blurring are linear, so ``map - baseline_map`` is
         the map of the baseline-subtracted patch scores). Cached per model."""
         if self.baseline is None:
             return None
-        key = (size, sigma)
+        key = (size, size, sigma) if isinstance(size, int) else (*size, sigma)
         if key not in self._baseline_maps:
             from engine.anomaly_map import anomaly_maps
 
@@ -283,9 +283,11 @@ def region_floor(threshold: float) -> float:
 
 
 class MapSpec(NamedTuple):
-    """How a frame's anomaly map is drawn from its patch scores (see engine.anomaly_map)."""
+    """How a frame's anomaly map is drawn from its patch scores (see engine.anomaly_map):
+    at the backbone's input size ``(height, width)``, blurred with ``sigma``."""
 
-    size: int
+    height: int
+    width: int
     sigma: float
 
 
@@ -326,10 +328,11 @@ def _search_near_regions(
     if baseline is not None:
         judged = judged - baseline.reshape(h, w)
     # each hot pixel with its 8 neighbours: the supports widened by a pixel each way
-    rows = map_support(h, spec.size, spec.sigma, widen=1)
-    cols = map_support(w, spec.size, spec.sigma, widen=1)
+    rows = map_support(h, spec.height, spec.sigma, widen=1)
+    cols = map_support(w, spec.width, spec.sigma, widen=1)
     with torch.inference_mode():
-        hot = (map_tensor(judged, spec.size, spec.sigma) >= region_floor(threshold)).float()
+        size = (spec.height, spec.width)
+        hot = (map_tensor(judged, size, spec.sigma) >= region_floor(threshold)).float()
         # cell (i, j) is reached when some hot pixel (y, x) has rows[y, i] and cols[x, j]
         reached = torch.matmul(torch.matmul(rows.T, hot), cols).numpy() > 0.5
     need = np.zeros(patch.shape, dtype=bool)

@@ -27,11 +27,13 @@ import numpy as np
 
 from engine import calibration as calib
 from engine import conformal
+from engine.backbone import INPUT_MULTIPLE
 from engine.device import dtype_name
 from engine.errors import EngineError
-from engine.images import check_mode, common_mode
+from engine.images import SQUASH_LIMIT, aspect_shape, check_mode, check_shape, common_mode, squash
 from engine.incremental import extend_bank, reference_scores
 from engine.leave_one_out import leave_one_out_neighbours, position_baseline, positional_shortlist
+from engine.meta import ASPECT, AUTO, SQUARE
 from engine.patchcore import ModelMeta, PatchCoreModel, build_memory, score
 
 if TYPE_CHECKING:
@@ -87,10 +89,11 @@ def fit(
     s = engine.config
     alpha = s.target_frr if target_frr is None else target_frr
     mode = common_mode(images)  # before any work: one camera type per model
-    bb = engine.backbone(s.backbone, s.image_size)
+    shape = input_shape(engine, images)  # and one crop shape for an "aspect" model
+    bb = engine.backbone(s.backbone, shape or s.image_size)
     dtype = engine.spec.dtype  # recorded in the model, which is scored in it from then on
     t0 = time.perf_counter()
-    feats = engine.embed(images, bb, s.image_size, progress, dtype)
+    feats = engine.embed(images, bb, shape or s.image_size, progress, dtype)
     t1 = time.perf_counter()
     n_cal = held_out_count(len(images), alpha, s.calibration_share)
     if s.threshold_method != "conformal":
@@ -101,7 +104,7 @@ def fit(
         image_size=s.image_size, grid=feats.shape[1:3], feature_dim=feats.shape[3],
         mm_per_px=mm_per_px, coreset_rate=s.coreset_rate if coreset_rate is None else coreset_rate,
         n_train_images=0, n_patches=0, memory_bank=0, compute_dtype=dtype_name(dtype),
-        channel_mode=mode,
+        input_mode=SQUARE if shape is None else ASPECT, input_shape=shape, channel_mode=mode,
     )  # fmt: skip
     model, loo_ok, timings = fit_bank(engine, feats[train], meta, progress)
     t2 = time.perf_counter()
@@ -119,6 +122,16 @@ def fit(
     n_img, h, w, _ = feats.shape
     timings.update({"embed_s": t1 - t0, "calibrate_s": t3 - t2, "fit_s": t3 - t0})
     return FitOutput(model, n_img, n_img * h * w, timings, ok, n_cal)
+
+
+def input_shape(engine: Engine, images: Sequence[np.ndarray]) -> tuple[int, int] | None:
+    """The backbone input ``(H, W)`` of an "aspect" model fitted on ``images`` (sized by
+    ``engine.aspect_sizing``), or None for a square one: ``BDI_INPUT_MODE`` ``square``,
+    or ``auto`` where a square input squashes them by at most :data:`SQUASH_LIMIT`."""
+    s = engine.config
+    if s.input_mode == SQUARE or (s.input_mode == AUTO and squash(images) <= SQUASH_LIMIT):
+        return None
+    return aspect_shape(images, s.image_size, INPUT_MULTIPLE[s.backbone], engine.aspect_sizing)
 
 
 def fit_bank(
@@ -186,10 +199,12 @@ def append(
     if not images:
         raise EngineError("no OK images to add")
     check_mode(model.meta.channel_mode, common_mode(images), "the added images are")
+    for image in images:
+        check_shape(model.meta.input_shape, image)
     s = engine.config
     bb = engine.backbone_for(model)
     t0 = time.perf_counter()
-    feats = engine.embed(images, bb, model.meta.image_size, progress, engine.model_dtype(model))
+    feats = engine.embed(images, bb, model.meta.input_hw, progress, engine.model_dtype(model))
     t1 = time.perf_counter()
     cal_record = None if model.calibration is None else model.calibration.conformal
     n_cal = 0

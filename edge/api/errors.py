@@ -104,6 +104,7 @@ ERROR_TABLE: list[tuple[type[Exception], int, str]] = [
     (engine_errors.GridMismatchError, 400, "token_grid_mismatch"),
     (engine_errors.NotFittedError, 400, "missing_memory"),
     (engine_errors.ChannelMismatchError, 422, "channel_mismatch"),
+    (engine_errors.ShapeMismatchError, 422, "shape_mismatch"),
     (engine_errors.UnsupportedImageError, 415, "unsupported_media_type"),
     (engine_errors.ImageTooLargeError, 413, "image_too_large"),
     (engine_errors.ImageDecodeError, 400, "invalid_image"),

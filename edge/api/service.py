@@ -43,6 +43,7 @@ _REQUEST_ERRORS = {
     "GridMismatchError": (400, "token_grid_mismatch"),
     "NotFittedError": (400, "missing_memory"),
     "ChannelMismatchError": (422, "channel_mismatch"),
+    "ShapeMismatchError": (422, "shape_mismatch"),
 }
 
 

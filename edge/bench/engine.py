@@ -78,7 +78,12 @@ def engine_from_args(args: argparse.Namespace, **extra: object) -> Engine:
 
 
 def run_engine_benchmark(args: argparse.Namespace) -> int:
-    engine = engine_from_args(args, engine_batch_size=args.chunk)
+    extra: dict[str, object] = {"engine_batch_size": args.chunk}
+    if args.input_mode:
+        extra["input_mode"] = args.input_mode
+    engine = engine_from_args(args, **extra)
+    if args.aspect_sizing:
+        engine.aspect_sizing = args.aspect_sizing
     result = evaluate(Path(args.data), engine, args.max_train, args.batch, args.rounds)
     print(orjson.dumps(result).decode())
     return 0
@@ -103,13 +108,13 @@ def evaluate(
     # the other, ``rounds`` times, and each keeps its fastest time per batch: a shared VM's
     # speed drifts by tens of percent within seconds, which whole passes fold into the ratio.
     # Both run the backbone in the engine's forwards of ``engine.batch_size`` images.
-    bb = engine.backbone()
+    bb = engine.backbone_for(model)
     chunk = engine.batch_size
     batches = [test_images[i : i + batch_size] for i in range(0, len(test_images), batch_size)]
 
     def backbone_only(batch: list[np.ndarray]) -> None:
         for start in range(0, len(batch), chunk):
-            bb(to_tensor(batch[start : start + chunk], config.image_size))
+            bb(to_tensor(batch[start : start + chunk], model.meta.input_hw))
 
     backbone_only(batches[0])  # warm-up
     engine.infer([InferItem(model, img) for img in batches[0]])  # warm-up
@@ -142,6 +147,9 @@ def evaluate(
         "backbone": config.backbone,
         "random_weights": model.meta.backbone_weights == "random",
         "size": config.image_size,
+        "input_mode": model.meta.input_mode,
+        "input_shape": list(model.meta.input_hw),
+        "tiles_per_image": 1,  # one backbone pass per frame, at input_shape
         "coreset_rate": config.coreset_rate,
         "knn": model.index.kind,
         "knn_shortlist": 0 if model.shortlist is None else int(model.shortlist.shape[1]),
@@ -167,7 +175,8 @@ def evaluate(
 
 
 def _pixel_auroc(tests: list[tuple[Path, int, Path | None]], maps: list[np.ndarray]) -> float:
-    """Pixel AUROC at the original resolution; good images count as all-normal masks."""
+    """Pixel AUROC at the original resolution: ``maps`` are the engine's, at each test
+    image's own size, against its mask as it is; good images count as all-normal masks."""
     import cv2
 
     ys, ss = [], []
@@ -181,7 +190,10 @@ def _pixel_auroc(tests: list[tuple[Path, int, Path | None]], maps: list[np.ndarr
             if raw is None:
                 raise FileNotFoundError(f"unreadable mask {mask_path}")
             if raw.shape != amap.shape:
-                raw = cv2.resize(raw, amap.shape[::-1], interpolation=cv2.INTER_NEAREST)
+                raise ValueError(
+                    f"mask {mask_path} is {raw.shape[1]}x{raw.shape[0]} px, its image "
+                    f"{amap.shape[1]}x{amap.shape[0]}: a mask has its image's size"
+                )
             mask = raw > 127
         ys.append(mask.ravel())
         ss.append(amap.ravel())

@@ -120,7 +120,7 @@ def coverage_radii(
     and seed as the fit's)."""
     cfg = engine.config
     first = models[0]
-    feats = engine.embed(images, engine.backbone_for(first), first.meta.image_size,
+    feats = engine.embed(images, engine.backbone_for(first), first.meta.input_hw,
                          dtype=engine.model_dtype(first))  # fmt: skip
     patches = torch.from_numpy(feats.reshape(-1, feats.shape[-1]))
     z = random_projection(patches, cfg.coreset_projection_dim, cfg.seed)

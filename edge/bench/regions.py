@@ -46,7 +46,7 @@ def _regions(
     engine: Engine, model: PatchCoreModel, images: list[np.ndarray], scores: Scores
 ) -> list[tuple[str, list[tuple[object, ...]]]]:  # (verdict, regions) per frame
     """Each frame's verdict and regions (box, px, mm²), drawn as ``Engine.infer`` draws them."""
-    size, sigma = model.meta.image_size, engine.config.anomaly_sigma
+    size, sigma = model.meta.input_hw, engine.config.anomaly_sigma
     baseline = model.baseline_map(size, sigma)
     maps = anomaly_maps(scores.patches, size, sigma)
     out: list[tuple[str, list[tuple[object, ...]]]] = []
@@ -64,8 +64,8 @@ def measure(root: Path, engine: Engine, max_train: int, rounds: int) -> dict[str
     model = engine.fit([_read(p) for p in train_paths], mm_per_px=MM_PER_PX).model
     exact = exact_copy(model)
     images = [_read(path) for path, _, _ in tests]
-    feats = engine.embed(images, engine.backbone_for(model), model.meta.image_size)
-    spec = MapSpec(model.meta.image_size, engine.config.anomaly_sigma)
+    feats = engine.embed(images, engine.backbone_for(model), model.meta.input_hw)
+    spec = MapSpec(*model.meta.input_hw, engine.config.anomaly_sigma)
     batches = [slice(s, s + BATCH) for s in range(0, len(images), BATCH)]
     best = {True: np.full(len(batches), np.inf), False: np.full(len(batches), np.inf)}
     found: dict[bool, list[Scores]] = {True: [], False: []}

@@ -52,6 +52,8 @@ def _add_bench_engine(bench_sub: argparse._SubParsersAction) -> None:  # type: i
     eng = bench_sub.add_parser("engine", help="train on DIR/train/good, score DIR/test")
     _engine_options(eng)
     eng.add_argument("--max-train", type=_count(0), default=0, help="0 = all training images")
+    eng.add_argument("--input-mode", choices=["square", "aspect", "auto"], help="BDI_INPUT_MODE")
+    eng.add_argument("--aspect-sizing", choices=["short", "area"], help="rule of aspect sizes")
     eng.add_argument("--batch", type=_count(1), default=16, help="frames per engine call")
     eng.add_argument(
         "--chunk",

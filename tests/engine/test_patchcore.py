@@ -125,7 +125,7 @@ def test_region_search_gives_the_fully_searched_map_wherever_it_reaches_the_thre
     patch, searched = bounds.copy(), np.zeros(truth.shape, dtype=bool)
     frames = np.ones(FRAMES, dtype=bool)
     _search_near_regions(index, None, patch, searched, frames, (28, 28), None, threshold,
-                         MapSpec(224, 4.0))  # type: ignore[arg-type]  # fmt: skip
+                         MapSpec(224, 224, 4.0))  # type: ignore[arg-type]  # fmt: skip
     fast = anomaly_maps(patch.reshape(FRAMES, 28, 28), 224, 4.0)
     full = anomaly_maps(truth.reshape(FRAMES, 28, 28), 224, 4.0)
     for i in range(FRAMES):
