@@ -1,5 +1,5 @@
 """``bdi bench engine``, ``pipeline``, ``parts``, ``frr``, ``incremental``, ``drift``,
-``ui``, ``rest`` and ``coreset``: the parsers of the benchmarks in ``edge.bench`` (imported when a
+``ui`` and ``rest`` (``coreset`` and ``regions``: edge.cli.bench_sets): the parsers of the benchmarks in ``edge.bench`` (imported when a
 benchmark runs, not when ``bdi`` starts)."""
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     _add_bench_drift(bench_sub)
     _add_bench_ui(bench_sub)
     _add_bench_rest(bench_sub)
-    _add_bench_coreset(bench_sub)
-    from edge.cli.bench_regions import add_bench_regions  # its own module: room here
+    from edge.cli.bench_sets import add_bench_coreset, add_bench_regions  # room here
 
+    add_bench_coreset(bench_sub)
     add_bench_regions(bench_sub)
 
 
@@ -371,32 +371,3 @@ def _cmd_bench_rest(args: argparse.Namespace) -> int:
     from edge.bench.rest import run_rest_benchmark
 
     return run_rest_benchmark(args)
-
-
-def _add_bench_coreset(bench_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = bench_sub.add_parser(
-        "coreset",
-        help="coreset selection on real training patches: lazy greedy vs pruned vs exact",
-        description="Embeds each DIR/train/good, selects the coreset by lazy greedy (the CPU "
-        "path) and by the pruned greedy on the same projected patches, and checks the radius "
-        "against exact greedy on a sample. See docs/BENCHMARKS.md.",
-    )
-    p.add_argument(
-        "--data", action="append", default=[], metavar="DIR",
-        help="MVTec-layout folder (repeatable; default: the shared data's tire, metal_plate "
-        "and kolektorsdd under BDI_TEST_DATA or ../shared/data)",
-    )  # fmt: skip
-    _backbone_options(p)
-    p.add_argument("--max-train", type=_count(0), default=0, help="0 = all training images")
-    p.add_argument("--sample", type=_count(0), default=20_000,
-                   help="patches in the check against exact greedy (0: skip it)")  # fmt: skip
-    p.add_argument("--skip-baseline", action="store_true",
-                   help="do not run the pruned greedy (slow on some data)")  # fmt: skip
-    p.add_argument("--json", action="store_true", help="only the JSON line on stdout")
-    p.set_defaults(func=_cmd_bench_coreset, knn=None, shortlist=None)
-
-
-def _cmd_bench_coreset(args: argparse.Namespace) -> int:
-    from edge.bench.coreset import run_coreset_benchmark
-
-    return run_coreset_benchmark(args)
