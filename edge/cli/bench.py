@@ -1,6 +1,6 @@
-"""``bdi bench engine``, ``pipeline``, ``parts``, ``frr``, ``incremental``, ``drift``,
-``ui`` and ``rest`` (``coreset`` and ``regions``: edge.cli.bench_sets): the parsers of the benchmarks in ``edge.bench`` (imported when a
-benchmark runs, not when ``bdi`` starts)."""
+"""``bdi bench engine``, ``pipeline``, ``parts``, ``frr``, ``incremental``, ``drift``, ``ui``
+and ``rest``: the parsers of the benchmarks in ``edge.bench`` (imported when a benchmark
+runs, not when ``bdi`` starts); ``coreset`` and ``regions`` in ``edge.cli.bench_sets``."""
 
 from __future__ import annotations
 
