@@ -10,6 +10,8 @@ FORMAT_VERSION = 1
 # file-format names, kept so that stored models load and keep their versions
 _BASELINE_IMAGES_KEY = "nominal_images"
 FLOAT32 = "float32"  # ModelMeta.compute_dtype of fp32 models, left out of their metadata
+# the few-shot options' values meaning plain PatchCore, left out of a model's metadata
+_FEWSHOT_DEFAULTS: dict[str, object] = {"feature_norm": False, "rotations": 1, "top_share": 0.0}
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,11 @@ class ModelMeta:
     # coreset's projected space (engine.coreset); None: not recorded (older models)
     coverage_radius: float | None = None
     channel_mode: str | None = None  # the training images' (engine.images); None: not recorded
+    # few-shot options (engine.fewshot); the defaults are plain PatchCore, as in models
+    # stored before they existed
+    feature_norm: bool = False  # patch features L2-normalised (bank and queries)
+    rotations: int = 1  # views of each bank image, 45° apart (1: the image alone)
+    top_share: float = 0.0  # image score = mean of the top share of patch scores; 0: max
     created_at: float = field(default_factory=time.time)
     format: int = FORMAT_VERSION
 
@@ -48,6 +55,9 @@ class ModelMeta:
         for key in ("coverage_radius", "channel_mode"):
             if d[key] is None:
                 del d[key]  # as in models stored before it was recorded
+        for key, default in _FEWSHOT_DEFAULTS.items():
+            if d[key] == default:
+                del d[key]  # likewise
         return d
 
     @classmethod
