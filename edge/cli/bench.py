@@ -22,6 +22,9 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     _add_bench_ui(bench_sub)
     _add_bench_rest(bench_sub)
     _add_bench_coreset(bench_sub)
+    from edge.cli.bench_fewshot import add_bench_fewshot  # (a module of its own: size)
+
+    add_bench_fewshot(bench_sub)
 
 
 def _count(minimum: int) -> Callable[[str], int]:
