@@ -78,10 +78,25 @@ def test_a_few_images_get_the_defaults_and_a_stored_model_keeps_them(
     )
 
 
+def _fit(engine: Engine, images: list[np.ndarray], **options: object) -> PatchCoreModel:
+    """A model of ``images`` fitted with ``options`` (engine.fewshot) whatever the defaults."""
+    bb = engine.backbone()
+    feats = engine.embed(images, bb, 64)
+
+    def views(picked: np.ndarray) -> np.ndarray:
+        rotated = fewshot.rotated_views([images[i] for i in picked], meta.rotations)
+        return engine.embed(rotated, bb, 64)
+
+    meta = _meta(grid=feats.shape[1:3], feature_dim=feats.shape[3], coreset_rate=0.5,
+                 n_train_images=0, n_patches=0, memory_bank=0,
+                 backbone_weights=engine.weights_fingerprint(bb), **options)  # fmt: skip
+    return fit_embedded(engine, feats, views, meta, None, lambda *_: None).model
+
+
 def test_a_normalised_model_holds_unit_rows_and_scores_normalised_queries(
     fewshot_engine: Engine,
 ) -> None:
-    model = fewshot_engine.fit(_images("checker", 3)).model
+    model = _fit(fewshot_engine, _images("checker", 3), feature_norm=True)
     assert model.meta.feature_norm
     norms = np.linalg.norm(model.index.bank(), axis=1)
     assert np.allclose(norms, 1.0, atol=1e-5)
@@ -156,7 +171,7 @@ def test_one_image_fits_without_baseline_or_threshold(fewshot_engine: Engine) ->
 
 
 def test_appended_images_get_the_models_options(fewshot_engine: Engine) -> None:
-    model = fewshot_engine.fit(_images("stripes", 4)).model
+    model = _fit(fewshot_engine, _images("stripes", 4), **OPTIONS)
     out = fewshot_engine.append(model, _images("stripes", 2, start=20)).model
     assert FewShot.of(out.meta) == FewShot.of(model.meta)
     assert out.meta.n_train_images == 6
