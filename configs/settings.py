@@ -141,6 +141,8 @@ class Settings(_BdiSources):
     anomaly_sigma: float = _env("anomaly_sigma", default=4.0, gt=0.0, le=64.0)
     score_reweight: bool = _env("score_reweight", default=False)
     position_norm: bool = _env("position_norm", default=True)
+    # new fits on fewer OK images get the few-shot options (engine.fewshot); 0 = never
+    fewshot_below: int = _env("fewshot_below", default=17, ge=0)
     # images per backbone forward; 0 = by device (engine.engine.CPU_BATCH / CUDA_BATCH)
     engine_batch_size: int = _env("engine_batch_size", default=0, ge=0, le=4096)
     torch_threads: int = _env("torch_threads", default=0, ge=0)

@@ -26,6 +26,7 @@ class EngineConfig:
     anomaly_sigma: float
     score_reweight: bool
     position_norm: bool  # subtract the per-position OK baseline from patch distances
+    fewshot_below: int  # new fits on fewer OK images get the few-shot options; 0 = never
     score_percentile: float
     threshold_method: ThresholdMethod  # "conformal" (held-out split) or "percentile" (legacy)
     target_frr: float  # the conformal threshold's false-reject rate bound

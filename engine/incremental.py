@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from engine.coreset import continue_coreset
+from engine.fewshot import image_scores, prepare
 from engine.knn import KnnIndex
 from engine.patchcore import ModelMeta, PatchCoreModel
 
@@ -49,6 +50,7 @@ def extend_bank(
     device: torch.device,
     held_out: bool,
     progress: Callable[[int, int], None] | None = None,
+    images: int | None = None,
 ) -> Extension:
     """``model`` with the patches ``features (N, h, w, C)`` of N more OK images covered.
 
@@ -58,13 +60,16 @@ def extend_bank(
     scores as a training image does).
     ``held_out``: the images are calibration images, whose scores were taken without them
     (their rows are flagged, so that later calibration scores leave them out too).
+    ``images``: how many OK images ``features`` are (fewer than N when they include their
+    rotated views, :mod:`engine.fewshot`); None: N. Features are brought to the model's
+    form (:func:`engine.fewshot.prepare`).
     """
     t0 = time.perf_counter()
     n_img, h, w, c = features.shape
     meta = model.meta
     if (h, w) != tuple(meta.grid) or c != meta.feature_dim:
         raise ValueError(f"features {h}x{w}x{c} do not fit the model's grid {meta.grid}x{c}")
-    flat = np.ascontiguousarray(features.reshape(-1, c), dtype=np.float32)
+    flat = np.ascontiguousarray(prepare(meta, features).reshape(-1, c), dtype=np.float32)
     k = rows_for(meta, len(flat))
     bank = model.index.bank()
     if k < len(flat):
@@ -85,7 +90,7 @@ def extend_bank(
     old_radius = meta.coverage_radius
     new_meta = dataclasses.replace(
         meta,
-        n_train_images=meta.n_train_images + n_img,
+        n_train_images=meta.n_train_images + (n_img if images is None else images),
         n_patches=meta.n_patches + len(flat),
         memory_bank=index.size,
         coverage_radius=None if old_radius is None else max(old_radius, radius),
@@ -127,12 +132,13 @@ def extend_shortlist(
 def reference_scores(model: PatchCoreModel, features: np.ndarray) -> np.ndarray:
     """Image scores of ``features (N, h, w, C)`` against the bank rows that did not come
     from calibration images (exact search, the baseline subtracted): how images unseen by
-    those rows score, for calibration scores exchangeable with the earlier ones."""
+    those rows score, for calibration scores exchangeable with the earlier ones; the image
+    score as the model takes it (max or top-share mean, :mod:`engine.fewshot`)."""
     n, h, w, c = features.shape
     bank = model.index.bank()
     rows = bank if model.held_out is None else bank[~model.held_out]
     index = KnnIndex("exact").fit(rows)
-    dist = index.exact(features.reshape(-1, c)).reshape(n, h * w)
+    dist = index.exact(prepare(model.meta, features).reshape(-1, c)).reshape(n, h * w)
     if model.baseline is not None:
         dist = dist - model.baseline.ravel()
-    return dist.max(axis=1).astype(np.float64)
+    return image_scores(dist, model.meta.top_share).astype(np.float64)

@@ -15,6 +15,8 @@ ASPECT = "aspect"  # ModelMeta.input_mode of inputs that keep the aspect ratio
 # BDI_INPUT_MODE only, never stored: "aspect" where a square input would squash the
 # training crops by more than engine.images.SQUASH_LIMIT, else "square"
 AUTO = "auto"
+# the few-shot options' values meaning plain PatchCore, left out of a model's metadata
+_FEWSHOT_DEFAULTS: dict[str, object] = {"feature_norm": False, "rotations": 1, "top_share": 0.0}
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,11 @@ class ModelMeta:
     input_mode: str = SQUARE
     input_shape: tuple[int, int] | None = None  # (H, W) of "aspect" models; None: square
     channel_mode: str | None = None  # the training images' (engine.images); None: not recorded
+    # few-shot options (engine.fewshot); the defaults are plain PatchCore, as in models
+    # stored before they existed
+    feature_norm: bool = False  # patch features L2-normalised (bank and queries)
+    rotations: int = 1  # views of each bank image, 45° apart (1: the image alone)
+    top_share: float = 0.0  # image score = mean of the top share of patch scores; 0: max
     created_at: float = field(default_factory=time.time)
     format: int = FORMAT_VERSION
 
@@ -69,6 +76,9 @@ class ModelMeta:
         for key in ("coverage_radius", "input_shape", "channel_mode"):
             if d[key] is None:
                 del d[key]  # as in models stored before it was recorded
+        for key, default in _FEWSHOT_DEFAULTS.items():
+            if d[key] == default:
+                del d[key]  # likewise
         return d
 
     @classmethod

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine import fewshot
 from engine.calibration import Calibration
 from engine.coreset import greedy_coreset
 from engine.errors import GridMismatchError, NotFittedError
@@ -247,6 +248,11 @@ def score(
             f"token grid {h}x{w}x{c} differs from the model's "
             f"{model.meta.grid[0]}x{model.meta.grid[1]}x{model.meta.feature_dim}"
         )
+    if model.meta.feature_norm or model.meta.top_share:  # few-shot options (engine.fewshot)
+        features = fewshot.prepare(model.meta, features)
+        if model.meta.top_share:
+            image, exact = fewshot.score_top(model, features.reshape(b, h * w, c))
+            return Scores(image, exact.reshape(b, h, w))
     flat = features.reshape(b, h * w, c)
     baseline = None if model.baseline is None else model.baseline.ravel()
     # on a GPU the exact search is cheap enough on its own

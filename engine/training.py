@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from engine import calibration as calib
-from engine import conformal
+from engine import conformal, fewshot
 from engine.backbone import INPUT_MULTIPLE
 from engine.device import dtype_name
 from engine.errors import EngineError
@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     from engine.engine import Engine
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
+# image indices (I,) -> the features of their rotated views (I * (rotations - 1), h, w, C)
+Views = Callable[[np.ndarray], np.ndarray]
 # training images re-scored leave-one-out: the per-position baseline and the shortlist
 # (and, with the legacy method, the OK threshold)
 CALIBRATION_IMAGES = 64
@@ -87,40 +89,70 @@ def fit(
     if not images:
         raise EngineError("no OK images to train from")
     s = engine.config
-    alpha = s.target_frr if target_frr is None else target_frr
     mode = common_mode(images)  # before any work: one camera type per model
     shape = input_shape(engine, images)  # and one crop shape for an "aspect" model
     bb = engine.backbone(s.backbone, shape or s.image_size)
     dtype = engine.spec.dtype  # recorded in the model, which is scored in it from then on
+    options = fewshot.defaults(s, len(images))
     t0 = time.perf_counter()
     feats = engine.embed(images, bb, shape or s.image_size, progress, dtype)
-    t1 = time.perf_counter()
-    n_cal = held_out_count(len(images), alpha, s.calibration_share)
-    if s.threshold_method != "conformal":
-        n_cal = 0
-    train, cal = split(len(images), n_cal, s.seed)
+    embed_s = time.perf_counter() - t0
+
+    def views(picked: np.ndarray) -> np.ndarray:
+        rotated = fewshot.rotated_views([images[i] for i in picked], options.rotations)
+        return engine.embed(rotated, bb, shape or s.image_size, progress, dtype)
+
     meta = ModelMeta(
         backbone=bb.info.name, backbone_weights=engine.weights_fingerprint(bb),
         image_size=s.image_size, grid=feats.shape[1:3], feature_dim=feats.shape[3],
         mm_per_px=mm_per_px, coreset_rate=s.coreset_rate if coreset_rate is None else coreset_rate,
         n_train_images=0, n_patches=0, memory_bank=0, compute_dtype=dtype_name(dtype),
         input_mode=SQUARE if shape is None else ASPECT, input_shape=shape, channel_mode=mode,
+        **options._asdict(),
     )  # fmt: skip
-    model, loo_ok, timings = fit_bank(engine, feats[train], meta, progress)
+    out = fit_embedded(engine, feats, views, meta, target_frr, progress)
+    out.timings_s["embed_s"] = embed_s
+    out.timings_s["fit_s"] += embed_s
+    return out
+
+
+def fit_embedded(
+    engine: Engine,
+    feats: np.ndarray,
+    views: Views,
+    meta: ModelMeta,
+    target_frr: float | None,
+    progress: Progress,
+) -> FitOutput:
+    """The model of the OK images' backbone features ``feats (N, h, w, C)``, fitted with
+    ``meta``'s options (:mod:`engine.fewshot`). ``views(idx)``: the features of the
+    rotated views of images ``idx`` (``meta.rotations - 1`` per image, image by image),
+    asked only when the model has rotations."""
+    s = engine.config
+    alpha = s.target_frr if target_frr is None else target_frr
+    t1 = time.perf_counter()
+    feats = fewshot.prepare(meta, feats)
+    n_cal = held_out_count(len(feats), alpha, s.calibration_share)
+    if s.threshold_method != "conformal":
+        n_cal = 0
+    train, cal = split(len(feats), n_cal, s.seed)
+    rotated = _views(meta, views, train)  # only bank images are rotated
+    model, loo_ok, timings = fit_bank(engine, feats[train], meta, progress, rotated)
     t2 = time.perf_counter()
     if n_cal:
         no_maps = np.zeros(n_cal, dtype=bool)
         ok = score(model, feats[cal], s.score_reweight, no_maps).image
         model.calibration = calib.from_conformal(ok, alpha, s.score_percentile)
-        if not s.score_reweight:
-            model = _extend(engine, model, feats[cal], held_out=True, progress=progress)
+        if not s.score_reweight:  # rows only added: every frame scores at most what it did
+            joining = _with_views(feats[cal], _views(meta, views, cal))
+            model = _extend(engine, model, joining, held_out=True, progress=progress, images=n_cal)
     else:
         ok = loo_ok
         if len(ok):
             model.calibration = calib.from_ok(ok, s.score_percentile)
     t3 = time.perf_counter()
     n_img, h, w, _ = feats.shape
-    timings.update({"embed_s": t1 - t0, "calibrate_s": t3 - t2, "fit_s": t3 - t0})
+    timings.update({"calibrate_s": t3 - t2, "fit_s": t3 - t1})
     return FitOutput(model, n_img, n_img * h * w, timings, ok, n_cal)
 
 
@@ -134,15 +166,37 @@ def input_shape(engine: Engine, images: Sequence[np.ndarray]) -> tuple[int, int]
     return aspect_shape(images, s.image_size, INPUT_MULTIPLE[s.backbone], engine.aspect_sizing)
 
 
+def _views(meta: ModelMeta, views: Views, picked: np.ndarray) -> np.ndarray | None:
+    """The rotated views of images ``picked``, prepared as the bank holds them (None
+    without rotations)."""
+    if meta.rotations <= 1 or not len(picked):
+        return None
+    return fewshot.prepare(meta, views(picked))
+
+
+def _with_views(feats: np.ndarray, rotated: np.ndarray | None) -> np.ndarray:
+    return feats if rotated is None else np.concatenate([feats, rotated])
+
+
 def fit_bank(
-    engine: Engine, feats: np.ndarray, meta: ModelMeta, progress: Progress
+    engine: Engine,
+    feats: np.ndarray,
+    meta: ModelMeta,
+    progress: Progress,
+    rotated: np.ndarray | None = None,
 ) -> tuple[PatchCoreModel, np.ndarray, dict[str, float]]:
     """Memory bank, baseline and shortlist of ``feats (N, h, w, C)``; the leave-one-out
-    image scores of up to CALIBRATION_IMAGES of them (baseline subtracted)."""
+    image scores of up to CALIBRATION_IMAGES of them (baseline subtracted).
+
+    ``rotated (N * V, h, w, C)``: the images' rotated views, ``V`` per image, image by image
+    (:mod:`engine.fewshot`): bank rows too, but the baseline and the shortlist come from the
+    unrotated images (each scored without its own views), as parts reach the camera aligned.
+    """
     s = engine.config
     n_img, h, w, c = feats.shape
+    bank = feats if rotated is None else np.concatenate([feats, rotated])
     index, ids, timing = build_memory(
-        feats.reshape(-1, c), meta.coreset_rate, s.knn_mode, s.knn_ivf_nprobe,
+        bank.reshape(-1, c), meta.coreset_rate, s.knn_mode, s.knn_ivf_nprobe,
         s.coreset_projection_dim, s.seed, engine.spec.device, engine.spec.is_cuda,
         lambda done, total: progress("coreset", done, total),
     )  # fmt: skip
@@ -151,34 +205,44 @@ def fit_bank(
     if n_img >= 2:
         pick = np.linspace(0, n_img - 1, min(n_img, CALIBRATION_IMAGES)).round().astype(int)
         source = ids // (h * w)
+        per_image = 1
+        if rotated is not None:  # a view's rows belong to the image it was rotated from
+            per_image = max(1, len(rotated) // n_img)
+            source = np.where(source < n_img, source, (source - n_img) // per_image)
         # re-number so that bank rows of picked image j carry label j
         remap = np.full(n_img, -1)
         remap[pick] = np.arange(len(pick))
         loo, nearest = leave_one_out_neighbours(
-            index, feats[pick].reshape(len(pick), h * w, c), remap[source]
+            index, feats[pick].reshape(len(pick), h * w, c), remap[source], k=16 * per_image
         )
         if s.knn_shortlist:
             shortlist = positional_shortlist(nearest.reshape(-1, h, w), s.knn_shortlist)
     baseline = position_baseline(loo.reshape(-1, h, w)) if s.position_norm else None
     meta = replace(
-        meta, n_train_images=n_img, n_patches=n_img * h * w, memory_bank=len(ids),
+        meta, n_train_images=n_img, n_patches=len(bank) * h * w, memory_bank=len(ids),
         baseline_images=0 if baseline is None else len(loo), coverage_radius=timing.radius,
     )  # fmt: skip
     model = PatchCoreModel(meta=meta, index=index, baseline=baseline, shortlist=shortlist)
     # the same images scored the way inference will score (baseline subtracted); they
     # helped set the baseline, so these run low
-    ok = (loo - (0.0 if baseline is None else baseline.ravel())).max(axis=1) if len(loo) else loo
+    judged = loo - (0.0 if baseline is None else baseline.ravel())
+    ok = fewshot.image_scores(judged, meta.top_share) if len(loo) else loo
     timings = {"coreset_s": timing.coreset_s, "index_s": timing.index_s}
     return model, np.asarray(ok, dtype=np.float64).ravel(), timings
 
 
 def _extend(
-    engine: Engine, model: PatchCoreModel, feats: np.ndarray, held_out: bool, progress: Progress
+    engine: Engine,
+    model: PatchCoreModel,
+    feats: np.ndarray,
+    held_out: bool,
+    progress: Progress,
+    images: int | None = None,
 ) -> PatchCoreModel:
     s = engine.config
     return extend_bank(
         model, feats, projection_dim=s.coreset_projection_dim, seed=s.seed,
-        device=engine.spec.device, held_out=held_out,
+        device=engine.spec.device, held_out=held_out, images=images,
         progress=lambda done, total: progress("append", done, total),
     ).model  # fmt: skip
 
@@ -204,20 +268,28 @@ def append(
     s = engine.config
     bb = engine.backbone_for(model)
     t0 = time.perf_counter()
-    feats = engine.embed(images, bb, model.meta.input_hw, progress, engine.model_dtype(model))
+    meta, dtype = model.meta, engine.model_dtype(model)
+    feats = fewshot.prepare(meta, engine.embed(images, bb, meta.input_hw, progress, dtype))
+
+    def views(picked: np.ndarray) -> np.ndarray:  # the model's rotations, as at its fit
+        rotated = fewshot.rotated_views([images[i] for i in picked], meta.rotations)
+        return engine.embed(rotated, bb, meta.input_hw, progress, dtype)
+
     t1 = time.perf_counter()
     cal_record = None if model.calibration is None else model.calibration.conformal
     n_cal = 0
     if cal_record is not None and not s.score_reweight and len(images) >= 2:
         n_cal = min(len(images) // 2, math.ceil(s.calibration_share * len(images)))
     train, cal = split(len(images), n_cal, s.seed)
-    out = _extend(engine, model, feats[train], held_out=False, progress=progress)
+    joining = _with_views(feats[train], _views(meta, views, train))
+    out = _extend(engine, model, joining, held_out=False, progress=progress, images=len(train))
     new_scores = np.empty(0)
     if n_cal:
         assert cal_record is not None and model.calibration is not None
         new_scores = reference_scores(out, feats[cal])
         scores = np.concatenate([np.asarray(cal_record.scores), new_scores])
-        out = _extend(engine, out, feats[cal], held_out=True, progress=progress)
+        joining = _with_views(feats[cal], _views(meta, views, cal))
+        out = _extend(engine, out, joining, held_out=True, progress=progress, images=n_cal)
         previous = model.calibration
         if previous.method == conformal.METHOD:
             out.calibration = calib.from_conformal(scores, cal_record.alpha, previous.percentile)

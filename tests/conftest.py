@@ -43,6 +43,8 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         if name.startswith(("BDI_", "BRAKEDISC_")) and name != "BDI_TEST_DATA":
             monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("BDI_ENV_FILE", os.devnull)  # nor a local bdi.env
+    # the suite's models are plain PatchCore unless a test asks for the few-shot options
+    monkeypatch.setenv("BDI_FEWSHOT_BELOW", "0")
 
 
 @pytest.fixture(scope="session")

@@ -168,6 +168,10 @@ def evaluate(
         "engine_vs_backbone": round(backbone_s / infer_s, 3),
         "rounds": max(1, rounds),
         "image_auroc": round(auroc(labels, np.array(scores)), 4),
+        # the model's few-shot options (engine.fewshot; defaults by BDI_FEWSHOT_BELOW)
+        "feature_norm": model.meta.feature_norm,
+        "rotations": model.meta.rotations,
+        "top_share": model.meta.top_share,
     }
     if any(mask is not None for _, _, mask in tests):
         result["pixel_auroc"] = round(_pixel_auroc(tests, maps), 4)

@@ -21,10 +21,13 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     _add_bench_drift(bench_sub)
     _add_bench_ui(bench_sub)
     _add_bench_rest(bench_sub)
-    from edge.cli.bench_sets import add_bench_coreset, add_bench_regions  # room here
+    # parsers in modules of their own (this one's size)
+    from edge.cli.bench_fewshot import add_bench_fewshot
+    from edge.cli.bench_sets import add_bench_coreset, add_bench_regions
 
     add_bench_coreset(bench_sub)
     add_bench_regions(bench_sub)
+    add_bench_fewshot(bench_sub)
 
 
 def _count(minimum: int) -> Callable[[str], int]:

@@ -15,6 +15,7 @@ TINY = dict(
     image_size=64,
     coreset_rate=0.5,
     engine_batch_size=4,
+    fewshot_below=0,  # plain PatchCore unless a test asks for the few-shot options
 )
 
 
