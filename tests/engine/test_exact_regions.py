@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge.bench.regions import exact_copy
 from engine.decision import Inference, InferItem
 from engine.engine import Engine
 from engine.images import read_image
-from engine.knn import KnnIndex
 from engine.patchcore import PatchCoreModel
 
 pytestmark = pytest.mark.slow
@@ -24,15 +24,6 @@ SETS = {
     "tire": ("mvtec3d_tire/tire", 80, 0.1),
     "kolektor": ("kolektorsdd/kolektor", 80, 0.02),
 }
-
-
-def exact_copy(model: PatchCoreModel) -> PatchCoreModel:
-    """The same model searched by brute force, with no shortlist: every patch exact."""
-    index = KnnIndex("exact").fit(model.index.bank())
-    return PatchCoreModel(
-        model.meta, index, model.calibration, model.version, model.baseline, None,
-        model.held_out,
-    )  # fmt: skip
 
 
 def _region_keys(result: Inference) -> list[tuple[object, ...]]:
