@@ -1,6 +1,7 @@
 """Malformed frames for S5, each with the dead-letter class it must get, and frames that
-look odd but are valid (grey, palette, large metadata, large foreign headers), which must
-be scored like any other."""
+look odd but are valid (grey, palette, large metadata, large foreign headers): scored like
+any other, except grey ones, which a model trained on colour discs refuses (an engine
+``InferenceError`` whose text names the ``ChannelMismatchError``, docs/INPUT.md)."""
 
 from __future__ import annotations
 
@@ -141,8 +142,10 @@ def kinds(size: int, max_frame_bytes: int) -> tuple[list[Kind], list[Kind]]:
         ),  # fmt: skip
     ]
     odd = [
-        Kind("grey_png", lambda s: _cv(".png", _grey(s, size)), None),
-        Kind("grey_jpeg", lambda s: _cv(".jpg", _grey(s, size)), None),
+        # valid, but never judged against colour training images: the engine's ERROR
+        # (ChannelMismatchError in the verdict's error text)
+        Kind("grey_png", lambda s: _cv(".png", _grey(s, size)), "InferenceError"),
+        Kind("grey_jpeg", lambda s: _cv(".jpg", _grey(s, size)), "InferenceError"),
         Kind(
             "palette_png", lambda s: _pil(Image.fromarray(_rgb(s, size)).convert("P"), "PNG"), None
         ),  # fmt: skip
