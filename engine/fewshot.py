@@ -17,8 +17,9 @@ Detection with DINOv2", WACV 2025):
   is then searched exactly (:func:`score_top`).
 
 And one of this project's: ``baseline_min``, the fewest leave-one-out images the
-per-position baseline is taken from (:func:`engine.leave_one_out.position_baseline`; 16
-by default, 2 for few-shot fits).
+per-position baseline is taken from (:func:`engine.leave_one_out.position_baseline`; 16,
+:data:`~engine.leave_one_out.BASELINE_MIN_IMAGES`, unless a fit asks for fewer: an option,
+not a default, as measured in docs/FEWSHOT.md).
 
 What the defaults are, and why (the few-shot table), is in docs/FEWSHOT.md.
 """

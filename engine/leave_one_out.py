@@ -13,8 +13,8 @@ import numpy as np
 
 from engine.knn import KnnIndex
 
-# fewer leave-one-out images give too noisy a per-position baseline, except below
-# BDI_FEWSHOT_BELOW images, where a model has few anyway (ModelMeta.baseline_min)
+# fewer leave-one-out images give too noisy a per-position baseline, unless a model asks for
+# fewer (ModelMeta.baseline_min, the few-shot option; docs/FEWSHOT.md)
 BASELINE_MIN_IMAGES = 16
 BASELINE_PERCENTILE = 90.0
 BASELINE_SIGMA = 1.0  # in token-grid cells
