@@ -16,6 +16,11 @@ Detection with DINOv2", WACV 2025):
   ``P`` judged patch scores (distance less baseline) instead of their maximum; every patch
   is then searched exactly (:func:`score_top`).
 
+And one of this project's: ``baseline_min``, the fewest leave-one-out images the
+per-position baseline is taken from (:func:`engine.leave_one_out.position_baseline`; 16,
+:data:`~engine.leave_one_out.BASELINE_MIN_IMAGES`, unless a fit asks for fewer: an option,
+not a default, as measured in docs/FEWSHOT.md).
+
 What the defaults are, and why (the few-shot table), is in docs/FEWSHOT.md.
 """
 
@@ -28,6 +33,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import cv2
 import numpy as np
 
+from engine.leave_one_out import BASELINE_MIN_IMAGES
 from engine.meta import ModelMeta
 
 if TYPE_CHECKING:
@@ -44,10 +50,11 @@ class FewShot(NamedTuple):
     feature_norm: bool = False
     rotations: int = 1  # views of each bank image, 45° apart (1: the image alone)
     top_share: float = 0.0  # image score = mean of the top share of patches; 0: the max
+    baseline_min: int = BASELINE_MIN_IMAGES  # fewest leave-one-out images for a baseline
 
     @classmethod
     def of(cls, meta: ModelMeta) -> FewShot:
-        return cls(meta.feature_norm, meta.rotations, meta.top_share)
+        return cls(meta.feature_norm, meta.rotations, meta.top_share, meta.baseline_min)
 
 
 # what new fits on fewer than BDI_FEWSHOT_BELOW images get: the rotations and the top-1 %

@@ -13,7 +13,9 @@ import numpy as np
 
 from engine.knn import KnnIndex
 
-BASELINE_MIN_IMAGES = 16  # fewer leave-one-out images give too noisy a per-position baseline
+# fewer leave-one-out images give too noisy a per-position baseline, unless a model asks for
+# fewer (ModelMeta.baseline_min, the few-shot option; docs/FEWSHOT.md)
+BASELINE_MIN_IMAGES = 16
 BASELINE_PERCENTILE = 90.0
 BASELINE_SIGMA = 1.0  # in token-grid cells
 
@@ -63,9 +65,11 @@ def positional_shortlist(neighbours: np.ndarray, size: int, radius: int = 1) -> 
     return out
 
 
-def position_baseline(loo_patches: np.ndarray) -> np.ndarray | None:
+def position_baseline(
+    loo_patches: np.ndarray, min_images: int = BASELINE_MIN_IMAGES
+) -> np.ndarray | None:
     """The per-position OK baseline ``(h, w)`` from leave-one-out patch scores ``(N, h, w)``
-    (None below ``BASELINE_MIN_IMAGES`` images).
+    (None below ``min_images`` images).
 
     Parts come to the camera aligned, so an OK part's patch distance depends on where the
     patch is: a specular highlight or an edge scores high on every part, at the same place.
@@ -73,7 +77,7 @@ def position_baseline(loo_patches: np.ndarray) -> np.ndarray | None:
     one image cannot carve a hole) lets a defect elsewhere stand out. Measured on the tire
     set: image AUROC 0.671 -> 0.788 (docs/BENCHMARKS.md).
     """
-    if len(loo_patches) < BASELINE_MIN_IMAGES:
+    if len(loo_patches) < max(1, min_images):
         return None
     typical = np.percentile(loo_patches, BASELINE_PERCENTILE, axis=0).astype(np.float32)
     return cv2.GaussianBlur(typical, (0, 0), BASELINE_SIGMA)

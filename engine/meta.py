@@ -16,7 +16,9 @@ ASPECT = "aspect"  # ModelMeta.input_mode of inputs that keep the aspect ratio
 # training crops by more than engine.images.SQUASH_LIMIT, else "square"
 AUTO = "auto"
 # the few-shot options' values meaning plain PatchCore, left out of a model's metadata
-_FEWSHOT_DEFAULTS: dict[str, object] = {"feature_norm": False, "rotations": 1, "top_share": 0.0}
+_FEWSHOT_DEFAULTS: dict[str, object] = {
+    "feature_norm": False, "rotations": 1, "top_share": 0.0, "baseline_min": 16,
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,9 @@ class ModelMeta:
     feature_norm: bool = False  # patch features L2-normalised (bank and queries)
     rotations: int = 1  # views of each bank image, 45° apart (1: the image alone)
     top_share: float = 0.0  # image score = mean of the top share of patch scores; 0: max
+    # fewest leave-one-out images a per-position baseline is taken from (fewer: none); 16 =
+    # engine.leave_one_out.BASELINE_MIN_IMAGES, as in models stored before the key existed
+    baseline_min: int = 16
     created_at: float = field(default_factory=time.time)
     format: int = FORMAT_VERSION
 

@@ -217,7 +217,8 @@ def fit_bank(
         )
         if s.knn_shortlist:
             shortlist = positional_shortlist(nearest.reshape(-1, h, w), s.knn_shortlist)
-    baseline = position_baseline(loo.reshape(-1, h, w)) if s.position_norm else None
+    loo_grid = loo.reshape(-1, h, w)
+    baseline = position_baseline(loo_grid, meta.baseline_min) if s.position_norm else None
     meta = replace(
         meta, n_train_images=n_img, n_patches=len(bank) * h * w, memory_bank=len(ids),
         baseline_images=0 if baseline is None else len(loo), coverage_radius=timing.radius,

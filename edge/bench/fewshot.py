@@ -25,10 +25,10 @@ from engine.anomaly_map import anomaly_maps
 from engine.engine import Engine
 from engine.fewshot import FewShot, rotated_views
 from engine.images import common_mode
-from engine.meta import ModelMeta
+from engine.meta import ASPECT, SQUARE, ModelMeta
 from engine.metrics import auroc
 from engine.patchcore import score
-from engine.training import fit_embedded
+from engine.training import fit_embedded, input_shape
 
 # each piece alone, and together (AnomalyDINO's recipe)
 OPTION_SETS: dict[str, FewShot] = {
@@ -38,6 +38,9 @@ OPTION_SETS: dict[str, FewShot] = {
     "top1": FewShot(top_share=0.01),
     "rot8+top1": FewShot(rotations=8, top_share=0.01),
     "norm+rot8+top1": FewShot(feature_norm=True, rotations=8, top_share=0.01),
+    # a per-position baseline from as few as 2 leave-one-out images
+    "base2": FewShot(baseline_min=2),
+    "rot8+top1+base2": FewShot(rotations=8, top_share=0.01, baseline_min=2),
 }
 
 
@@ -46,7 +49,8 @@ def _noop(stage: str, done: int, total: int) -> None:
 
 
 def run_fewshot_benchmark(args: argparse.Namespace) -> int:
-    engine = engine_from_args(args)
+    extra = {"threshold_method": args.threshold_method} if args.threshold_method else {}
+    engine = engine_from_args(args, **extra)
     names = args.options or list(OPTION_SETS)
     result = fewshot_table(
         Path(args.data), engine, args.shots, args.draws, names, args.max_train, args.seed
@@ -58,9 +62,11 @@ def run_fewshot_benchmark(args: argparse.Namespace) -> int:
 class _Features:
     """Backbone features of a data set's images, each image embedded once."""
 
-    def __init__(self, engine: Engine, train: list[np.ndarray], size: int) -> None:
+    def __init__(
+        self, engine: Engine, train: list[np.ndarray], size: int | tuple[int, int]
+    ) -> None:
         self.engine, self.train, self.size = engine, train, size
-        self.bb = engine.backbone()
+        self.bb = engine.backbone(None, size)
         self.dtype = engine.spec.dtype
         self.pool = self.embed(train)
         self._views: dict[tuple[int, int], np.ndarray] = {}
@@ -102,11 +108,12 @@ def fewshot_table(
     if max(shots) > len(train):
         raise ValueError(f"{max(shots)} shots but only {len(train)} training images")
     print(f"{len(train)} train / {len(tests)} test images", file=sys.stderr)
-    size = engine.config.image_size
-    feats = _Features(engine, train, size)
+    shape = input_shape(engine, train)  # BDI_INPUT_MODE, as a fit of the pool would take
+    hw = shape or (engine.config.image_size, engine.config.image_size)
+    feats = _Features(engine, train, hw)
     test_feats = feats.embed(test_images)
     labels = np.array([label for _, label, _ in tests])
-    masks = _masks(tests, size)
+    masks = _masks(tests, hw)
     mode = common_mode(train)
     rng = np.random.default_rng(seed)
     picks = {n: [np.sort(rng.choice(len(train), n, replace=False)) for _ in range(draws)]
@@ -116,9 +123,11 @@ def fewshot_table(
     def evaluate(opts: FewShot, draw: np.ndarray) -> tuple[float, float]:
         meta = ModelMeta(
             backbone=feats.bb.info.name, backbone_weights=engine.weights_fingerprint(feats.bb),
-            image_size=size, grid=test_feats.shape[1:3], feature_dim=test_feats.shape[3],
-            mm_per_px=None, coreset_rate=engine.config.coreset_rate, n_train_images=0,
-            n_patches=0, memory_bank=0, channel_mode=mode, **opts._asdict(),
+            image_size=engine.config.image_size, grid=test_feats.shape[1:3],
+            feature_dim=test_feats.shape[3], mm_per_px=None,
+            coreset_rate=engine.config.coreset_rate, n_train_images=0, n_patches=0,
+            memory_bank=0, input_mode=SQUARE if shape is None else ASPECT, input_shape=shape,
+            channel_mode=mode, **opts._asdict(),
         )  # fmt: skip
         views = feats.views(draw, opts.rotations)
         model = fit_embedded(engine, feats.pool[draw], views, meta, None, _noop).model
@@ -127,7 +136,7 @@ def fewshot_table(
         if masks is None:
             return image, float("nan")
         keep, truth = masks
-        maps = anomaly_maps(scores.patches[keep], size, engine.config.anomaly_sigma)
+        maps = anomaly_maps(scores.patches[keep], hw, engine.config.anomaly_sigma)
         return image, auroc(truth.ravel(), maps.ravel())
 
     table: dict[str, dict] = {}
@@ -138,15 +147,19 @@ def fewshot_table(
             got = np.array([evaluate(opts, d) for d in picks[n]])
             rows[str(n)] = _summary(got)
             _progress(name, shots.index(n) + 1, len(shots))
-        if opts.rotations == 1:  # rotating a whole training set: not a few-shot option
+        # rotating a whole training set: not a few-shot option; and a full training set has
+        # 16 leave-one-out images and more, so baseline_min changes nothing there
+        if opts.rotations == 1 and opts.baseline_min == FewShot().baseline_min:
             rows["full"] = _summary(np.array([evaluate(opts, everything)]))
         table[name] = rows
     return {
         "dataset": root.name, "backbone": engine.config.backbone,
-        "random_weights": feats.bb.info.random_weights, "size": size,
+        "random_weights": feats.bb.info.random_weights, "size": engine.config.image_size,
+        "input_mode": SQUARE if shape is None else ASPECT, "input_shape": list(hw),
+        "threshold_method": engine.config.threshold_method,
         "coreset_rate": engine.config.coreset_rate, "n_train": len(train),
         "n_test": len(tests), "draws": draws, "seed": seed, "shots": shots,
-        "pixel_auroc_at": f"{size}x{size}", "table": table,
+        "pixel_auroc_at": f"{hw[0]}x{hw[1]}", "table": table,
         "seconds": round(time.perf_counter() - t0, 1),
     }  # fmt: skip
 
@@ -163,10 +176,10 @@ def _summary(got: np.ndarray) -> dict:
 
 
 def _masks(
-    tests: list[tuple[Path, int, Path | None]], size: int
+    tests: list[tuple[Path, int, Path | None]], hw: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Which test images have a mask ``(N,) bool`` (good images: all normal; defective ones
-    without a mask are left out), and those masks at the maps' size ``(K, size, size)``
+    without a mask are left out), and those masks at the maps' size ``hw`` ``(K, H, W)``
     bool. None when no defective image has one."""
     if not any(mask is not None for _, _, mask in tests):
         return None
@@ -175,10 +188,10 @@ def _masks(
         keep.append(path is not None or not label)
         if path is None:
             if not label:
-                out.append(np.zeros((size, size), bool))
+                out.append(np.zeros(hw, bool))
             continue
         raw = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
         if raw is None:
             raise FileNotFoundError(f"unreadable mask {path}")
-        out.append(cv2.resize(raw, (size, size), interpolation=cv2.INTER_NEAREST) > 127)
+        out.append(cv2.resize(raw, (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST) > 127)
     return np.array(keep), np.stack(out)

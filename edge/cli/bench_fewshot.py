@@ -55,4 +55,8 @@ def add_bench_fewshot(bench_sub: argparse._SubParsersAction) -> None:  # type: i
         help="training pool: its first N images (0 = all), also the full-training anchor",
     )  # fmt: skip
     p.add_argument("--seed", type=_count(0), default=0, help="seed of the draws")
+    p.add_argument(
+        "--threshold-method", choices=["conformal", "percentile"], default=None,
+        help="BDI_THRESHOLD_METHOD of the fits (what the bank and the baseline see)",
+    )  # fmt: skip
     p.set_defaults(func=_cmd_bench_fewshot)

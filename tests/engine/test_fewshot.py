@@ -179,3 +179,26 @@ def test_appended_images_get_the_models_options(fewshot_engine: Engine) -> None:
     assert out.meta.n_patches == model.meta.n_patches + 2 * 8 * cells
     norms = np.linalg.norm(out.index.bank(), axis=1)
     assert np.allclose(norms, 1.0, atol=1e-5)
+
+
+def test_baseline_min_stays_out_of_the_metadata_at_its_plain_value_and_round_trips() -> None:
+    assert "baseline_min" not in _meta().to_dict()
+    d = _meta(baseline_min=2).to_dict()
+    assert d["baseline_min"] == 2
+    assert FewShot.of(ModelMeta.from_dict(d)).baseline_min == 2
+
+
+def test_a_few_leave_one_out_images_give_a_baseline_with_baseline_min(
+    fewshot_engine: Engine,
+) -> None:
+    images = _images("stripes", 8)  # 4 held out: 4 bank images scored leave-one-out
+    plain = _fit(fewshot_engine, images)
+    assert plain.baseline is None and plain.meta.baseline_images == 0
+    few = _fit(fewshot_engine, images, baseline_min=2)
+    assert few.baseline is not None and few.baseline.shape == tuple(few.meta.grid)
+    assert few.meta.baseline_images == 4
+    # frames are scored less what OK parts show at each place
+    feats = fewshot_engine.embed(_images("stripes", 2, start=40), fewshot_engine.backbone(), 64)
+    b = score(few, feats)
+    judged = b.patches.reshape(2, -1) - few.baseline.ravel()
+    assert np.allclose(b.image, judged.max(axis=1), atol=1e-5)

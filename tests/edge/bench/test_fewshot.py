@@ -54,9 +54,26 @@ def test_tiny_run_reports_every_option_set_and_shot_count(capsys, discs: Path) -
     assert len(table["plain"]["1"]["image_draws"]) == 2
 
 
+def test_base2_has_no_full_anchor_and_the_threshold_method_is_reported(capsys, discs: Path) -> None:
+    argv = ["bench", "fewshot", "--data", str(discs), "--shots", "4", "--draws", "1",
+            "--options", "base2", "--threshold-method", "percentile", *TINY]  # fmt: skip
+    assert main(argv) == 0
+    result = orjson.loads(capsys.readouterr().out)
+    assert result["threshold_method"] == "percentile"
+    assert result["input_mode"] == "square" and result["input_shape"] == [64, 64]
+    # a full training set has 16 leave-one-out images and more: base2 is plain there
+    assert list(result["table"]["base2"]) == ["4"]
+
+
 @pytest.mark.parametrize(
     ("flag", "value"),
-    [("--shots", "0,2"), ("--shots", "a"), ("--options", "nope"), ("--shots", "99")],
+    [
+        ("--shots", "0,2"),
+        ("--shots", "a"),
+        ("--options", "nope"),
+        ("--shots", "99"),
+        ("--threshold-method", "nope"),
+    ],
 )
 def test_bad_options_get_one_clear_line(capsys, discs: Path, flag: str, value: str) -> None:
     try:
