@@ -6,12 +6,11 @@ from __future__ import annotations
 import cv2
 import orjson
 
-from consumers.frames import decode_frame, frame_from_record
 from consumers.models import ModelResolver
 from consumers.pipeline import BatchProcessor
 from edge.simulator.discs import make_ok
 from engine import Engine
-from tests.helpers.fakes import GOOD, FakeStore, Record
+from tests.helpers.fakes import FakeStore, batch
 from tests.helpers.images import SIZE, ok_png, png
 from tests.helpers.settings import tiny_settings
 
@@ -21,11 +20,7 @@ def test_a_grey_frame_for_a_colour_model_is_an_error_verdict_with_the_reason() -
     engine = Engine.from_settings(settings)
     model = engine.fit([make_ok(seed, SIZE).image for seed in range(4)]).model
     grey = png(cv2.cvtColor(make_ok(100, SIZE).image, cv2.COLOR_RGB2GRAY))
-    frames = []
-    for i, value in enumerate((grey, ok_png(101))):
-        headers = [(k, f"f-{i}".encode() if k == "frame_id" else v) for k, v in GOOD]
-        frame = frame_from_record(Record(value=value, headers=headers, offset=i), epoch=1)
-        frames.append(decode_frame(frame, 1 << 20, 1 << 20))
+    frames = batch(*(grey, ok_png(101)))
     proc = BatchProcessor(settings, engine, ModelResolver(FakeStore(model), poll_s=60))
     refused, scored = proc.infer(frames)
     assert refused.verdict.verdict == "ERROR"

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import orjson
 
-from consumers.frames import decode_frame, frame_from_record
 from consumers.models import ModelResolver
 from consumers.pipeline import BatchProcessor
 from edge.simulator.discs import make_ok
 from engine import Engine
-from tests.helpers.fakes import GOOD, FakeStore, Record
+from tests.helpers.fakes import FakeStore, batch
 from tests.helpers.images import SIZE, ok_png, png
 from tests.helpers.settings import tiny_settings
 
@@ -20,11 +19,7 @@ def test_a_frame_of_another_shape_is_an_error_verdict_with_the_reason() -> None:
     settings = tiny_settings(kafka_topic_verdicts="v", kafka_topic_dlq="d", input_mode="aspect")
     engine = Engine.from_settings(settings)
     model = engine.fit([make_ok(seed, SIZE).image[: SIZE // 2] for seed in range(4)]).model
-    frames = []
-    for i, value in enumerate((ok_png(100), png(make_ok(101, SIZE).image[: SIZE // 2]))):
-        headers = [(k, f"f-{i}".encode() if k == "frame_id" else v) for k, v in GOOD]
-        frame = frame_from_record(Record(value=value, headers=headers, offset=i), epoch=1)
-        frames.append(decode_frame(frame, 1 << 20, 1 << 20))
+    frames = batch(*(ok_png(100), png(make_ok(101, SIZE).image[: SIZE // 2])))
     proc = BatchProcessor(settings, engine, ModelResolver(FakeStore(model), poll_s=60))
     refused, scored = proc.infer(frames)
     assert refused.verdict.verdict == "ERROR"

@@ -8,12 +8,11 @@ import math
 import numpy as np
 import orjson
 
-from consumers.frames import decode_frame, frame_from_record
 from consumers.models import ModelResolver
 from consumers.pipeline import BatchProcessor
 from engine import Inference
 from store.errors import MissingModelError
-from tests.helpers.fakes import GOOD, FakeModel, FakeStore, Record
+from tests.helpers.fakes import FakeModel, FakeStore, batch
 from tests.helpers.images import png
 from tests.helpers.settings import tiny_settings
 
@@ -32,15 +31,6 @@ class FakeEngine:
         if self.script and isinstance(self.script[0], Exception):
             raise self.script[0]
         return [self.script[i % len(self.script)] for i in range(len(items))]
-
-
-def batch(*values: bytes | None, headers=GOOD):
-    out = []
-    for i, value in enumerate(values):
-        hdrs = [(k, f"f-{i}".encode() if k == "frame_id" else v) for k, v in headers]
-        frame = frame_from_record(Record(value=value, headers=hdrs, offset=i), epoch=1)
-        out.append(decode_frame(frame, 1 << 20, 1 << 20))
-    return out
 
 
 def processor(engine, store=None, **settings):

@@ -1,10 +1,14 @@
 """Stand-ins for collaborators: a Kafka record with good contract headers, a model and a
-store that counts its loads."""
+store that counts its loads; a consumer batch of decoded frames made from record values."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from consumers.frames import Decoded
 
 GOOD = [
     ("frame_id", b"f-1"),
@@ -51,3 +55,16 @@ class FakeStore:
         if isinstance(self.current, Exception):
             raise self.current
         return self.current
+
+
+def batch(*values: bytes | None, headers: list[tuple[str, bytes]] = GOOD) -> list[Decoded]:
+    """Decoded frames of record ``values`` (frame ids ``f-0``, ``f-1``, …), as a consumer
+    batch holds them."""
+    from consumers.frames import decode_frame, frame_from_record
+
+    out = []
+    for i, value in enumerate(values):
+        hdrs = [(k, f"f-{i}".encode() if k == "frame_id" else v) for k, v in headers]
+        frame = frame_from_record(Record(value=value, headers=hdrs, offset=i), epoch=1)  # type: ignore[arg-type]
+        out.append(decode_frame(frame, 1 << 20, 1 << 20))
+    return out
