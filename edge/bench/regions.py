@@ -11,7 +11,6 @@ bank, brute-force search, no shortlist): image scores, verdicts, region boxes an
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import orjson
 import torch
 
 from configs.settings import load_settings
+from edge.bench.coreset import default_sets
 from edge.bench.engine import _progress, _read, load_mvtec
 from engine.anomaly_map import anomaly_maps
 from engine.decision import InferItem, decide
@@ -28,7 +28,6 @@ from engine.engine import Engine
 from engine.knn import KnnIndex
 from engine.patchcore import MapSpec, PatchCoreModel, Scores, score
 
-DEFAULT_SETS = ("mpdd_metal_plate/metal_plate", "mvtec3d_tire/tire", "kolektorsdd/kolektor")
 MM_PER_PX = 0.05  # a scale, so that areas in mm² are compared too
 BATCH = 16
 
@@ -111,8 +110,7 @@ def measure(root: Path, engine: Engine, max_train: int, rounds: int) -> dict[str
 
 
 def run_regions_benchmark(args: argparse.Namespace) -> int:
-    data_root = Path(os.environ.get("BDI_TEST_DATA", Path.cwd().parent / "shared" / "data"))
-    roots = [Path(d) for d in args.data] or [data_root / d for d in DEFAULT_SETS]
+    roots = [Path(d) for d in args.data] or default_sets()
     missing = [str(r) for r in roots if not r.is_dir()]
     if missing:
         print(f"error: no such data folder: {', '.join(missing)}", file=sys.stderr)

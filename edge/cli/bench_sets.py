@@ -19,7 +19,7 @@ def add_bench_regions(bench_sub: argparse._SubParsersAction) -> None:  # type: i
     )
     p.add_argument(
         "--data", action="append", default=[], metavar="DIR",
-        help="MVTec-layout folder (repeatable; default: the shared data's metal_plate, tire "
+        help="MVTec-layout folder (repeatable; default: the shared data's tire, metal_plate "
         "and kolektorsdd under BDI_TEST_DATA or ../shared/data)",
     )  # fmt: skip
     p.add_argument("--max-train", type=_count(0), default=0, help="0 = all training images")
