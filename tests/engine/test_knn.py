@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from engine.knn import MIN_IVF_BANK, PRUNE_MIN_BANK, KnnIndex
+from engine.knn_prune import PRUNE_MAX_QUERIES
 
 
 def _brute_force(bank: np.ndarray, queries: np.ndarray) -> np.ndarray:
@@ -227,9 +228,12 @@ def test_pruned_exact_search_finds_the_nearest_row_even_at_a_tight_bound(
     true = _brute_force(low_rank_bank, queries).min(1)
     plain = index.exact(queries)
     np.testing.assert_allclose(plain, true, rtol=1e-5)
+    step = PRUNE_MAX_QUERIES  # the pruner takes a few queries at a time
     for slack in (1.0, 1.05, 2.0):
         bound = (plain * slack).astype(np.float32)
-        np.testing.assert_array_equal(index.exact(queries, bound), plain)
+        got = [index.exact(queries[i : i + step], bound[i : i + step]) for i in range(0, 40, step)]
+        np.testing.assert_array_equal(np.concatenate(got), plain)
+    assert index._pruner.nearest(queries[:step], plain[:step]) is not None  # pruned, above
     # a query far from everything keeps every row: the plain product answers it
     far = np.full((1, 64), 1e3, np.float32)
     np.testing.assert_allclose(index.exact(far, np.array([np.inf])), index.exact(far), rtol=1e-6)
@@ -241,7 +245,8 @@ def test_pruning_rules_out_most_rows_and_falls_back_when_it_cannot(
     index = KnnIndex("exact").fit(low_rank_bank)
     pruner = index._pruner
     assert pruner is not None
-    queries = low_rank_bank[:20] + 0.1
+    n = PRUNE_MAX_QUERIES
+    queries = low_rank_bank[:n] + 0.1
     bound = index.exact(queries) * 1.01
     measured: list[int] = []
     einsum = np.einsum
@@ -252,10 +257,16 @@ def test_pruning_rules_out_most_rows_and_falls_back_when_it_cannot(
 
     monkeypatch.setattr(np, "einsum", counting)
     assert pruner.nearest(queries, bound) is not None
-    assert 20 <= measured[-1] < 0.05 * 20 * len(low_rank_bank)
+    assert n <= measured[-1] < 0.05 * n * len(low_rank_bank)
     # no useful bound (infinite, or NaN from a broken frame): the caller's plain product
-    assert pruner.nearest(queries, np.full(20, np.inf, np.float32)) is None
-    assert pruner.nearest(queries, np.full(20, np.nan, np.float32)) is None
+    assert pruner.nearest(queries, np.full(n, np.inf, np.float32)) is None
+    assert pruner.nearest(queries, np.full(n, np.nan, np.float32)) is None
+    # more queries than a few: one matrix product over the bank is cheaper, whatever the
+    # bounds, and the answer is the same
+    many = low_rank_bank[: n + 1] + 0.1
+    tight = index.exact(many)
+    assert pruner.nearest(many, tight) is None
+    np.testing.assert_array_equal(index.exact(many, tight), tight)
 
 
 def test_small_banks_are_not_pruned(big_bank: np.ndarray) -> None:
