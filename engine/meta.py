@@ -15,10 +15,8 @@ ASPECT = "aspect"  # ModelMeta.input_mode of inputs that keep the aspect ratio
 # BDI_INPUT_MODE only, never stored: "aspect" where a square input would squash the
 # training crops by more than engine.images.SQUASH_LIMIT, else "square"
 AUTO = "auto"
-# the few-shot options' values meaning plain PatchCore, left out of a model's metadata
-_FEWSHOT_DEFAULTS: dict[str, object] = {
-    "feature_norm": False, "rotations": 1, "top_share": 0.0, "baseline_min": 16,
-}  # fmt: skip
+# the few-shot options: left out of a model's metadata at their field defaults (plain PatchCore)
+_FEWSHOT_KEYS = ("feature_norm", "rotations", "top_share", "baseline_min")
 
 
 @dataclass(frozen=True)
@@ -81,8 +79,8 @@ class ModelMeta:
         for key in ("coverage_radius", "input_shape", "channel_mode"):
             if d[key] is None:
                 del d[key]  # as in models stored before it was recorded
-        for key, default in _FEWSHOT_DEFAULTS.items():
-            if d[key] == default:
+        for key in _FEWSHOT_KEYS:
+            if d[key] == self.__dataclass_fields__[key].default:
                 del d[key]  # likewise
         return d
 

@@ -194,7 +194,7 @@ def fit_bank(
     """
     s = engine.config
     n_img, h, w, c = feats.shape
-    bank = feats if rotated is None else np.concatenate([feats, rotated])
+    bank = _with_views(feats, rotated)
     index, ids, timing = build_memory(
         bank.reshape(-1, c), meta.coreset_rate, s.knn_mode, s.knn_ivf_nprobe,
         s.coreset_projection_dim, s.seed, engine.spec.device, engine.spec.is_cuda,

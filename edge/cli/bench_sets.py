@@ -8,6 +8,14 @@ import argparse
 from edge.cli.bench import _backbone_options, _count
 
 
+def _data_sets_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data", action="append", default=[], metavar="DIR",
+        help="MVTec-layout folder (repeatable; default: the shared data's tire, metal_plate "
+        "and kolektorsdd under BDI_TEST_DATA or ../shared/data)",
+    )  # fmt: skip
+
+
 def add_bench_regions(bench_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = bench_sub.add_parser(
         "regions",
@@ -17,11 +25,7 @@ def add_bench_regions(bench_sub: argparse._SubParsersAction) -> None:  # type: i
         "alternating), and compares both frame by frame with an exact search of every "
         "patch. See docs/BENCHMARKS.md.",
     )
-    p.add_argument(
-        "--data", action="append", default=[], metavar="DIR",
-        help="MVTec-layout folder (repeatable; default: the shared data's tire, metal_plate "
-        "and kolektorsdd under BDI_TEST_DATA or ../shared/data)",
-    )  # fmt: skip
+    _data_sets_option(p)
     p.add_argument("--max-train", type=_count(0), default=0, help="0 = all training images")
     p.add_argument("--rounds", type=_count(1), default=3, help="timed passes per path")
     p.add_argument("--json", action="store_true", help="only the JSON line on stdout")
@@ -42,11 +46,7 @@ def add_bench_coreset(bench_sub: argparse._SubParsersAction) -> None:  # type: i
         "path) and by the pruned greedy on the same projected patches, and checks the radius "
         "against exact greedy on a sample. See docs/BENCHMARKS.md.",
     )
-    p.add_argument(
-        "--data", action="append", default=[], metavar="DIR",
-        help="MVTec-layout folder (repeatable; default: the shared data's tire, metal_plate "
-        "and kolektorsdd under BDI_TEST_DATA or ../shared/data)",
-    )  # fmt: skip
+    _data_sets_option(p)
     _backbone_options(p)
     p.add_argument("--max-train", type=_count(0), default=0, help="0 = all training images")
     p.add_argument("--sample", type=_count(0), default=20_000,
